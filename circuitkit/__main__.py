@@ -1,0 +1,72 @@
+"""``python -m circuitkit``: plugin manager -> registry -> ConfigStore -> Hydra main.
+
+Examples::
+
+    python -m circuitkit method=eap_ig task=greater_than
+    python -m circuitkit -m method=eap,eap_ig task=ioi,greater_than
+    python -m circuitkit model.name=/path/to/saved/model selector.n_edges=500
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from circuitkit.errors import CircuitkitError
+
+log = logging.getLogger("circuitkit")
+
+
+def _store_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from circuitkit.pipeline import MODEL_PRESETS
+    from circuitkit.plugins import get_registry
+
+    registry = get_registry()
+    registry.store_configs()
+    cs = ConfigStore.instance()
+    for name, node in MODEL_PRESETS.items():
+        cs.store(group="model", name=name, node=node)
+
+
+def _task_function(cfg) -> float | None:  # noqa: ANN001
+    from hydra.core.hydra_config import HydraConfig
+
+    from circuitkit.pipeline import run
+
+    run_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
+    try:
+        result = run(cfg, run_dir)
+    except CircuitkitError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"circuitkit: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(f"circuitkit: interrupted; no results were presented as complete (see {Path(run_dir) / 'results.json'}).", file=sys.stderr)
+        raise SystemExit(130) from None
+    f = result.evals.get("faithfulness")
+    value = f.values.get("faithfulness") if f is not None else None
+    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (f.values.items() if f else []))
+    print(f"circuitkit: {result.meta['method']} on {result.meta['task']}: {summary}\ncircuitkit: results in {run_dir}")
+    return value  # type: ignore[return-value]
+
+
+def main() -> None:
+    import hydra
+
+    try:
+        _store_configs()
+    except CircuitkitError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"circuitkit: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    hydra.main(config_path="conf", config_name="config", version_base="1.3")(_task_function)()
+
+
+if __name__ == "__main__":
+    main()

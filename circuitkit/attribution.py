@@ -1,0 +1,124 @@
+"""Attribution algorithms shared by the builtin method plugins (and available to third-party ones).
+
+- :func:`gradient_attribution`: EAP, EAP-IG (inputs) and clean-corrupted are one algorithm that differs
+  only in where the gradients are taken: at input embeddings ``corrupted + alpha * (clean - corrupted)``
+  for a list of ``alpha`` values, averaged, contracted with ``out(clean) - out(corrupted)`` of every source.
+- :func:`exact_patching`: the true effect of corrupting each edge alone, several edges per pass.
+
+Scores are summed over examples and divided by the number of examples at the end (float64), so they do
+not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from circuitkit import engine
+from circuitkit.data import TaskData
+from circuitkit.errors import ConfigError
+from circuitkit.interfaces import RunContext, Task
+from circuitkit.model import CircuitModel
+from circuitkit.progress import progress
+from circuitkit.results import Scores
+
+
+def gradient_attribution(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    ctx: RunContext,
+    alphas: Sequence[float],
+    *,
+    method: str,
+    meta: dict | None = None,
+) -> Scores:
+    """Score every edge by ``(out_clean - out_corrupted) . mean_alpha grad(alpha)``.
+
+    Args:
+        alphas: interpolation points; the gradient is taken with the input embeddings set to
+            ``corrupted + alpha * (clean - corrupted)``. ``[1.0]`` is EAP; ``[k/m for k in 1..m]`` is
+            EAP-IG with ``m`` steps; ``[0.0, 1.0]`` is clean-corrupted.
+        method: the method's name, recorded in the scores' provenance.
+
+    Cost per batch: one corrupted forward without autograd, then one forward/backward per alpha (the
+    ``alpha == 1`` pass also collects the clean source outputs).
+    """
+    if not alphas:
+        raise ConfigError(f"{method}: at least one interpolation point is needed.")
+    g = model.graph
+    scores = torch.zeros(g.n_sources, g.n_destinations, dtype=torch.float64, device=model.device)
+    n = 0
+    has_clean = any(a == 1.0 for a in alphas)
+    order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
+    weight = 1.0 / len(alphas)
+    for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=_n_batches(data, ctx), desc=f"{method} attribution"):
+        batch = batch.to(model.device)
+        corrupted = engine.run_sources(model, batch.corrupted).sources
+        assert corrupted is not None
+        delta = -corrupted
+        if not has_clean:
+            clean = engine.run_sources(model, batch.clean).sources
+            delta = clean - corrupted
+        for a in order:
+            if a == 1.0:
+                engine.gradient_pass(model, batch, task.metric, delta, scores, weight=weight, fill_delta=True)
+            else:
+                emb = corrupted[0] + a * (delta[0])
+                engine.gradient_pass(model, batch, task.metric, delta, scores, input_override=emb, weight=weight)
+        n += len(batch)
+    return Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
+
+
+def _n_batches(data: TaskData, ctx: RunContext) -> int:
+    return (len(data) + ctx.batch_size - 1) // ctx.batch_size
+
+
+def exact_patching(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    ctx: RunContext,
+    *,
+    edges_per_pass: int = 32,
+    edges: torch.Tensor | None = None,
+    method: str = "patching",
+) -> Scores:
+    """The exact drop of the metric when each edge alone carries its corrupted value.
+
+    Several edges share one pass: the batch is stacked ``edges_per_pass`` times and each copy has a
+    different edge removed. ``edges`` restricts the computation to a subset of edge indices (the others
+    get NaN).
+    """
+    g = model.graph
+    if edges_per_pass < 1:
+        raise ConfigError(f"patching: edges_per_pass must be at least 1, got {edges_per_pass}.")
+    todo = torch.arange(g.n_edges) if edges is None else torch.as_tensor(edges, dtype=torch.long)
+    total = torch.zeros(g.n_edges, dtype=torch.float64)
+    n = 0
+    src = torch.as_tensor(g.edge_src)
+    dst = torch.as_tensor(g.edge_dst)
+    chunks = list(torch.split(todo, edges_per_pass))
+    batches = list(data.batches(ctx.batch_size, model.pad_id))
+    bar = progress(range(len(chunks) * len(batches)), ctx, total=len(chunks) * len(batches), desc=f"{method} (exact)")
+    it = iter(bar)
+    for batch in batches:
+        batch = batch.to(model.device)
+        corrupted = engine.run_sources(model, batch.corrupted).sources
+        clean_final = engine.run_sources(model, batch.clean).final
+        with torch.no_grad():
+            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
+        for chunk in chunks:
+            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
+            keep[torch.arange(len(chunk)), src[chunk], dst[chunk]] = 0
+            patched = engine.masked_metric(model, batch, task.metric, corrupted, keep).double()
+            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+            next(it, None)
+        n += len(batch)
+    out = total / n
+    if edges is not None:
+        mask = torch.ones(g.n_edges, dtype=torch.bool)
+        mask[todo] = False
+        out[mask] = float("nan")
+    return Scores(g, out, {"method": method, "n_examples": n, "edges_per_pass": edges_per_pass})

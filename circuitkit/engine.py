@@ -1,0 +1,275 @@
+"""The hook machinery shared by every method: source outputs, gradient contraction, masked evaluation.
+
+Why one backward pass scores every edge: the residual stream is a sum of node outputs, so the input of a
+destination ``v`` is ``sum_u out_u`` over its upstream sources. Corrupting only ``u -> v`` changes that
+input by ``out_u(corrupted) - out_u(clean)``; to first order the metric changes by that difference dotted
+with ``d metric / d input_v``. So one backward pass, with a hook on every destination input that contracts
+the incoming gradient with the stored differences of all upstream sources, scores every edge at once.
+
+Evaluating a circuit is one forward pass: at every destination input add, for each edge into it that is
+*not* in the circuit, ``out_u(corrupted) - out_u(this run)``. The empty circuit reproduces the corrupted
+run and the full circuit the clean run.
+
+Buffers are source-major, ``[n_sources, batch, pos, d_model]``, so each contraction is one matrix product.
+Logits are computed only at the answer position (the final norm and unembedding of the bridge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from circuitkit.data import Batch
+from circuitkit.model import CircuitModel
+
+Metric = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+class _StopForward(Exception):
+    """Raised at the final residual stream: the rest of the model is not needed."""
+
+
+@dataclass
+class Run:
+    """What a forward pass returns: the final residual stream and, if collected, the source outputs."""
+
+    final: torch.Tensor  # [batch, pos, d_model]
+    sources: torch.Tensor | None = None  # [n_sources, batch, pos, d_model]
+
+
+def _forward(model: CircuitModel, tokens: torch.Tensor, hooks: list, final_hook: Callable | None = None) -> torch.Tensor:
+    """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``."""
+    box: dict[str, torch.Tensor] = {}
+
+    def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if final_hook is not None:
+            t = final_hook(t, hook)
+        box["final"] = t
+        raise _StopForward
+
+    try:
+        with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]):
+            model.bridge(tokens)
+    except _StopForward:
+        pass
+    return box["final"]
+
+
+def answer_logits(model: CircuitModel, final: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` at each example's answer position."""
+    rows = torch.arange(final.shape[0], device=final.device)
+    return model.unembed(final[rows, last.to(final.device)])
+
+
+def _source_writers(model: CircuitModel, buf: torch.Tensor) -> list:
+    """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]``."""
+    g = model.graph
+
+    def put(index: int, per_head: bool) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if per_head:
+                buf[index : index + g.n_heads] = t.detach().permute(2, 0, 1, 3)
+            else:
+                buf[index] = t.detach()
+            return t
+
+        return hook
+
+    hooks = [(model.INPUT_HOOK, put(0, False))]
+    for layer in range(g.n_layers):
+        hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
+        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
+    return hooks
+
+
+def new_source_buffer(model: CircuitModel, tokens: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    b, p = tokens.shape
+    return torch.zeros(model.graph.n_sources, b, p, model.d_model, dtype=dtype or model.dtype, device=model.device)
+
+
+@torch.no_grad()
+def run_sources(model: CircuitModel, tokens: torch.Tensor) -> Run:
+    """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]``."""
+    tokens = tokens.to(model.device)
+    buf = new_source_buffer(model, tokens)
+    final = _forward(model, tokens, _source_writers(model, buf))
+    return Run(final=final, sources=buf)
+
+
+def gradient_pass(
+    model: CircuitModel,
+    batch: Batch,
+    metric: Metric,
+    delta: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    input_override: torch.Tensor | None = None,
+    weight: float = 1.0,
+    fill_delta: bool = False,
+) -> torch.Tensor:
+    """One forward/backward that adds ``weight * delta . d(sum of metric)/d(input of dst)`` to ``scores``.
+
+    Args:
+        model: the model.
+        batch: the batch; the forward runs on ``batch.clean`` tokens.
+        metric: per-example metric.
+        delta: ``[n_sources, batch, pos, d]`` source output differences (clean - corrupted).
+        scores: ``[n_sources, n_destinations]`` float64 accumulator, updated in place.
+        input_override: ``[batch, pos, d]`` replaces the input node's output (the embeddings) for this
+            pass, as integrated gradients does; the stored ``delta`` is unchanged.
+        weight: factor applied to this pass's contribution.
+        fill_delta: ``delta`` holds ``-corrupted`` outputs on entry; this (clean) pass adds the clean
+            outputs to it during the forward, so the contraction in the backward sees the full difference.
+            This saves a separate clean forward. Only valid without ``input_override``.
+
+    Returns:
+        The per-example metric of this pass ``[batch]`` (detached).
+    """
+    g = model.graph
+    n_heads = g.n_heads
+    flat_delta = delta.reshape(delta.shape[0], -1)  # [S, b*p*d]
+
+    def contract_heads(dst0: int, n_up: int) -> Callable:
+        def on_grad(grad: torch.Tensor) -> None:
+            # grad [b, p, h, d] -> [h, b*p*d]
+            gh = grad.permute(2, 0, 1, 3).reshape(n_heads, -1).to(flat_delta.dtype)
+            scores[:n_up, dst0 : dst0 + n_heads] += weight * (flat_delta[:n_up] @ gh.T).double()
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if t.requires_grad:
+                t.register_hook(on_grad)
+            return t
+
+        return hook
+
+    def contract_one(dst: int, n_up: int) -> Callable:
+        def on_grad(grad: torch.Tensor) -> None:
+            scores[:n_up, dst] += weight * (flat_delta[:n_up] @ grad.reshape(-1).to(flat_delta.dtype)).double()
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            # The MLP-input hook sees the residual tensor itself; a copy makes the gradient we read the
+            # gradient of the destination's input alone, not of the residual stream around it.
+            t = t.clone()
+            if t.requires_grad:
+                t.register_hook(on_grad)
+            return t
+
+        return hook
+
+    def embed_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if fill_delta:
+            delta[0] += t.detach()
+        x = input_override if input_override is not None else t
+        return x.detach().clone().requires_grad_(True)
+
+    def add_source(index: int, per_head: bool) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if per_head:
+                delta[index : index + n_heads] += t.detach().permute(2, 0, 1, 3)
+            else:
+                delta[index] += t.detach()
+            return t
+
+        return hook
+
+    if fill_delta and input_override is not None:
+        raise ValueError("fill_delta needs the clean input: do not combine it with input_override")
+    hooks: list = [(model.INPUT_HOOK, embed_hook)]
+    if fill_delta:
+        for layer in range(g.n_layers):
+            hooks.append((model.head_out_hook(layer), add_source(g.src_head(layer, 0), True)))
+            hooks.append((model.mlp_out_hook(layer), add_source(g.src_mlp(layer), False)))
+    for layer in range(g.n_layers):
+        n_up = g.n_upstream_heads(layer)
+        for x in ("q", "k", "v"):
+            hooks.append((model.head_in_hook(layer, x), contract_heads(g.dst_head(layer, x, 0), n_up)))
+        hooks.append((model.mlp_in_hook(layer), contract_one(g.dst_mlp(layer), g.n_upstream_mlp(layer))))
+    final_contract = contract_one(g.dst_logits, g.n_sources)
+    with torch.enable_grad():
+        final = _forward(model, batch.clean.to(model.device), hooks, final_hook=final_contract)
+        values = metric(answer_logits(model, final, batch.last), batch.to(model.device))
+        values.sum().backward()
+    return values.detach()
+
+
+def masked_forward(
+    model: CircuitModel,
+    tokens: torch.Tensor,
+    corrupted: torch.Tensor,
+    keep: torch.Tensor,
+) -> torch.Tensor:
+    """Run the clean tokens with every edge *not* kept carrying its corrupted value.
+
+    Args:
+        model: the model.
+        tokens: ``[batch, pos]`` clean tokens.
+        corrupted: ``[n_sources, batch, pos, d]`` source outputs of the corrupted run.
+        keep: ``[copies, n_sources, n_destinations]`` (1 = edge kept, 0 = corrupted); several circuits
+            are evaluated at once by stacking ``copies`` of the batch.
+
+    Returns:
+        The final residual stream ``[copies * batch, pos, d]`` (copy-major).
+    """
+    g = model.graph
+    c = keep.shape[0]
+    b, p = tokens.shape
+    d = model.d_model
+    dev = model.device
+    remove = (1 - keep.to(device=dev, dtype=corrupted.dtype))  # [c, S, D]
+    run = torch.zeros(g.n_sources, c, b, p, d, dtype=corrupted.dtype, device=dev)
+
+    def put(index: int, per_head: bool) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if per_head:
+                run[index : index + g.n_heads] = t.reshape(c, b, p, g.n_heads, d).permute(3, 0, 1, 2, 4)
+            else:
+                run[index] = t.reshape(c, b, p, d)
+            return t
+
+        return hook
+
+    def patch(dst0: int, width: int, n_up: int, per_head: bool) -> Callable:
+        w = remove[:, :n_up, dst0 : dst0 + width]  # [c, S, width]
+        if not bool(w.any()):
+            return lambda t, hook: t
+        # Sources whose edges into this destination are all kept contribute nothing.
+        used = w.any(0).any(1).nonzero().squeeze(1)
+        w = w[:, used]
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            diff = corrupted[used].unsqueeze(1) - run[used]  # [s, c, b, p, d]
+            add = torch.einsum("scbpd,csh->cbphd", diff, w)
+            if per_head:
+                return t + add.reshape(c * b, p, width, d)
+            return t + add.reshape(c * b, p, d)
+
+        return hook
+
+    hooks: list = [(model.INPUT_HOOK, put(0, False))]
+    for layer in range(g.n_layers):
+        n_up = g.n_upstream_heads(layer)
+        for x in ("q", "k", "v"):
+            hooks.append((model.head_in_hook(layer, x), patch(g.dst_head(layer, x, 0), g.n_heads, n_up, True)))
+        hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
+        hooks.append((model.mlp_in_hook(layer), patch(g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False)))
+        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
+    final_patch = patch(g.dst_logits, 1, g.n_sources, False)
+    with torch.no_grad():
+        return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch)
+
+
+def masked_metric(
+    model: CircuitModel,
+    batch: Batch,
+    metric: Metric,
+    corrupted: torch.Tensor,
+    keep: torch.Tensor,
+) -> torch.Tensor:
+    """Per-example metric ``[copies, batch]`` with the non-kept edges corrupted (see :func:`masked_forward`)."""
+    c = keep.shape[0]
+    final = masked_forward(model, batch.clean, corrupted, keep)
+    rep = batch.repeat(c).to(model.device)
+    with torch.no_grad():
+        return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))

@@ -1,0 +1,82 @@
+"""Evaluating circuits: the metric with every edge outside a circuit carrying its corrupted value.
+
+:func:`evaluate_keeps` evaluates many circuits in one sweep over the data: the clean and corrupted runs are
+done once per batch and the circuits are stacked along the batch dimension (``circuits_per_pass`` at a
+time), so a faithfulness curve costs little more than its masked passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from circuitkit import engine
+from circuitkit.data import TaskData
+from circuitkit.errors import CircuitkitError
+from circuitkit.interfaces import RunContext, Task
+from circuitkit.model import CircuitModel
+from circuitkit.progress import progress
+
+
+@dataclass
+class Evaluation:
+    """Mean metrics over the examples: ``clean``, ``corrupted`` and one value per circuit."""
+
+    clean: float
+    corrupted: float
+    circuits: list[float]
+    n_examples: int
+
+    def faithfulness(self, value: float) -> float | None:
+        """``(value - corrupted) / (clean - corrupted)``; None when clean and corrupted are (nearly) equal."""
+        gap = self.clean - self.corrupted
+        if not math.isfinite(gap) or abs(gap) < 1e-9 * max(1.0, abs(self.clean)):
+            return None
+        return (value - self.corrupted) / gap
+
+
+UNDEFINED_NOTE = (
+    "faithfulness is undefined: the clean and corrupted metrics are equal, so the model shows no behaviour "
+    "to explain on these examples (check the task and the model)."
+)
+
+
+def evaluate_keeps(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    keeps: torch.Tensor,
+    ctx: RunContext,
+    *,
+    circuits_per_pass: int = 8,
+    desc: str = "evaluation",
+) -> Evaluation:
+    """Mean metric of each circuit in ``keeps [n_circuits, n_sources, n_destinations]`` (1 = kept)."""
+    n_c = keeps.shape[0]
+    sums = torch.zeros(n_c, dtype=torch.float64)
+    clean_sum = corrupted_sum = 0.0
+    n = 0
+    batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
+    for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=batches, desc=desc):
+        batch = batch.to(model.device)
+        corr = engine.run_sources(model, batch.corrupted)
+        with torch.no_grad():
+            clean_final = engine._forward(model, batch.clean, [])
+            corrupted_sum += float(task.metric(engine.answer_logits(model, corr.final, batch.last), batch).double().sum())
+            clean_sum += float(task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double().sum())
+        assert corr.sources is not None
+        for start in range(0, n_c, circuits_per_pass):
+            chunk = keeps[start : start + circuits_per_pass].to(device=model.device, dtype=corr.sources.dtype)
+            vals = engine.masked_metric(model, batch, task.metric, corr.sources, chunk)
+            sums[start : start + len(chunk)] += vals.double().sum(1).cpu()
+        n += len(batch)
+    ev = Evaluation(clean_sum / n, corrupted_sum / n, (sums / n).tolist(), n)
+    bad = [v for v in (ev.clean, ev.corrupted, *ev.circuits) if not math.isfinite(v)]
+    if bad:
+        raise CircuitkitError(
+            f"The task metric is NaN or infinite during evaluation (clean={ev.clean}, corrupted={ev.corrupted}). "
+            "Check the task's answers and the model's dtype (float32 is safest)."
+        )
+    return ev

@@ -1,0 +1,175 @@
+"""The four interfaces of circuitkit, one fixed signature each, and their config base classes.
+
+A run is ``Task -> Attributor -> Selector -> Evaluator(s) -> Reporter(s)``:
+
+- :class:`Task` builds clean/corrupted examples for a tokenizer and defines the metric.
+- :class:`Attributor` scores every edge of the model's graph (:class:`~circuitkit.results.Scores`).
+- :class:`Selector` turns scores into a connected :class:`~circuitkit.results.Circuit`.
+- :class:`Evaluator` measures a circuit (:class:`~circuitkit.results.EvalResult`).
+- :class:`Reporter` sends a finished run somewhere (W&B, ...); the result files are always written.
+
+Each implementation is registered with a config dataclass (a subclass of :class:`PluginConfig`); the
+instance is built as ``cls(config)``. Method knobs live in the config, never in extra call arguments.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from circuitkit.data import Batch, Example, TaskData, tokenize_examples
+from circuitkit.metrics import get_metric
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from circuitkit.model import CircuitModel
+    from circuitkit.results import Circuit, EvalResult, RunResult, Scores
+
+
+@dataclass
+class PluginConfig:
+    """Base of every plugin's config. ``name`` is the registered name (filled in by the registry)."""
+
+    name: str = ""
+
+
+@dataclass
+class TaskConfig(PluginConfig):
+    """Common task options.
+
+    Attributes:
+        n_examples: how many examples to use (after filtering).
+        seed: generator seed; the same seed gives the same examples.
+        split: ``"test"`` (held out from the bundled model's training data) or ``"train"``.
+        metric: name of a metric in :data:`circuitkit.metrics.METRICS`.
+        min_examples: fewer valid examples than this is an error.
+    """
+
+    n_examples: int = 64
+    seed: int = 0
+    split: str = "test"
+    metric: str = "logit_diff"
+    min_examples: int = 4
+
+
+@dataclass
+class RunContext:
+    """Run-level settings shared by every component of a run.
+
+    Attributes:
+        batch_size: examples per forward pass; results do not depend on it.
+        progress: show progress bars.
+        seed: the run's seed.
+        scores: the attribution scores of this run (set before evaluation).
+        cache_dir: where components may cache work (None: no caching).
+    """
+
+    batch_size: int = 16
+    progress: bool = True
+    seed: int = 0
+    scores: Scores | None = None
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A behaviour to find a circuit for: examples plus a metric.
+
+    Subclasses implement :meth:`generate`; the default :meth:`build` tokenizes and filters what it yields
+    and :meth:`metric` applies ``config.metric``.
+    """
+
+    #: What to do with generated examples that do not fit the tokenizer ("drop" for generators that
+    #: over-generate, "error" for user files where every row matters).
+    on_invalid: ClassVar[str] = "drop"
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def generate(self, tokenizer: Any, split: str) -> Iterable[Example]:
+        """Yield candidate examples for ``split``, deterministically from ``config.seed``.
+
+        May yield more than ``n_examples``; the first ``n_examples`` that tokenize well are kept.
+        """
+
+    def build(self, tokenizer: Any, *, prepend_bos: bool = True) -> TaskData:
+        """Generate, tokenize and check ``config.n_examples`` examples for ``tokenizer``."""
+        from circuitkit.errors import ConfigError, DataError
+
+        cfg = self.config
+        if cfg.n_examples < 1:
+            raise ConfigError(f"task.n_examples must be at least 1, got {cfg.n_examples}.")
+        get_metric(cfg.metric)  # fail early on an unknown metric
+        data = tokenize_examples(
+            cfg.name,
+            self.generate(tokenizer, cfg.split),
+            tokenizer,
+            prepend_bos=prepend_bos,
+            on_invalid=self.on_invalid,  # type: ignore[arg-type]
+            limit=cfg.n_examples,
+        )
+        need = min(cfg.min_examples, cfg.n_examples)
+        if len(data) < need:
+            reasons = sorted({r.split(";")[0] for _, r in data.dropped})[:3]
+            raise DataError(
+                f"Task '{cfg.name}': only {len(data)} usable examples for this tokenizer (need at least "
+                f"{need}); {len(data.dropped)} were dropped because of: {'; '.join(reasons) or 'nothing'}. "
+                "Use a model whose tokenizer has the task's words as single tokens, or lower task.min_examples."
+            )
+        return data
+
+    def metric(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-example metric ``[batch]`` from the logits at the answer position ``[batch, vocab]``."""
+        return get_metric(self.config.metric)(logits, batch)
+
+
+class Attributor(ABC):
+    """Scores every edge of a model's graph for a task."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def attribute(self, model: CircuitModel, task: Task, data: TaskData, ctx: RunContext) -> Scores:
+        """Return one score per edge: the estimated drop of the task metric when that edge alone is
+        corrupted, averaged over the examples of ``data`` (positive = the edge carries the behaviour)."""
+
+
+class Selector(ABC):
+    """Turns scores into a circuit."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def select(self, scores: Scores) -> Circuit:
+        """Return a circuit over ``scores.graph`` with no dangling nodes."""
+
+
+class Evaluator(ABC):
+    """Measures a circuit."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def evaluate(
+        self, model: CircuitModel, task: Task, data: TaskData, circuit: Circuit, ctx: RunContext
+    ) -> EvalResult:
+        """Return the evaluation of ``circuit`` on ``data`` (``ctx.scores`` holds the run's scores)."""
+
+
+class Reporter(ABC):
+    """Sends a finished (or partly finished) run somewhere. Must never lose the local result files."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def report(self, run: RunResult, run_dir: str) -> None:
+        """Report ``run``, whose files are already written to ``run_dir``."""

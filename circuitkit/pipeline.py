@@ -1,0 +1,177 @@
+"""One run: task -> attributor -> selector -> evaluators -> reporters, writing results as it goes.
+
+``scores.json`` is written as soon as attribution finishes and ``circuit.json`` as soon as selection
+does, so a later failure never loses what was computed; ``results.json`` records ``"status"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitkit.errors import CircuitkitError, ConfigError
+from circuitkit.interfaces import RunContext
+from circuitkit.model import CircuitModel, load_model
+from circuitkit.plugins import get_registry
+from circuitkit.registry import Registry
+from circuitkit.results import RunResult, write_json
+
+log = logging.getLogger("circuitkit")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load.
+
+    Attributes:
+        name: ``bundled``, a Hugging Face Hub name (``gpt2``) or a local directory saved with
+            ``save_pretrained`` (model and tokenizer).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``float64``.
+        prepend_bos: put the tokenizer's BOS token before every prompt.
+    """
+
+    name: str = "bundled"
+    device: str = "auto"
+    dtype: str = "float32"
+    prepend_bos: bool = True
+
+
+MODEL_PRESETS = {"bundled": ModelConfig(name="bundled"), "gpt2": ModelConfig(name="gpt2")}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("circuitkit", "torch", "transformer_lens", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _selected(cfg: dict[str, Any], group: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, options)]`` chosen for a combinable group (a mapping name -> options, or None)."""
+    node = cfg.get(group) or {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"'{group}' must be a list of names, e.g. {group}=[faithfulness]; got {node!r}.")
+    return [(name, opts or {}) for name, opts in node.items()]
+
+
+def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, registry: Registry | None = None) -> RunResult:
+    """Execute one run described by ``cfg`` (the composed Hydra config, or an equivalent dict)."""
+    cfg = _plain(cfg)
+    run_dir = Path(run_dir)
+    registry = registry or get_registry(cfg.get("plugins", {}).get("block", []))
+    ctx = RunContext(batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0)))
+    if ctx.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {ctx.batch_size}.")
+    method_name = cfg["method"]["name"]
+    task_name = cfg["task"]["name"]
+    selector_name = cfg["selector"]["name"]
+    # Build every component first, so a bad option fails before any computation.
+    attributor = registry.methods.build(method_name, cfg["method"])
+    task = registry.tasks.build(task_name, cfg["task"])
+    selector = registry.selectors.build(selector_name, cfg["selector"])
+    evaluators = [registry.evaluators.build(n, o) for n, o in _selected(cfg, "evaluator")]
+    reporters = [registry.reporters.build(n, o) for n, o in _selected(cfg, "reporter")]
+
+    torch.manual_seed(ctx.seed)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if model is None:
+        mc = cfg.get("model", {})
+        model = load_model(mc.get("name", "bundled"), device=mc.get("device", "auto"), dtype=mc.get("dtype", "float32"), prepend_bos=mc.get("prepend_bos", True))
+    seconds["load_model"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
+    seconds["build_task"] = time.perf_counter() - t0
+    meta = {
+        "method": method_name,
+        "task": task_name,
+        "selector": selector_name,
+        "model": model.name,
+        "model_weights_hash": model.weights_hash,
+        "task_data_hash": data.content_hash(),
+        "n_examples": len(data),
+        "n_dropped": len(data.dropped),
+        "seed": ctx.seed,
+        "batch_size": ctx.batch_size,
+        "device": str(model.device),
+        "versions": versions(),
+        "config": cfg,
+    }
+    result = RunResult(meta=meta, seconds=seconds, status="running")
+    if data.dropped:
+        log.info("Task %s: kept %d examples, dropped %d that did not fit the tokenizer.", task_name, len(data), len(data.dropped))
+
+    try:
+        t0 = time.perf_counter()
+        scores = attributor.attribute(model, task, data, ctx)
+        seconds["attribute"] = time.perf_counter() - t0
+        scores.meta.update({k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")})
+        scores.check_finite()
+        result.scores = scores
+        scores.save(run_dir / "scores.json")
+        ctx.scores = scores
+
+        t0 = time.perf_counter()
+        circuit = selector.select(scores)
+        seconds["select"] = time.perf_counter() - t0
+        result.circuit = circuit
+        circuit.save(run_dir / "circuit.json")
+
+        for ev in evaluators:
+            t0 = time.perf_counter()
+            res = ev.evaluate(model, task, data, circuit, ctx)
+            seconds[f"evaluate_{res.name}"] = time.perf_counter() - t0
+            result.evals[res.name] = res
+        result.status = "complete"
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        _write_results(result, run_dir)
+        raise
+    except Exception as e:
+        result.status = "failed"
+        result.meta["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _write_results(result, run_dir)
+        raise
+    _write_results(result, run_dir)
+    for rep in reporters:
+        try:
+            rep.report(result, str(run_dir))
+        except Exception as e:  # noqa: BLE001 - a reporter must never lose the run
+            log.warning("Reporter '%s' failed (%s: %s); the local result files in %s are complete.", rep.config.name, type(e).__name__, e, run_dir)
+    return result
+
+
+def _write_results(result: RunResult, run_dir: Path) -> None:
+    try:
+        write_json(run_dir / "results.json", result.results_json())
+    except CircuitkitError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - a non-JSON value in a plugin's result
+        raise CircuitkitError(f"results.json could not be written: {e}") from e
+
+
+__all__ = ["ModelConfig", "MODEL_PRESETS", "run", "versions", "asdict", "field"]

@@ -1,0 +1,112 @@
+"""The plugin manager: hookspecs, entry points, blocking by name, and the registry they fill.
+
+Plugins are found through the ``circuitkit`` entry-point group (builtin ones too). A plugin can be blocked
+with ``CIRCUITKIT_BLOCK_PLUGINS=name1,name2`` (or ``plugins.block=[...]`` in the config).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from circuitkit import hookspecs
+from circuitkit.errors import CircuitkitError, PluginError
+from circuitkit.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "circuitkit"
+BLOCK_ENV = "CIRCUITKIT_BLOCK_PLUGINS"
+
+_CACHE: dict[tuple[str, ...], tuple[pluggy.PluginManager, Registry]] = {}
+
+
+def blocked_from_env() -> list[str]:
+    return [n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()]
+
+
+def make_plugin_manager(block: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """Build a plugin manager with every installed ``circuitkit`` entry point, minus the blocked ones."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in block:
+        pm.set_blocked(name)
+    try:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception as e:  # noqa: BLE001
+        raise PluginError(f"Could not read the installed plugins' entry points: {e}") from e
+    for ep in sorted(eps, key=lambda e: e.name):
+        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # noqa: BLE001 - any import failure of a plugin
+            dist = ep.dist.name if ep.dist else "?"
+            raise PluginError(
+                f"Plugin '{ep.name}' ({ep.value}, from distribution '{dist}') failed to import: {type(e).__name__}: {e}. "
+                f"Fix or uninstall it, or block it with {BLOCK_ENV}={ep.name}."
+            ) from e
+        pm.register(plugin, name=ep.name)
+        pm._circuitkit_dists = getattr(pm, "_circuitkit_dists", {})  # type: ignore[attr-defined]
+        pm._circuitkit_dists[ep.name] = ep.dist.name if ep.dist else ""  # type: ignore[attr-defined]
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise PluginError(
+            f"{e}. Hook names must be one of: {', '.join(sorted(n for n in dir(hookspecs) if n.startswith('circuitkit_')))}."
+        ) from None
+    return pm
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every registration hook, one plugin at a time so errors name the plugin."""
+    registry = Registry()
+    dists = getattr(pm, "_circuitkit_dists", {})
+    for kind in KINDS:
+        reg = registry.kinds[kind]
+        hook_name = f"circuitkit_register_{kind}"
+        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+            reg.current_plugin = impl.plugin_name
+            reg.current_distribution = dists.get(impl.plugin_name, "")
+            try:
+                impl.function(registry=reg)
+            except CircuitkitError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise PluginError(
+                    f"Plugin '{impl.plugin_name}' raised in {hook_name}: {type(e).__name__}: {e}. Fix or uninstall it, or "
+                    f"block it with {BLOCK_ENV}={impl.plugin_name}."
+                ) from e
+        reg.current_plugin = ""
+        reg.current_distribution = ""
+    return registry
+
+
+def get_registry(block: Iterable[str] | None = None, *, require: bool = True) -> Registry:
+    """The registry of all installed, unblocked plugins (cached per block list)."""
+    names = tuple(sorted(set(blocked_from_env()) | set(block or ())))
+    if names not in _CACHE:
+        pm = make_plugin_manager(names)
+        _CACHE[names] = (pm, build_registry(pm))
+    registry = _CACHE[names][1]
+    if require and registry.is_empty():
+        raise PluginError(
+            "No circuitkit plugins are registered: no methods, tasks or selectors are available. Install "
+            "circuitkit with its builtin plugins (pip install -e . from the repository, or pip install circuitkit), "
+            f"and check that {BLOCK_ENV} does not block them."
+        )
+    return registry
+
+
+def get_plugin_manager(block: Iterable[str] | None = None) -> pluggy.PluginManager:
+    get_registry(block, require=False)
+    names = tuple(sorted(set(blocked_from_env()) | set(block or ())))
+    return _CACHE[names][0]
+
+
+def clear_cache() -> None:
+    _CACHE.clear()

@@ -1,0 +1,295 @@
+"""Result types — measurement, decision and verdict kept apart — and their files.
+
+- :class:`Scores`: one number per edge of a :class:`~circuitkit.graph.Graph`, with provenance.
+- :class:`Circuit`: a set of edges (and the nodes they touch), pruned so nothing dangles.
+- :class:`EvalResult`: the numbers one evaluator measured.
+- :class:`RunResult`: everything a run produced, with the config and versions that produced it.
+
+``scores.json`` is ``{"meta": {...}, "edges": {edge_name: score}}``. ``circuit.json`` is the EAP-IG
+library's graph JSON (the format of MIB circuit files): ``{"cfg": {...}, "nodes": {name: {"in_graph"}},
+"edges": {name: {"score", "in_graph"}}}``. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from circuitkit.errors import CircuitkitError
+from circuitkit.graph import Graph
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: the file is complete or absent."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CircuitkitError(f"Cannot write {path}: {e.strerror or e}. Choose a writable output directory (hydra.run.dir=...).") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with _suppress():
+            os.unlink(tmp)
+        raise CircuitkitError(f"Writing {path} failed: {e.strerror or e} (is the disk full?). Nothing partial was left behind.") from e
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CircuitkitError(f"{what} file {path} does not exist.") from None
+    except json.JSONDecodeError as e:
+        raise CircuitkitError(f"{what} file {path} is not valid JSON ({e}); it may be truncated.") from None
+
+
+@dataclass
+class Scores(Mapping[str, float]):
+    """One score per edge: the estimated drop of the metric when that edge alone is corrupted.
+
+    Index by edge name (``scores["a0.h0->m0"]``); ``values`` is the ``[n_edges]`` float64 tensor in the
+    graph's edge order.
+    """
+
+    graph: Graph
+    values: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = torch.as_tensor(self.values, dtype=torch.float64).detach().cpu()
+        if self.values.shape != (self.graph.n_edges,):
+            raise CircuitkitError(f"Scores have shape {tuple(self.values.shape)}, expected ({self.graph.n_edges},).")
+
+    @classmethod
+    def from_dense(cls, graph: Graph, dense: torch.Tensor, meta: dict[str, Any] | None = None) -> Scores:
+        return cls(graph, graph.to_flat(dense.detach().cpu().double()), dict(meta or {}))
+
+    def __getitem__(self, edge: str) -> float:
+        return float(self.values[self.graph.index_of(edge)])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.graph.edge_names)
+
+    def __len__(self) -> int:
+        return self.graph.n_edges
+
+    def dense(self) -> torch.Tensor:
+        """``[n_sources, n_destinations]`` (0 where there is no edge)."""
+        return self.graph.to_dense(self.values)
+
+    def top(self, k: int, absolute: bool = True) -> list[tuple[str, float]]:
+        key = self.values.abs() if absolute else self.values
+        idx = torch.argsort(key, descending=True, stable=True)[:k]
+        return [(self.graph.edge_names[i], float(self.values[i])) for i in idx]
+
+    def check_finite(self) -> None:
+        bad = ~torch.isfinite(self.values)
+        if bool(bad.any()):
+            names = [self.graph.edge_names[i] for i in bad.nonzero().squeeze(1)[:3].tolist()]
+            raise CircuitkitError(
+                f"{int(bad.sum())} edge scores are NaN or infinite (e.g. {', '.join(names)}). The metric is probably "
+                "not finite on some example; check the task's answers, or use dtype=float32."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta": {**self.meta, "graph": self.graph.to_dict()}, "edges": dict(zip(self.graph.edge_names, self.values.tolist()))}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, graph: Graph | None = None) -> Scores:
+        obj = read_json(path, "Scores")
+        meta = dict(obj.get("meta", {}))
+        g = graph or Graph(**meta.pop("graph"))
+        meta.pop("graph", None)
+        edges = obj["edges"]
+        missing = [n for n in g.edge_names if n not in edges]
+        if missing:
+            raise CircuitkitError(f"Scores file {path} does not match this graph: {len(missing)} edges missing (e.g. {missing[0]}).")
+        return cls(g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta)
+
+
+@dataclass
+class Circuit:
+    """A set of edges of a graph, with no dangling nodes.
+
+    Attributes:
+        graph: the graph.
+        edges: ``[n_edges]`` bool mask.
+        scores: the scores the circuit was selected from (optional; written to circuit files).
+    """
+
+    graph: Graph
+    edges: np.ndarray
+    scores: Scores | None = None
+
+    @classmethod
+    def from_mask(cls, graph: Graph, mask: np.ndarray | torch.Tensor, scores: Scores | None = None, prune: bool = True) -> Circuit:
+        mask = np.asarray(mask, dtype=bool)
+        return cls(graph, graph.prune(mask) if prune else mask.copy(), scores)
+
+    @classmethod
+    def full(cls, graph: Graph) -> Circuit:
+        return cls(graph, np.ones(graph.n_edges, dtype=bool))
+
+    @classmethod
+    def empty(cls, graph: Graph) -> Circuit:
+        return cls(graph, np.zeros(graph.n_edges, dtype=bool))
+
+    @classmethod
+    def from_edge_names(cls, graph: Graph, names: list[str], prune: bool = True) -> Circuit:
+        mask = np.zeros(graph.n_edges, dtype=bool)
+        for n in names:
+            mask[graph.index_of(n)] = True
+        return cls.from_mask(graph, mask, prune=prune)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edges.sum())
+
+    @property
+    def nodes(self) -> np.ndarray:
+        return self.graph.nodes_of(self.edges)
+
+    @property
+    def edge_names(self) -> list[str]:
+        return [n for n, k in zip(self.graph.edge_names, self.edges) if k]
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n for n, k in zip(self.graph.node_names, self.nodes) if k]
+
+    def keep_dense(self) -> torch.Tensor:
+        """``[n_sources, n_destinations]`` float mask (1 = kept edge; non-edges count as kept)."""
+        dense = self.graph.to_dense(torch.as_tensor(self.edges, dtype=torch.float32), fill=1.0)
+        return dense
+
+    # ----- EAP-IG / MIB graph JSON ---------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        nodes = self.nodes
+        score = self.scores.values.tolist() if self.scores is not None else [None] * self.graph.n_edges
+        return {
+            "cfg": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "parallel_attn_mlp": self.graph.parallel_attn_mlp},
+            "nodes": {n: {"in_graph": bool(k)} for n, k in zip(self.graph.node_names, nodes)},
+            "edges": {n: {"score": s, "in_graph": bool(k)} for n, s, k in zip(self.graph.edge_names, score, self.edges)},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], graph: Graph | None = None, source: str = "circuit") -> Circuit:
+        try:
+            cfg = obj["cfg"]
+            file_graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)))
+            edges = obj["edges"]
+        except (KeyError, TypeError, ValueError):
+            raise CircuitkitError(f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'.") from None
+        if graph is not None and (graph.n_layers, graph.n_heads) != (file_graph.n_layers, file_graph.n_heads):
+            raise CircuitkitError(
+                f"{source} is a circuit for a model with {file_graph.n_layers} layers and {file_graph.n_heads} heads, but this "
+                f"model has {graph.n_layers} layers and {graph.n_heads} heads. Use a circuit file made for this model."
+            )
+        g = graph or file_graph
+        unknown = [n for n in edges if n not in g.edge_index]
+        if unknown:
+            raise CircuitkitError(f"{source} names {len(unknown)} edges this graph does not have (e.g. '{unknown[0]}').")
+        mask = np.zeros(g.n_edges, dtype=bool)
+        vals = np.zeros(g.n_edges, dtype=np.float64)
+        have_scores = True
+        for n, e in edges.items():
+            i = g.edge_index[n]
+            mask[i] = bool(e.get("in_graph", False))
+            s = e.get("score")
+            if s is None:
+                have_scores = False
+            else:
+                vals[i] = float(s)
+        scores = Scores(g, torch.from_numpy(vals)) if have_scores and len(edges) == g.n_edges else None
+        return cls(g, mask, scores)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, graph: Graph | None = None) -> Circuit:
+        return cls.from_json(read_json(path, "Circuit"), graph, source=str(path))
+
+
+@dataclass
+class EvalResult:
+    """The numbers one evaluator measured.
+
+    Attributes:
+        name: the evaluator's name.
+        values: scalar results (``faithfulness``, ``clean_metric``...); None where undefined.
+        tables: named lists of rows (e.g. a faithfulness curve).
+        notes: human-readable remarks (e.g. why a value is undefined).
+    """
+
+    name: str
+    values: dict[str, float | int | None] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.values.items()}
+        return {"values": clean, "tables": self.tables, "notes": self.notes}
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced."""
+
+    meta: dict[str, Any]
+    scores: Scores | None = None
+    circuit: Circuit | None = None
+    evals: dict[str, EvalResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    status: str = "complete"
+
+    def results_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "meta": self.meta, "seconds": self.seconds}
+        if self.circuit is not None:
+            out["edges_in_circuit"] = self.circuit.n_edges
+            out["edges_in_graph"] = self.circuit.graph.n_edges
+        for name, ev in self.evals.items():
+            out[name] = ev.to_json()
+        return out

@@ -1,0 +1,32 @@
+"""Edge Attribution Patching (EAP).
+
+Syed, Rager & Conmy (2023), "Attribution Patching Outperforms Automated Circuit Discovery".
+Each edge ``u -> v`` is scored by ``(out_u(clean) - out_u(corrupted)) . d metric / d input_v`` taken on the
+clean run: a first-order estimate of the drop of the metric when that edge alone is corrupted. Cost: one
+corrupted forward and one clean forward/backward per batch, for every edge at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from circuitkit import hookimpl
+from circuitkit.attribution import gradient_attribution
+from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
+
+
+@dataclass
+class EAPConfig(PluginConfig):
+    """EAP has no options."""
+
+
+class EAP(Attributor):
+    config: EAPConfig
+
+    def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
+        return gradient_attribution(model, task, data, ctx, [1.0], method=self.config.name or "eap")
+
+
+@hookimpl
+def circuitkit_register_methods(registry) -> None:  # noqa: ANN001
+    registry.add("eap", EAP, EAPConfig)

@@ -1,0 +1,53 @@
+"""Faithfulness of one circuit.
+
+Every edge outside the circuit carries its corrupted value; the circuit's metric is normalised as
+``(metric(circuit) - metric(corrupted)) / (metric(clean) - metric(corrupted))`` (Hanna et al. 2024; MIB's
+circuit performance). 1 means the circuit alone recovers the clean behaviour, 0 the corrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+from circuitkit import hookimpl
+from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
+from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
+from circuitkit.results import Circuit, EvalResult
+
+
+@dataclass
+class FaithfulnessConfig(PluginConfig):
+    """Faithfulness has no options."""
+
+
+class Faithfulness(Evaluator):
+    config: FaithfulnessConfig
+
+    def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
+        keep = circuit.keep_dense()[None]
+        ev = evaluate_keeps(model, task, data, keep, ctx, desc="faithfulness")
+        f = ev.faithfulness(ev.circuits[0])
+        res = EvalResult(
+            self.config.name or "faithfulness",
+            {
+                "clean_metric": ev.clean,
+                "corrupted_metric": ev.corrupted,
+                "circuit_metric": ev.circuits[0],
+                "faithfulness": f,
+                "edges_in_circuit": circuit.n_edges,
+                "edges_in_graph": circuit.graph.n_edges,
+                "nodes_in_circuit": int(circuit.nodes.sum()),
+                "n_examples": ev.n_examples,
+            },
+        )
+        if f is None:
+            res.notes.append(UNDEFINED_NOTE)
+        return res
+
+
+@hookimpl
+def circuitkit_register_evaluators(registry) -> None:  # noqa: ANN001
+    registry.add("faithfulness", Faithfulness, FaithfulnessConfig)
+
+

@@ -1,0 +1,1 @@
+"""Builtin tasks, one module each (registered through entry points)."""
