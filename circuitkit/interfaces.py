@@ -26,6 +26,7 @@ from circuitkit.metrics import get_metric
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from circuitkit.graph import Graph
     from circuitkit.model import CircuitModel
     from circuitkit.results import Circuit, EvalResult, RunResult, Scores
 
@@ -149,6 +150,12 @@ class Selector(ABC):
     @abstractmethod
     def select(self, scores: Scores) -> Circuit:
         """Return a circuit over ``scores.graph`` with no dangling nodes."""
+
+    def validate(self, graph: Graph) -> None:  # noqa: B027 - optional hook
+        """Raise a :class:`~circuitkit.errors.ConfigError` if the options cannot work for ``graph``.
+
+        Called before attribution, so a bad option fails before any computation.
+        """
 
 
 class Evaluator(ABC):

@@ -102,6 +102,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         mc = cfg.get("model", {})
         model = load_model(mc.get("name", "bundled"), device=mc.get("device", "auto"), dtype=mc.get("dtype", "float32"), prepend_bos=mc.get("prepend_bos", True))
     seconds["load_model"] = time.perf_counter() - t0
+    selector.validate(model.graph)
 
     t0 = time.perf_counter()
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)

@@ -49,6 +49,9 @@ def top_n_mask(scores: Scores, n: int, absolute: bool) -> np.ndarray:
 class TopN(Selector):
     config: TopNConfig
 
+    def validate(self, graph) -> None:  # noqa: ANN001
+        top_n_mask(Scores(graph, torch.zeros(graph.n_edges)), self.config.n_edges, self.config.absolute)
+
     def select(self, scores: Scores) -> Circuit:
         return Circuit.from_mask(scores.graph, top_n_mask(scores, self.config.n_edges, self.config.absolute), scores)
 
