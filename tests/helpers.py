@@ -1,0 +1,103 @@
+"""Independent reference computations for tests: single-edge patches written directly with bridge hooks,
+not through circuitkit.engine."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitkit.data import Batch
+from circuitkit.model import CircuitModel
+
+
+def source_hook(model: CircuitModel, name: str) -> tuple[str, int | None]:
+    """Hook name and head index of a source node's output."""
+    if name == "input":
+        return "blocks.0.hook_resid_pre", None
+    if name.startswith("a"):
+        layer, head = name[1:].split(".h")
+        return f"blocks.{int(layer)}.attn.hook_result", int(head)
+    return f"blocks.{int(name[1:])}.hook_mlp_out", None
+
+
+def dest_hook(model: CircuitModel, name: str) -> tuple[str, int | None]:
+    """Hook name and head index of a destination's input."""
+    if name == "logits":
+        return "ln_final.hook_in", None
+    if "<" in name:
+        node, qkv = name[:-1].split("<")
+        layer, head = node[1:].split(".h")
+        return f"blocks.{int(layer)}.attn.hook_{qkv}_input", int(head)
+    return f"blocks.{int(name[1:])}.hook_mlp_in", None
+
+
+def capture(model: CircuitModel, tokens: torch.Tensor, hook_name: str, head: int | None) -> torch.Tensor:
+    box = {}
+
+    def grab(t, hook):
+        box["x"] = (t[:, :, head] if head is not None else t).detach().clone()
+        return t
+
+    with model.bridge.hooks(fwd_hooks=[(hook_name, grab)]):
+        model.bridge(tokens)
+    return box["x"]
+
+
+def patched_metric(model: CircuitModel, batch: Batch, metric, edge: str, fraction: float = 1.0) -> torch.Tensor:
+    """Metric per example when ``fraction`` of the corrupted-minus-clean difference of one edge's source
+    is added to its destination's input (fraction=1: the edge carries its corrupted value)."""
+    src, dst = edge.split("->")
+    s_hook, s_head = source_hook(model, src)
+    d_hook, d_head = dest_hook(model, dst)
+    diff = capture(model, batch.corrupted, s_hook, s_head) - capture(model, batch.clean, s_hook, s_head)
+
+    def add(t, hook):
+        t = t.clone()
+        if d_head is not None:
+            t[:, :, d_head] = t[:, :, d_head] + fraction * diff
+        else:
+            t = t + fraction * diff
+        return t
+
+    with model.bridge.hooks(fwd_hooks=[(d_hook, add)]):
+        logits = model.bridge(batch.clean)
+    rows = torch.arange(len(batch))
+    return metric(logits[rows, batch.last], batch)
+
+
+def plain_metric(model: CircuitModel, tokens: torch.Tensor, batch: Batch, metric) -> torch.Tensor:
+    logits = model.bridge(tokens)
+    return metric(logits[torch.arange(len(batch)), batch.last], batch)
+
+
+def input_gradient_scores(model: CircuitModel, batch: Batch, metric, alpha: float) -> dict[str, torch.Tensor]:
+    """d(sum metric)/d(input of each destination) at input embeddings corrupted + alpha (clean - corrupted),
+    computed with torch.autograd.grad on tensors captured at the destination hooks."""
+    clean_in = capture(model, batch.clean, "blocks.0.hook_resid_pre", None)
+    corr_in = capture(model, batch.corrupted, "blocks.0.hook_resid_pre", None)
+    x = corr_in + alpha * (clean_in - corr_in)
+    inputs = {}
+
+    def set_input(t, hook):
+        return x.clone().requires_grad_(True)
+
+    def grab(name):
+        def f(t, hook):
+            t = t.clone()
+            inputs[name] = t
+            return t
+
+        return f
+
+    g = model.graph
+    hooks = [("blocks.0.hook_resid_pre", set_input)]
+    for layer in range(g.n_layers):
+        for q in "qkv":
+            hooks.append((f"blocks.{layer}.attn.hook_{q}_input", grab(f"{layer}{q}")))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", grab(f"{layer}m")))
+    hooks.append(("ln_final.hook_in", grab("logits")))
+    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=hooks):
+        logits = model.bridge(batch.clean)
+        m = metric(logits[torch.arange(len(batch)), batch.last], batch).sum()
+        names = list(inputs)
+        grads = torch.autograd.grad(m, [inputs[n] for n in names], allow_unused=True)
+    return {n: (gr if gr is not None else torch.zeros_like(inputs[n])) for n, gr in zip(names, grads)}

@@ -1,0 +1,208 @@
+"""Attribution and evaluation against independent computations on tiny random models."""
+
+import numpy as np
+import pytest
+import torch
+
+import circuitkit as ck
+from circuitkit import engine
+from circuitkit.data import Example, tokenize_examples
+from circuitkit.evaluation import evaluate_keeps
+from circuitkit.metrics import logit_diff
+from circuitkit.results import Circuit
+
+from helpers import input_gradient_scores, patched_metric, plain_metric
+
+EXAMPLES = [
+    Example("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Anne gave a drink to", (" Mary",), (" John",)),
+    Example("The war lasted from the year 1732 to the year 17", "The war lasted from the year 1701 to the year 17", (" 45",), (" 01",)),
+    Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
+    Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
+    Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
+    Example("The nurse said that", "The pilot said that", (" she",), (" he",)),
+    Example("She went to the park and then", "He went to the park and then", (" she",), (" he",)),
+    Example("One two three one two", "Six nine four one two", (" three",), ()),
+]
+
+
+class _Task(ck.Task):
+    def generate(self, tokenizer, split):
+        return iter(EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return _Task(ck.TaskConfig(name="hand", metric="logit_diff"))
+
+
+def data_for(model, n=len(EXAMPLES)):
+    return tokenize_examples("hand", EXAMPLES[:n], model.tokenizer)
+
+
+def ctx(batch_size=8):
+    return ck.RunContext(batch_size=batch_size, progress=False)
+
+
+def test_eap_equals_finite_differences_of_single_edge_patches(tiny_model64, task):
+    """EAP's score of an edge is the derivative of the metric along that edge's corruption, at the clean
+    run: checked against a central finite difference of a hand-written single-edge hook."""
+    model = tiny_model64
+    data = data_for(model, 4)
+    scores = ck.build("methods", "eap").attribute(model, task, data, ctx())
+    batch = next(data.batches(8))
+    rng = np.random.default_rng(0)
+    picks = list(rng.choice(model.graph.n_edges, 25, replace=False)) + [model.graph.index_of(e) for e in ("m0->m1", "a0.h1->m1", "input->logits", "m1->logits")]
+    eps = 1e-5
+    for i in picks:
+        edge = model.graph.edge_names[i]
+        up = patched_metric(model, batch, logit_diff, edge, eps).mean()
+        down = patched_metric(model, batch, logit_diff, edge, -eps).mean()
+        drop_rate = -(up - down).item() / (2 * eps)  # d(drop)/d(fraction corrupted)
+        assert scores[edge] == pytest.approx(drop_rate, rel=1e-4, abs=1e-9), edge
+
+
+def test_ig_with_one_step_is_eap_and_two_steps_is_the_mean_of_two_gradients(tiny_model64, task):
+    model = tiny_model64
+    data = data_for(model, 5)
+    eap = ck.build("methods", "eap").attribute(model, task, data, ctx())
+    ig1 = ck.build("methods", "eap_ig", ig_steps=1).attribute(model, task, data, ctx())
+    assert torch.allclose(eap.values, ig1.values, rtol=1e-12, atol=1e-15)
+
+    ig2 = ck.build("methods", "eap_ig", ig_steps=2).attribute(model, task, data, ctx())
+    cc = ck.build("methods", "clean_corrupted").attribute(model, task, data, ctx())
+    batch = next(data.batches(8))
+    g = model.graph
+    grads = {a: input_gradient_scores(model, batch, logit_diff, a) for a in (0.0, 0.5, 1.0)}
+    # Reference scores from autograd.grad, contracted with source differences captured by hand.
+    from helpers import capture, source_hook
+
+    diffs = {}
+    for s in g.source_names:
+        hook, head = source_hook(model, s)
+        diffs[s] = capture(model, batch.clean, hook, head) - capture(model, batch.corrupted, hook, head)
+    n = len(batch)
+    for edge in ["input->a0.h0<q>", "a0.h2->a1.h1<k>", "m0->a1.h2<v>", "a1.h0->m1", "m0->logits", "input->m0"]:
+        src, dst = edge.split("->")
+        if dst == "logits":
+            key, head = "logits", None
+        elif "<" in dst:
+            node, q = dst[:-1].split("<")
+            key, head = f"{node[1]}{q}", int(node.split(".h")[1])
+        else:
+            key, head = f"{dst[1:]}m", None
+
+        def dot(a):
+            gr = grads[a][key]
+            gr = gr[:, :, head] if head is not None else gr
+            return float((diffs[src] * gr).sum()) / n
+
+        assert ig2[edge] == pytest.approx((dot(0.5) + dot(1.0)) / 2, rel=1e-9, abs=1e-12), edge
+        assert cc[edge] == pytest.approx((dot(0.0) + dot(1.0)) / 2, rel=1e-9, abs=1e-12), edge
+        assert eap[edge] == pytest.approx(dot(1.0), rel=1e-9, abs=1e-12), edge
+
+
+def test_ig_input_edges_satisfy_completeness_as_steps_grow(tiny_model64, task):
+    """The input node feeds every destination, so the sum of its edge scores is the integrated-gradients
+    attribution of the input embedding, which converges to metric(clean) - metric(corrupted)."""
+    model = tiny_model64
+    data = data_for(model, 4)
+    batch = next(data.batches(8))
+    target = (plain_metric(model, batch.clean, batch, logit_diff) - plain_metric(model, batch.corrupted, batch, logit_diff)).mean().item()
+    g = model.graph
+    errors = []
+    for steps in (1, 4, 64):
+        s = ck.build("methods", "eap_ig", ig_steps=steps).attribute(model, task, data, ctx())
+        total = float(s.dense()[0].sum())
+        errors.append(abs(total - target))
+    assert errors[2] < 0.02 * abs(target) + 1e-9
+    assert errors[2] < errors[0]
+    assert g.n_edges == len(s)
+
+
+def test_patching_equals_all_but_one_circuits_and_hand_written_patches(tiny_model, task):
+    model = tiny_model
+    data = data_for(model, 6)
+    g = model.graph
+    picks = torch.tensor(np.random.default_rng(1).choice(g.n_edges, 12, replace=False))
+    from circuitkit.attribution import exact_patching
+
+    s = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=5, edges=picks)
+    keeps = []
+    for i in picks.tolist():
+        mask = np.ones(g.n_edges, bool)
+        mask[i] = False
+        keeps.append(Circuit(g, mask).keep_dense())
+    ev = evaluate_keeps(model, task, data, torch.stack(keeps), ctx(batch_size=8))
+    batch = next(data.batches(8))
+    for k, i in enumerate(picks.tolist()):
+        edge = g.edge_names[i]
+        assert s[edge] == pytest.approx(ev.clean - ev.circuits[k], rel=1e-4, abs=1e-5), edge
+        hand = (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        assert s[edge] == pytest.approx(hand, rel=1e-4, abs=1e-5), edge
+    assert torch.isnan(s.values).sum() == g.n_edges - len(picks)
+
+
+def test_evaluation_endpoints(tiny_model, task):
+    model = tiny_model
+    data = data_for(model)
+    g = model.graph
+    ev = evaluate_keeps(model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx(batch_size=3))
+    batch = next(data.batches(8))
+    clean = plain_metric(model, batch.clean, batch, logit_diff).mean().item()
+    corrupted = plain_metric(model, batch.corrupted, batch, logit_diff).mean().item()
+    assert ev.circuits[0] == pytest.approx(corrupted, abs=1e-5)
+    assert ev.circuits[1] == pytest.approx(clean, abs=1e-5)
+    assert ev.clean == pytest.approx(clean, abs=1e-5) and ev.corrupted == pytest.approx(corrupted, abs=1e-5)
+    assert ev.faithfulness(ev.circuits[1]) == pytest.approx(1.0, abs=1e-4)
+    assert ev.faithfulness(ev.circuits[0]) == pytest.approx(0.0, abs=1e-4)
+    res = ck.build("evaluators", "faithfulness").evaluate(model, task, data, Circuit.full(g), ctx())
+    assert res.values["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap_ig", "clean_corrupted"])
+def test_scores_do_not_depend_on_batch_size(tiny_model, task, method):
+    data = data_for(tiny_model)
+    runs = [ck.build("methods", method).attribute(tiny_model, task, data, ctx(batch_size=b)).values for b in (1, 3, 8)]
+    scale = runs[0].abs().max()
+    for other in runs[1:]:
+        assert torch.allclose(other, runs[0], rtol=1e-5, atol=1e-5 * float(scale))
+
+
+def test_patching_does_not_depend_on_batch_size(tiny_model, task):
+    from circuitkit.attribution import exact_patching
+
+    data = data_for(tiny_model)
+    picks = torch.arange(0, tiny_model.graph.n_edges, 7)
+    a = exact_patching(tiny_model, task, data, ctx(batch_size=1), edges=picks, edges_per_pass=16).values
+    b = exact_patching(tiny_model, task, data, ctx(batch_size=8), edges=picks, edges_per_pass=3).values
+    ok = ~torch.isnan(a)
+    assert torch.allclose(a[ok], b[ok], rtol=1e-5, atol=1e-6)
+
+
+def test_scores_are_indexable_by_edge_name_and_deterministic(tiny_model, task):
+    data = data_for(tiny_model, 3)
+    s1 = ck.build("methods", "eap_ig").attribute(tiny_model, task, data, ctx())
+    s2 = ck.build("methods", "eap_ig").attribute(tiny_model, task, data, ctx())
+    assert torch.equal(s1.values, s2.values)  # bit-identical on CPU
+    assert s1["input->logits"] == float(s1.values[tiny_model.graph.index_of("input->logits")])
+    assert len(dict(s1)) == tiny_model.graph.n_edges
+
+
+def test_top_n_selection(tiny_model, task):
+    data = data_for(tiny_model, 3)
+    s = ck.build("methods", "eap").attribute(tiny_model, task, data, ctx())
+    c = ck.build("selectors", "top_n", n_edges=30).select(s)
+    assert 0 < c.n_edges <= 30
+    assert (tiny_model.graph.prune(c.edges) == c.edges).all()
+    top = {n for n, _ in s.top(30)}
+    assert set(c.edge_names) <= top
+    with pytest.raises(ck.CircuitkitError, match="larger than the graph"):
+        ck.build("selectors", "top_n", n_edges=10**6).select(s)
+    with pytest.raises(ck.CircuitkitError, match="non-negative"):
+        ck.build("selectors", "top_n", n_edges=-1).select(s)
+
+
+def test_engine_keeps_scores_in_graph_layout(tiny_model):
+    g = tiny_model.graph
+    run = engine.run_sources(tiny_model, torch.tensor([[50256, 464, 1175]]))
+    assert run.sources.shape == (g.n_sources, 1, 3, tiny_model.d_model)
