@@ -270,5 +270,11 @@ def load_model(name: str = BUNDLED_NAME, *, device: str = "auto", dtype: str = "
         raise ConfigError("model.name is empty. Use model=bundled, model.name=gpt2 or model.name=/path/to/dir.")
     resolve_device(device)  # fail before a long load
     torch_dtype = resolve_dtype(dtype)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
     hf_model, tok, source = _load_hf(name, torch_dtype)
     return bridge_model(hf_model, tok, name=source if name != BUNDLED_NAME else BUNDLED_NAME, device=device, prepend_bos=prepend_bos)

@@ -33,10 +33,14 @@ class EAPIGConfig(PluginConfig):
 class EAPIG(Attributor):
     config: EAPIGConfig
 
+    def __init__(self, config: EAPIGConfig) -> None:
+        super().__init__(config)
+        m = config.ig_steps
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r} (the paper uses 5).")
+
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         m = self.config.ig_steps
-        if not isinstance(m, int) or m < 1:
-            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r} (the paper uses 5).")
         alphas = [k / m for k in range(1, m + 1)]
         return gradient_attribution(model, task, data, ctx, alphas, method=self.config.name or "eap_ig", meta={"ig_steps": m})
 
