@@ -6,8 +6,18 @@
 - :class:`RunResult`: everything a run produced, with the config and versions that produced it.
 
 ``scores.json`` is ``{"meta": {...}, "edges": {edge_name: score}}``. ``circuit.json`` is the EAP-IG
-library's graph JSON (the format of MIB circuit files): ``{"cfg": {...}, "nodes": {name: {"in_graph"}},
-"edges": {name: {"score", "in_graph"}}}``. Files are written atomically.
+library's graph JSON (``Graph.to_json``/``Graph.from_json`` in hannamw/EAP-IG; the format of MIB circuit
+files)::
+
+    {"cfg": {"n_layers", "n_heads", "parallel_attn_mlp", "d_model"},
+     "nodes": {"input": {"in_graph": bool}, "a0.h0": {...}, "m0": {...}, ..., "logits": {"in_graph": true}},
+     "edges": {"input->a0.h0<q>": {"score": float, "in_graph": bool}, ...}}
+
+Every node and every edge of the graph is listed; ``logits`` is always ``in_graph`` (as in EAP-IG). EAP-IG
+builds its graph from ``cfg`` and needs ``d_model`` there, so it is written whenever it is known
+(:attr:`Circuit.d_model`, or ``d_model`` in the scores' meta). EAP-IG needs a number for every edge's
+``score``: a circuit without scores writes 0.0 and marks the file with ``"scored": false`` (a top-level key
+EAP-IG ignores), so reading it back gives a circuit without scores again. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -157,11 +167,13 @@ class Circuit:
         graph: the graph.
         edges: ``[n_edges]`` bool mask.
         scores: the scores the circuit was selected from (optional; written to circuit files).
+        d_model: the model's width, written to circuit files for EAP-IG/MIB tools (optional).
     """
 
     graph: Graph
     edges: np.ndarray
     scores: Scores | None = None
+    d_model: int | None = None
 
     @classmethod
     def from_mask(cls, graph: Graph, mask: np.ndarray | torch.Tensor, scores: Scores | None = None, prune: bool = True) -> Circuit:
@@ -206,23 +218,41 @@ class Circuit:
 
     # ----- EAP-IG / MIB graph JSON ---------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
+        """The EAP-IG graph JSON of this circuit (see the module docstring)."""
+        g = self.graph
         nodes = self.nodes
-        score = self.scores.values.tolist() if self.scores is not None else [None] * self.graph.n_edges
-        return {
-            "cfg": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "parallel_attn_mlp": self.graph.parallel_attn_mlp},
-            "nodes": {n: {"in_graph": bool(k)} for n, k in zip(self.graph.node_names, nodes)},
-            "edges": {n: {"score": s, "in_graph": bool(k)} for n, s, k in zip(self.graph.edge_names, score, self.edges)},
+        nodes[-1] = True  # logits: always in the graph, as EAP-IG writes it
+        scored = self.scores is not None
+        score = self.scores.values.tolist() if self.scores is not None else [0.0] * g.n_edges
+        cfg: dict[str, Any] = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel_attn_mlp}
+        d_model = self.d_model if self.d_model is not None else (self.scores.meta.get("d_model") if self.scores is not None else None)
+        if d_model is not None:
+            cfg["d_model"] = int(d_model)
+        out: dict[str, Any] = {
+            "cfg": cfg,
+            "nodes": {n: {"in_graph": bool(k)} for n, k in zip(g.node_names, nodes, strict=True)},
+            "edges": {n: {"score": float(s), "in_graph": bool(k)} for n, s, k in zip(g.edge_names, score, self.edges, strict=True)},
         }
+        if not scored:
+            out["scored"] = False
+        return out
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_json())
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], graph: Graph | None = None, source: str = "circuit") -> Circuit:
+        """Read an EAP-IG graph JSON (ours or one written by EAP-IG/MIB tools).
+
+        The circuit is the set of edges with ``in_graph`` true, as written (not pruned again). Edges the
+        file does not list are not in the circuit. Scores are kept when every edge has one.
+        """
         try:
             cfg = obj["cfg"]
             file_graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)))
             edges = obj["edges"]
+            if not isinstance(edges, dict):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise CircuitkitError(f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'.") from None
         if graph is not None and (graph.n_layers, graph.n_heads) != (file_graph.n_layers, file_graph.n_heads):
@@ -230,14 +260,22 @@ class Circuit:
                 f"{source} is a circuit for a model with {file_graph.n_layers} layers and {file_graph.n_heads} heads, but this "
                 f"model has {graph.n_layers} layers and {graph.n_heads} heads. Use a circuit file made for this model."
             )
+        if graph is not None and graph.parallel_attn_mlp != file_graph.parallel_attn_mlp:
+            kinds = {True: "parallel attention/MLP blocks", False: "sequential attention/MLP blocks"}
+            raise CircuitkitError(
+                f"{source} is a circuit for a model with {kinds[file_graph.parallel_attn_mlp]}, but this model has "
+                f"{kinds[graph.parallel_attn_mlp]}. Use a circuit file made for this model."
+            )
         g = graph or file_graph
         unknown = [n for n in edges if n not in g.edge_index]
         if unknown:
             raise CircuitkitError(f"{source} names {len(unknown)} edges this graph does not have (e.g. '{unknown[0]}').")
         mask = np.zeros(g.n_edges, dtype=bool)
         vals = np.zeros(g.n_edges, dtype=np.float64)
-        have_scores = True
+        have_scores = obj.get("scored", True) is not False
         for n, e in edges.items():
+            if not isinstance(e, dict):
+                raise CircuitkitError(f"{source}: edge '{n}' must map to {{\"score\": ..., \"in_graph\": ...}}, got {e!r}.")
             i = g.edge_index[n]
             mask[i] = bool(e.get("in_graph", False))
             s = e.get("score")
@@ -246,7 +284,8 @@ class Circuit:
             else:
                 vals[i] = float(s)
         scores = Scores(g, torch.from_numpy(vals)) if have_scores and len(edges) == g.n_edges else None
-        return cls(g, mask, scores)
+        d_model = cfg.get("d_model")
+        return cls(g, mask, scores, int(d_model) if d_model is not None else None)
 
     @classmethod
     def load(cls, path: str | os.PathLike, graph: Graph | None = None) -> Circuit:

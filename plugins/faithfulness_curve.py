@@ -1,0 +1,264 @@
+"""Faithfulness at many edge budgets, MIB's CPR and CMD, and the smallest circuit reaching a target.
+
+For each budget a circuit is selected from the run's scores (``ctx.scores``; the scores of the circuit
+being evaluated if the run has none) by a selector chosen here (default ``top_n`` by ``|score|``), and its
+faithfulness ``f = (m(circuit) - m(corrupted)) / (m(clean) - m(corrupted))`` is measured. All budgets are
+evaluated in one sweep over the data (:func:`circuitkit.evaluation.evaluate_keeps`: clean and corrupted
+runs once per batch, circuits stacked).
+
+**CPR and CMD** are computed exactly as MIB defines them (Mueller et al. 2025, "MIB: A Mechanistic
+Interpretability Benchmark", ICML; the benchmark's ``evaluate_area_under_curve``, checked in the MIB
+circuit-track evaluation code):
+
+- x-axis: the budget as a *fraction of the graph's edges* in ``[0, 1]`` (0.001 ... 1 for the default
+  percentages), linear, the requested budget (not the count left after pruning);
+- ``CPR = sum_i (x[i+1] - x[i]) * (f[i] + f[i+1]) / 2`` (trapezoid rule between consecutive budgets);
+- ``CMD = sum_i (x[i+1] - x[i]) * (|1 - f[i]| + |1 - f[i+1]|) / 2``;
+- no point at ``x = 0`` and no normalisation (with the default budgets the x-range is 0.999).
+
+A budget of ``p`` percent keeps ``int(p / 100 * n_edges)`` edges before pruning, as MIB does. MIB takes
+CPR from circuits selected by *signed* score and CMD from circuits selected by ``|score|``; set
+``cpr_signed=true`` to do the same (a second, signed curve is evaluated in the same sweep and CPR is
+computed on it; the table ``curve_signed`` holds it).
+
+**Smallest circuit reaching ``target``**: the first budget whose faithfulness reaches ``target`` gives an
+interval (previous budget, that budget) — (0 edges, first budget) if the first one already does, the
+empty circuit being the corrupted run (f = 0). The interval is then narrowed by a k-ary bisection:
+``refine_steps`` rounds, each evaluating ``refine_points`` evenly spaced edge counts inside it in one sweep
+and keeping the sub-interval just below the smallest count that reaches the target. The result is the
+smallest evaluated budget that reaches the target (faithfulness need not grow with size, so this is the
+smallest found, not a proof that none smaller exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from circuitkit import hookimpl
+from circuitkit.analysis import MIB_PERCENTAGES, cmd, cpr
+from circuitkit.errors import ConfigError
+from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, evaluate_keeps
+from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
+from circuitkit.results import Circuit, EvalResult, Scores
+
+
+@dataclass
+class FaithfulnessCurveConfig(PluginConfig):
+    """Options of the faithfulness curve.
+
+    Attributes:
+        budgets: edge budgets, in ``unit`` (default: MIB's percentages).
+        unit: ``percent`` (of the graph's edges) or ``edges`` (counts).
+        selector: selector that builds each circuit; it must take ``n_edges`` (``top_n``, ``greedy``).
+        absolute: select by ``|score|`` (True) or signed score (False).
+        cpr_signed: compute CPR on a second curve selected by signed score (MIB's protocol), CMD on this one.
+        target: faithfulness to reach for ``edges_for_target``.
+        refine_steps: bisection rounds between budgets for ``edges_for_target`` (0: budgets only).
+        refine_points: edge counts evaluated per round (one sweep over the data per round).
+        circuits_per_pass: circuits stacked in one forward pass (memory grows with it).
+    """
+
+    budgets: list[float] = field(default_factory=lambda: list(MIB_PERCENTAGES))
+    unit: str = "percent"
+    selector: str = "top_n"
+    absolute: bool = True
+    cpr_signed: bool = False
+    target: float = 0.85
+    refine_steps: int = 2
+    refine_points: int = 3
+    circuits_per_pass: int = 8
+
+
+UNITS = ("percent", "edges")
+NO_TARGET: dict[str, None] = {"edges_for_target": None, "budget_for_target": None, "fraction_for_target": None, "faithfulness_at_target": None}
+
+
+def budget_edges(budget: float, unit: str, total: int) -> int:
+    """Edges a budget asks for: ``int(p / 100 * total)`` for percentages (MIB), the count itself for edges."""
+    if unit == "percent":
+        return int(budget / 100.0 * total + 1e-9)
+    return int(round(budget))
+
+
+class FaithfulnessCurve(Evaluator):
+    config: FaithfulnessCurveConfig
+
+    # ----- options ------------------------------------------------------------------------------
+    def _check(self, total: int) -> list[float]:
+        c = self.config
+        if c.unit not in UNITS:
+            raise ConfigError(f"evaluator.{c.name}.unit must be one of {', '.join(UNITS)}, got '{c.unit}'.")
+        budgets = [float(b) for b in c.budgets]
+        if not budgets:
+            raise ConfigError(f"evaluator.{c.name}.budgets is empty; give at least one budget.")
+        hi = 100.0 if c.unit == "percent" else float(total)
+        bad = [b for b in budgets if not (0 < b <= hi) or not math.isfinite(b)]
+        if bad:
+            what = "percentages in (0, 100]" if c.unit == "percent" else f"edge counts in [1, {total}] (this graph has {total} edges)"
+            raise ConfigError(f"evaluator.{c.name}.budgets must be {what}; got {bad[0]:g}.")
+        if c.unit == "edges" and any(b != int(b) for b in budgets):
+            raise ConfigError(f"evaluator.{c.name}.budgets are edge counts (unit=edges) and must be whole numbers.")
+        if not math.isfinite(c.target):
+            raise ConfigError(f"evaluator.{c.name}.target must be a finite number, got {c.target}.")
+        if c.refine_steps < 0 or c.refine_points < 1:
+            raise ConfigError(f"evaluator.{c.name}: refine_steps must be >= 0 and refine_points >= 1.")
+        if c.circuits_per_pass < 1:
+            raise ConfigError(f"evaluator.{c.name}.circuits_per_pass must be at least 1.")
+        return sorted(set(budgets))
+
+    def _selector(self, n: int, absolute: bool) -> Any:
+        from circuitkit.plugins import get_registry
+
+        reg = get_registry().selectors
+        entry = reg.get(self.config.selector)
+        names = {f.name for f in dataclasses.fields(entry.config)}
+        if "n_edges" not in names:
+            raise ConfigError(
+                f"evaluator.{self.config.name}.selector={self.config.selector} does not take n_edges; the curve needs a "
+                "selector that keeps a given number of edges (top_n, greedy)."
+            )
+        opts: dict[str, Any] = {"n_edges": int(n)}
+        if "absolute" in names:
+            opts["absolute"] = absolute
+        return reg.build(self.config.selector, opts)
+
+    def circuit_at(self, scores: Scores, n: int, absolute: bool | None = None) -> Circuit:
+        """The circuit the configured selector picks with ``n`` edges."""
+        return self._selector(n, self.config.absolute if absolute is None else absolute).select(scores)
+
+    # ----- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
+        c = self.config
+        name = c.name or "faithfulness_curve"
+        scores = ctx.scores if ctx.scores is not None else circuit.scores
+        if scores is None:
+            raise ConfigError(f"Evaluator '{name}' needs edge scores: run it after attribution, or pass a circuit that has scores.")
+        g = scores.graph
+        total = g.n_edges
+        budgets = self._check(total)
+        requested = [budget_edges(b, c.unit, total) for b in budgets]
+        fractions = [n / total for n in requested] if c.unit == "edges" else [b / 100.0 for b in budgets]
+
+        curves = [(c.absolute, "curve")]
+        if c.cpr_signed:
+            curves.append((False, "curve_signed"))
+        circuits = [self.circuit_at(scores, n, a) for a, _ in curves for n in requested]
+        ev = self._run(model, task, data, circuits, ctx, "faithfulness curve")
+
+        res = EvalResult(name)
+        res.values.update(
+            {
+                "clean_metric": ev.clean,
+                "corrupted_metric": ev.corrupted,
+                "edges_in_graph": total,
+                "n_examples": ev.n_examples,
+                "target": c.target,
+            }
+        )
+        nb = len(budgets)
+        faith: dict[str, list[float | None]] = {}
+        for k, (_, table) in enumerate(curves):
+            rows = []
+            fs = []
+            for i, b in enumerate(budgets):
+                circ = circuits[k * nb + i]
+                m = ev.circuits[k * nb + i]
+                f = ev.faithfulness(m)
+                fs.append(f)
+                rows.append(
+                    {
+                        "budget": b,
+                        "fraction": fractions[i],
+                        "requested_edges": requested[i],
+                        "n_edges": circ.n_edges,
+                        "n_nodes": int(circ.nodes.sum()),
+                        "faithfulness": f,
+                        "circuit_metric": m,
+                    }
+                )
+            res.tables[table] = rows
+            faith[table] = fs
+
+        f_main = faith["curve"]
+        f_cpr = faith["curve_signed" if c.cpr_signed else "curve"]
+        defined = all(v is not None for v in f_main) and all(v is not None for v in f_cpr)
+        if not defined:
+            res.notes.append(UNDEFINED_NOTE)
+        if defined and nb >= 2:
+            res.values["cpr"] = cpr(fractions, f_cpr)  # type: ignore[arg-type]
+            res.values["cmd"] = cmd(fractions, f_main)  # type: ignore[arg-type]
+            res.values["average_faithfulness"] = float(np.mean(f_main))  # type: ignore[arg-type]
+        else:
+            res.values.update({"cpr": None, "cmd": None, "average_faithfulness": None})
+            if defined:
+                res.notes.append("CPR and CMD need at least two budgets.")
+
+        if defined:
+            self._target(res, model, task, data, scores, ctx, requested, f_main, total)  # type: ignore[arg-type]
+        else:
+            res.values.update(NO_TARGET)
+        return res
+
+    def _run(self, model, task, data, circuits: list[Circuit], ctx, desc: str) -> Evaluation:  # noqa: ANN001
+        keeps = torch.stack([c.keep_dense() for c in circuits])
+        return evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=self.config.circuits_per_pass, desc=desc)
+
+    def _target(self, res: EvalResult, model, task, data, scores: Scores, ctx, requested: list[int], fs: list[float], total: int) -> None:  # noqa: ANN001
+        """Fill ``edges_for_target`` (smallest evaluated budget reaching the target) with a k-ary bisection."""
+        c = self.config
+        first = next((i for i, f in enumerate(fs) if f >= c.target), None)
+        refine_rows: list[dict[str, Any]] = []
+        if first is None:
+            res.values.update(NO_TARGET)
+            res.notes.append(f"No budget reaches faithfulness {c.target:g} (the largest reaches {max(fs):.3g}).")
+            res.tables["refine"] = refine_rows
+            return
+        hi, f_hi = requested[first], fs[first]
+        hi_circuit = self.circuit_at(scores, hi)
+        lo = requested[first - 1] if first > 0 else 0
+        if c.target <= 0 and first == 0:
+            lo = hi  # the empty circuit (f = 0) already reaches it: nothing to refine below the first budget
+        seen = set(requested)
+        for _ in range(c.refine_steps):
+            if hi - lo <= 1:
+                break
+            k = min(c.refine_points, hi - lo - 1)
+            pts = sorted({lo + round((j + 1) * (hi - lo) / (k + 1)) for j in range(k)} - seen - {lo, hi})
+            if not pts:
+                break
+            circs = [self.circuit_at(scores, n) for n in pts]
+            ev = self._run(model, task, data, circs, ctx, "faithfulness curve (refine)")
+            seen.update(pts)
+            new_lo = lo
+            reached = None
+            for n, circ, m in zip(pts, circs, ev.circuits, strict=True):
+                f = ev.faithfulness(m)
+                refine_rows.append({"requested_edges": n, "n_edges": circ.n_edges, "faithfulness": f, "circuit_metric": m})
+                if reached is None:
+                    if f is not None and f >= c.target:
+                        reached = (n, f, circ)
+                    else:
+                        new_lo = n
+            if reached is not None:
+                hi, f_hi, hi_circuit = reached
+            lo = new_lo
+        res.values.update(
+            {
+                "edges_for_target": hi_circuit.n_edges,
+                "budget_for_target": hi,
+                "fraction_for_target": hi / total,
+                "faithfulness_at_target": f_hi,
+            }
+        )
+        res.tables["refine"] = refine_rows
+
+
+@hookimpl
+def circuitkit_register_evaluators(registry) -> None:  # noqa: ANN001
+    registry.add("faithfulness_curve", FaithfulnessCurve, FaithfulnessCurveConfig)

@@ -1,0 +1,94 @@
+"""Greedy edge selection from the logits backwards (Hanna et al. 2024, "Have Faith in Faithfulness").
+
+The circuit starts as the ``logits`` node alone; the candidates are the edges into it. Repeatedly, the
+highest-scoring candidate (by ``|score|``, or signed score with ``absolute=false``) joins the circuit; if
+its source node was not in the circuit yet, that node joins and the edges into it become candidates.
+This stops after ``n_edges`` edges, so every chosen edge leads to ``logits`` through chosen edges. Edges
+whose source cannot be reached from ``input`` are then pruned (Graph.prune), so the circuit can hold
+fewer than ``n_edges`` edges. Ties are broken by the graph's edge order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from circuitkit import hookimpl
+from circuitkit.errors import ConfigError
+from circuitkit.graph import Graph
+from circuitkit.interfaces import PluginConfig, Selector
+from circuitkit.results import Circuit, Scores
+
+
+@dataclass
+class GreedyConfig(PluginConfig):
+    """Options of greedy selection.
+
+    Attributes:
+        n_edges: how many edges to add before pruning.
+        absolute: rank by ``|score|`` (True) or by signed score (False).
+    """
+
+    n_edges: int = 200
+    absolute: bool = True
+
+
+def check_n_edges(n: object, graph: Graph) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")
+    if n > graph.n_edges:
+        raise ConfigError(f"selector.n_edges={n} is larger than the graph, which has {graph.n_edges} edges. Use at most {graph.n_edges}.")
+    return int(n)
+
+
+def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
+    """The flat indices of the first ``n`` edges the greedy search adds, in the order it adds them."""
+    g = scores.graph
+    n = check_n_edges(n, g)
+    key = scores.values.abs() if absolute else scores.values
+    key = torch.nan_to_num(key, nan=-math.inf).tolist()
+    dst_node = g.dst_node[g.edge_dst]  # node index of each edge's destination
+    edge_src = g.edge_src
+    into: list[list[int]] = [[] for _ in g.node_names]
+    for e, d in enumerate(dst_node.tolist()):
+        into[d].append(e)
+    in_circuit = np.zeros(len(g.node_names), dtype=bool)
+    logits = len(g.node_names) - 1
+    in_circuit[logits] = True
+    heap = [(-key[e], e) for e in into[logits]]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while len(order) < n and heap:
+        _, e = heapq.heappop(heap)
+        order.append(e)
+        s = int(edge_src[e])  # source indices equal node indices
+        if not in_circuit[s]:
+            in_circuit[s] = True
+            for e2 in into[s]:
+                heapq.heappush(heap, (-key[e2], e2))
+    return order
+
+
+def greedy_mask(scores: Scores, n: int, absolute: bool = True) -> np.ndarray:
+    mask = np.zeros(scores.graph.n_edges, dtype=bool)
+    mask[greedy_order(scores, n, absolute)] = True
+    return mask
+
+
+class Greedy(Selector):
+    config: GreedyConfig
+
+    def validate(self, graph: Graph) -> None:
+        check_n_edges(self.config.n_edges, graph)
+
+    def select(self, scores: Scores) -> Circuit:
+        return Circuit.from_mask(scores.graph, greedy_mask(scores, self.config.n_edges, self.config.absolute), scores)
+
+
+@hookimpl
+def circuitkit_register_selectors(registry) -> None:  # noqa: ANN001
+    registry.add("greedy", Greedy, GreedyConfig)
