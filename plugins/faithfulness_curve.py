@@ -90,17 +90,25 @@ class FaithfulnessCurve(Evaluator):
     config: FaithfulnessCurveConfig
 
     # ----- options ------------------------------------------------------------------------------
-    def _check(self, total: int) -> list[float]:
+    def __init__(self, config: FaithfulnessCurveConfig) -> None:
+        super().__init__(config)
+        self._check(None)  # bad options fail when the run is built, before any computation
+        self._selector_entry()
+
+    def _check(self, total: int | None) -> list[float]:
+        """Sorted, deduplicated budgets; a ConfigError for bad options (edge counts checked once ``total`` is known)."""
         c = self.config
         if c.unit not in UNITS:
             raise ConfigError(f"evaluator.{c.name}.unit must be one of {', '.join(UNITS)}, got '{c.unit}'.")
         budgets = [float(b) for b in c.budgets]
         if not budgets:
             raise ConfigError(f"evaluator.{c.name}.budgets is empty; give at least one budget.")
-        hi = 100.0 if c.unit == "percent" else float(total)
-        bad = [b for b in budgets if not (0 < b <= hi) or not math.isfinite(b)]
+        hi = 100.0 if c.unit == "percent" else float(total if total is not None else math.inf)
+        bad = [b for b in budgets if not math.isfinite(b) or not (0 < b <= hi)]
         if bad:
             what = "percentages in (0, 100]" if c.unit == "percent" else f"edge counts in [1, {total}] (this graph has {total} edges)"
+            if total is None and c.unit == "edges":
+                what = "positive edge counts"
             raise ConfigError(f"evaluator.{c.name}.budgets must be {what}; got {bad[0]:g}.")
         if c.unit == "edges" and any(b != int(b) for b in budgets):
             raise ConfigError(f"evaluator.{c.name}.budgets are edge counts (unit=edges) and must be whole numbers.")
@@ -112,21 +120,23 @@ class FaithfulnessCurve(Evaluator):
             raise ConfigError(f"evaluator.{c.name}.circuits_per_pass must be at least 1.")
         return sorted(set(budgets))
 
-    def _selector(self, n: int, absolute: bool) -> Any:
+    def _selector_entry(self) -> Any:
         from circuitkit.plugins import get_registry
 
-        reg = get_registry().selectors
-        entry = reg.get(self.config.selector)
-        names = {f.name for f in dataclasses.fields(entry.config)}
-        if "n_edges" not in names:
+        entry = get_registry().selectors.get(self.config.selector)
+        if "n_edges" not in {f.name for f in dataclasses.fields(entry.config)}:
             raise ConfigError(
                 f"evaluator.{self.config.name}.selector={self.config.selector} does not take n_edges; the curve needs a "
                 "selector that keeps a given number of edges (top_n, greedy)."
             )
+        return entry
+
+    def _selector(self, n: int, absolute: bool) -> Any:
+        entry = self._selector_entry()
         opts: dict[str, Any] = {"n_edges": int(n)}
-        if "absolute" in names:
+        if "absolute" in {f.name for f in dataclasses.fields(entry.config)}:
             opts["absolute"] = absolute
-        return reg.build(self.config.selector, opts)
+        return entry.cls(entry.config(name=entry.name, **opts))
 
     def circuit_at(self, scores: Scores, n: int, absolute: bool | None = None) -> Circuit:
         """The circuit the configured selector picks with ``n`` edges."""

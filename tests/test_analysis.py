@@ -336,8 +336,13 @@ def test_faithfulness_curve_on_a_model(setup):
         assert res.values["faithfulness_at_target"] >= 0.85
     with pytest.raises(ConfigError, match="edge counts"):
         ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[1, n + 1]).evaluate(model, task, data, Circuit.empty(model.graph), ctx)
+    # Options that cannot work fail when the evaluator is built, before any computation.
     with pytest.raises(ConfigError, match="does not take n_edges"):
-        ck.build("evaluators", "faithfulness_curve", selector="threshold").evaluate(model, task, data, Circuit.empty(model.graph), ctx)
+        ck.build("evaluators", "faithfulness_curve", selector="threshold")
+    with pytest.raises(ConfigError, match=r"percentages in \(0, 100\]"):
+        ck.build("evaluators", "faithfulness_curve", budgets=[0.5, 150])
+    with pytest.raises(ConfigError, match="unit must be one of"):
+        ck.build("evaluators", "faithfulness_curve", unit="fraction")
 
 
 def test_edges_for_target_bisection_between_budgets(monkeypatch):
