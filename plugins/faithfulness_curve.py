@@ -4,7 +4,8 @@ For each budget a circuit is selected from the run's scores (``ctx.scores``; the
 being evaluated if the run has none) by a selector chosen here (default ``top_n`` by ``|score|``), and its
 faithfulness ``f = (m(circuit) - m(corrupted)) / (m(clean) - m(corrupted))`` is measured. All budgets are
 evaluated in one sweep over the data (:func:`circuitkit.evaluation.evaluate_keeps`: clean and corrupted
-runs once per batch, circuits stacked).
+runs once per batch, circuits stacked). The circuit handed to the evaluator is measured in the same sweep
+(``circuit_metric``, ``faithfulness``, ``edges_in_circuit``), so it can be placed on the curve.
 
 **CPR and CMD** are computed exactly as MIB defines them (Mueller et al. 2025, "MIB: A Mechanistic
 Interpretability Benchmark", ICML; the benchmark's ``evaluate_area_under_curve``, checked in the MIB
@@ -159,7 +160,9 @@ class FaithfulnessCurve(Evaluator):
         if c.cpr_signed:
             curves.append((False, "curve_signed"))
         circuits = [self.circuit_at(scores, n, a) for a, _ in curves for n in requested]
-        ev = self._run(model, task, data, circuits, ctx, "faithfulness curve")
+        ev = self._run(model, task, data, [circuit, *circuits], ctx, "faithfulness curve")
+        own_metric, own_f = ev.circuits[0], ev.faithfulness(ev.circuits[0])
+        ev = Evaluation(ev.clean, ev.corrupted, ev.circuits[1:], ev.n_examples)
 
         res = EvalResult(name)
         res.values.update(
@@ -169,6 +172,9 @@ class FaithfulnessCurve(Evaluator):
                 "edges_in_graph": total,
                 "n_examples": ev.n_examples,
                 "target": c.target,
+                "circuit_metric": own_metric,
+                "faithfulness": own_f,
+                "edges_in_circuit": circuit.n_edges,
             }
         )
         nb = len(budgets)

@@ -326,6 +326,7 @@ def test_faithfulness_curve_on_a_model(setup):
     assert [r["requested_edges"] for r in curve] == [int(p / 100 * n) for p in analysis.MIB_PERCENTAGES]
     assert curve[-1]["n_edges"] == n and curve[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-6)
     assert curve[0]["faithfulness"] == pytest.approx(0.0, abs=1e-6)  # 0 edges: the corrupted run
+    assert res.values["faithfulness"] == pytest.approx(0.0, abs=1e-6) and res.values["edges_in_circuit"] == 0  # the circuit handed in
     x = [r["fraction"] for r in curve]
     assert res.values["cmd"] == pytest.approx(analysis.cmd(x, [r["faithfulness"] for r in curve]))
     assert res.values["cpr"] == pytest.approx(analysis.cpr(x, [r["faithfulness"] for r in res.tables["curve_signed"]]))
