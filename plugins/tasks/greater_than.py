@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from circuitkit_plugins.tasks._common import check_split
+
 from circuitkit import hookimpl
 from circuitkit.data import Example, encode
+from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Task, TaskConfig
 
 NOUNS = [
@@ -57,10 +60,14 @@ class GreaterThan(Task):
     config: GreaterThanConfig
 
     def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+        check_split(self.config.name or "greater_than", split)
         rng = random.Random(self.config.seed)
-        templates = [TEMPLATES[i] for i in self.config.templates] if self.config.templates else TEMPLATES
+        # Template ids index TEMPLATES itself, so a subset of templates keeps the split of the full set.
+        template_ids = list(self.config.templates) or list(range(len(TEMPLATES)))
+        if any(not 0 <= t < len(TEMPLATES) for t in template_ids):
+            raise ConfigError(f"task.templates={list(self.config.templates)}: greater_than has templates 0..{len(TEMPLATES) - 1}.")
         for _ in range(self.config.n_examples * 50):
-            t = rng.randrange(len(templates))
+            t = rng.choice(template_ids)
             noun = rng.choice(NOUNS)
             century = rng.choice(CENTURIES)
             yy = rng.randint(2, 98)
@@ -68,7 +75,7 @@ class GreaterThan(Task):
                 continue
             if not (_two_tokens(tokenizer, century, yy) and _two_tokens(tokenizer, century, 1)):
                 continue
-            template = templates[t]
+            template = TEMPLATES[t]
             clean = template.format(noun=noun, start=f"{century}{yy:02d}", century=century)
             corrupted = template.format(noun=noun, start=f"{century}01", century=century)
             yield Example(
