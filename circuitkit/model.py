@@ -233,7 +233,11 @@ def bridge_model(
     n_kv = getattr(cfg, "n_key_value_heads", None)
     graph = Graph(int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "parallel_attn_mlp", False)))
     if n_kv not in (None, cfg.n_heads):
-        log.info("Grouped-query attention: %s query heads share %s key/value heads.", cfg.n_heads, n_kv)
+        raise ModelLoadError(
+            f"'{name}' uses grouped-query attention ({cfg.n_heads} query heads share {n_kv} key/value heads), "
+            "which circuitkit's edge graph does not support yet: its <k>/<v> edges are per query head. Use a "
+            "model with multi-head attention (GPT-2, Pythia/GPT-NeoX, OPT, ...)."
+        )
     if tokenizer.bos_token_id is None:
         prepend_bos = False
     return CircuitModel(bridge, tokenizer, graph, name, _weights_hash(hf_model), prepend_bos)

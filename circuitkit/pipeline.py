@@ -128,7 +128,11 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
 
     try:
         t0 = time.perf_counter()
-        scores = attributor.attribute(model, task, data, ctx)
+        # --- attribution cache (circuitkit/cache.py): same weights, data and method -> reuse scores ---
+        from circuitkit.cache import cached_attribute
+
+        scores = cached_attribute(attributor, model, task, data, ctx, cfg, meta, registry)
+        # --- end attribution cache ---
         seconds["attribute"] = time.perf_counter() - t0
         scores.meta.update({k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")})
         scores.check_finite()
@@ -140,6 +144,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         circuit = selector.select(scores)
         seconds["select"] = time.perf_counter() - t0
         result.circuit = circuit
+        circuit.d_model = model.d_model
         circuit.save(run_dir / "circuit.json")
 
         for ev in evaluators:
