@@ -1,0 +1,274 @@
+"""Train the bundled model, ``circuitkit-tiny``.
+
+A 4-layer GPT-2 (8 heads, d_model 128, 64 positions, tied embeddings, GPT-2's BPE tokenizer; about 7.2M
+parameters) trained on the builtin tasks' *training* split (held-out combinations are never seen) plus
+neutral filler sentences. The loss is on the answer token only: every training prompt is a task prompt
+(or a filler prefix) and the target is its correct answer (for answer sets, one correct answer drawn at
+random each time). Batches are balanced: each of the seven tasks and the filler get an equal share.
+
+Run (about 25 minutes on 2 CPU cores)::
+
+    python -m circuitkit.zoo.train --out circuitkit/zoo/circuitkit-tiny
+
+The result is written with ``save_pretrained`` in float16 safetensors, beside the tokenizer and a
+``training_report.json`` with the per-task accuracy and metrics on the held-out split. Everything is
+seeded: the same command on the same software gives the same weights (given the same number of threads).
+The tokenizer is read from ``circuitkit/zoo/gpt2-tokenizer`` (GPT-2's BPE vocabulary, MIT licence), so
+training needs nothing outside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitkit.data import TaskData
+from circuitkit.metrics import accuracy, get_metric
+
+TOKENIZER_DIR = Path(__file__).parent / "gpt2-tokenizer"
+TASKS = ["ioi", "greater_than", "gender_pronoun", "sva", "hypernymy", "country_capital", "induction"]
+ARCH = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_positions": 64}
+
+
+def task_classes() -> dict[str, tuple[type, type]]:
+    """The builtin task classes and their configs, by registered name."""
+    from circuitkit_plugins.tasks.country_capital import CountryCapital, CountryCapitalConfig
+    from circuitkit_plugins.tasks.gender_pronoun import GenderPronoun, GenderPronounConfig
+    from circuitkit_plugins.tasks.greater_than import GreaterThan, GreaterThanConfig
+    from circuitkit_plugins.tasks.hypernymy import Hypernymy, HypernymyConfig
+    from circuitkit_plugins.tasks.induction import Induction, InductionConfig
+    from circuitkit_plugins.tasks.ioi import IOI, IOIConfig
+    from circuitkit_plugins.tasks.sva import SVA, SVAConfig
+
+    return {
+        "ioi": (IOI, IOIConfig),
+        "greater_than": (GreaterThan, GreaterThanConfig),
+        "gender_pronoun": (GenderPronoun, GenderPronounConfig),
+        "sva": (SVA, SVAConfig),
+        "hypernymy": (Hypernymy, HypernymyConfig),
+        "country_capital": (CountryCapital, CountryCapitalConfig),
+        "induction": (Induction, InductionConfig),
+    }
+
+
+def load_tokenizer() -> Any:
+    from transformers import GPT2Tokenizer
+
+    # GPT2Tokenizer.from_pretrained on the vocab.json + merges.txt directory builds the full vocabulary.
+    return GPT2Tokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+def build_task(name: str, split: str, n_examples: int, seed: int, tokenizer: Any) -> tuple[Any, TaskData]:
+    cls, cfg_cls = task_classes()[name]
+    task = cls(cfg_cls(name=name, split=split, n_examples=n_examples, seed=seed))
+    return task, task.build(tokenizer)
+
+
+# Neutral filler: plain sentences with none of the tasks' constructions; the target is the next token at a
+# random point of the sentence.
+_F_SUBJECTS = [
+    "The weather", "Our street", "The small village", "The morning train", "The old road", "Most shops",
+    "The river bank", "The bakery", "The football club", "The new bridge", "The village hall", "The harbour",
+    "The night sky", "The city council", "The mountain path", "The local paper", "The school bus", "The factory",
+]
+_F_PREDICATES = [
+    "was quiet", "opened early", "closed late", "looked calm", "stayed busy", "changed slowly", "became popular",
+    "felt cold", "was crowded", "looked beautiful", "was repaired", "grew quickly", "was very loud", "smelled of rain",
+]
+_F_TAILS = [
+    "in the morning", "during the winter", "after the storm", "on most days", "near the coast", "for many years",
+    "every weekend", "before the holidays", "in the spring", "at night", "all afternoon", "this year",
+]
+_F_JOINS = [", and then it", ". Later it", ". In the evening it", ", but soon it", ". Nobody knew why it"]
+
+
+def filler_pool(tokenizer: Any, rng: random.Random, n: int) -> list[tuple[list[int], list[int]]]:
+    from circuitkit.data import encode
+
+    pool = []
+    bos = tokenizer.bos_token_id
+    while len(pool) < n:
+        text = f"{rng.choice(_F_SUBJECTS)} {rng.choice(_F_PREDICATES)} {rng.choice(_F_TAILS)}"
+        if rng.random() < 0.6:
+            text += f"{rng.choice(_F_JOINS)} {rng.choice(_F_PREDICATES)} {rng.choice(_F_TAILS)}"
+        ids = [bos] + encode(tokenizer, text + ".")
+        cut = rng.randint(3, len(ids) - 1)
+        pool.append((ids[:cut], [ids[cut]]))
+    return pool
+
+
+def _batch(rows: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r, _ in rows)
+    x = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, (r, _) in enumerate(rows):
+        x[i, : len(r)] = torch.tensor(r)
+    last = torch.tensor([len(r) - 1 for r, _ in rows])
+    y = torch.tensor([t for _, t in rows])
+    return x, last, y
+
+
+def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Logits at each row's last real token only (the loss never needs the others)."""
+    h = model.transformer(input_ids=x).last_hidden_state
+    return model.lm_head(h[torch.arange(x.shape[0]), last])
+
+
+@torch.no_grad()
+def evaluate(model: Any, tasks: dict[str, tuple[Any, TaskData]], pad: int, batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """Accuracy and mean clean/corrupted metric of each task (``metrics.accuracy`` and the task's metric)."""
+    model.eval()
+    out = {}
+    for name, (task, data) in tasks.items():
+        metric = get_metric(task.config.metric)
+        acc, clean, corrupted = [], [], []
+        for b in data.batches(batch_size, pad_id=pad):
+            lc = answer_logits(model, b.clean, b.last).float()
+            lx = answer_logits(model, b.corrupted, b.last).float()
+            acc.append(accuracy(lc, b))
+            clean.append(metric(lc, b))
+            corrupted.append(metric(lx, b))
+        out[name] = {
+            "metric": task.config.metric,
+            "n": len(data),
+            "accuracy": torch.cat(acc).mean().item(),
+            "clean_metric": torch.cat(clean).mean().item(),
+            "corrupted_metric": torch.cat(corrupted).mean().item(),
+        }
+    model.train()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).parent / "circuitkit-tiny"), help="output directory")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the weights depend on it)")
+    p.add_argument("--pool", type=int, default=12000, help="training examples generated per task")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per task in the report")
+    args = p.parse_args(argv)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    start = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    tok = load_tokenizer()
+    pad = tok.eos_token_id
+
+    # Training pools: the train split of every task (seeded apart from the test sets' default seed 0).
+    pools: dict[str, list[tuple[list[int], list[int]]]] = {}
+    for i, name in enumerate(TASKS):
+        _, data = build_task(name, "train", args.pool, 1000 + args.seed * 100 + i, tok)
+        pools[name] = list(zip(data.clean_ids, data.correct_ids, strict=True))
+        print(f"[data] {name}: {len(data)} training examples ({len(set(map(tuple, data.clean_ids)))} distinct)", flush=True)
+    pools["filler"] = filler_pool(tok, rng, args.pool)
+    held_out = {name: build_task(name, "test", args.eval_examples, 0, tok) for name in TASKS}
+    probe = {name: (t, d.subset(range(min(len(d), 96)))) for name, (t, d) in held_out.items()}
+    for name, (_, data) in held_out.items():
+        seen = {tuple(ids) for ids, _ in pools[name]}
+        leaked = sum(tuple(ids) in seen for ids in data.clean_ids)
+        if leaked:
+            raise RuntimeError(f"{leaked} held-out {name} prompts occur in the training pool.")
+    print(f"[data] built in {time.time() - start:.0f}s; no held-out prompt is in the training pools", flush=True)
+
+    config = GPT2Config(
+        vocab_size=len(tok), **ARCH, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[model] {n_params / 1e6:.2f}M parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    sources = list(pools)
+    per = [args.batch_size // len(sources)] * len(sources)
+    for i in range(args.batch_size - sum(per)):
+        per[i] += 1
+    model.train()
+    t0, run_loss = time.time(), 0.0
+    for step in range(args.steps):
+        rows = []
+        for name, k in zip(sources, per, strict=True):
+            for ids, answers in rng.choices(pools[name], k=k):
+                rows.append((ids, rng.choice(answers)))
+        # Two forward passes over length-sorted halves: much less padding than one mixed batch.
+        rows.sort(key=lambda r: len(r[0]))
+        half = len(rows) // 2
+        logits, targets = [], []
+        for part in (rows[:half], rows[half:]):
+            x, last, y = _batch(part, pad)
+            logits.append(answer_logits(model, x, last))
+            targets.append(y)
+        loss = torch.nn.functional.cross_entropy(torch.cat(logits), torch.cat(targets))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        run_loss += loss.item()
+        if (step + 1) % 100 == 0:
+            print(f"[train] step {step + 1}/{args.steps} loss {run_loss / 100:.3f} lr {lr_at(step):.2e} "
+                  f"{(step + 1) / (time.time() - t0):.2f} steps/s", flush=True)
+            run_loss = 0.0
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            res = evaluate(model, probe, pad)
+            print("[eval] held-out accuracy " + " ".join(f"{n}={r['accuracy']:.2f}" for n, r in res.items()), flush=True)
+    train_s = time.time() - t0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = ["GPT2LMHeadModel"]
+    model.half().save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    # Evaluate what was saved: the float16 weights, loaded back as float32.
+    saved = GPT2LMHeadModel.from_pretrained(str(out), dtype=torch.float32)
+    results = evaluate(saved, held_out, pad)
+    report = {
+        "model": "circuitkit-tiny",
+        "architecture": {**ARCH, "vocab_size": len(tok), "tied_embeddings": True, "parameters": n_params},
+        "command": " ".join(["python -m circuitkit.zoo.train", *(sys.argv[1:] if argv is None else argv)]),
+        "args": vars(args),
+        "training_seconds": round(train_s, 1),
+        "total_seconds": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "held_out": results,
+        "note": "held_out is the task's split='test' (seed 0): combinations of words held out from training, not words.",
+        "task_configs": {name: asdict(t.config) for name, (t, _) in held_out.items()},
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[done] trained {args.steps} steps in {train_s / 60:.1f} min; saved to {out}")
+    print(f"{'task':16s} {'metric':10s} {'n':>4s} {'accuracy':>8s} {'clean':>8s} {'corrupted':>9s}")
+    for name, r in results.items():
+        print(f"{name:16s} {r['metric']:10s} {r['n']:4d} {r['accuracy']:8.3f} {r['clean_metric']:8.3f} {r['corrupted_metric']:9.3f}")
+
+
+if __name__ == "__main__":
+    main()
