@@ -19,13 +19,13 @@ from circuitkit.errors import CircuitkitError
 log = logging.getLogger("circuitkit")
 
 
-def _store_configs() -> None:
+def _store_configs(block: tuple[str, ...] | list[str] = ()) -> None:
     from hydra.core.config_store import ConfigStore
 
     from circuitkit.pipeline import MODEL_PRESETS
     from circuitkit.plugins import get_registry
 
-    registry = get_registry()
+    registry = get_registry(block)
     registry.store_configs()
     cs = ConfigStore.instance()
     for name, node in MODEL_PRESETS.items():
@@ -58,8 +58,11 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
 def main() -> None:
     import hydra
 
+    from circuitkit.overrides import plugin_block_from_overrides
+
     try:
-        _store_configs()
+        # plugins.block=[...] must act before composing: a broken plugin would fail the registry here.
+        _store_configs(plugin_block_from_overrides(sys.argv[1:]))
     except CircuitkitError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
