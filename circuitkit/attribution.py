@@ -20,7 +20,7 @@ from circuitkit.data import TaskData
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import RunContext, Task
 from circuitkit.model import CircuitModel
-from circuitkit.progress import progress
+from circuitkit.progress import progress, progress_bar
 from circuitkit.results import Scores
 
 
@@ -88,8 +88,10 @@ def exact_patching(
     """The exact drop of the metric when each edge alone carries its corrupted value.
 
     Several edges share one pass: the batch is stacked ``edges_per_pass`` times and each copy has a
-    different edge removed. ``edges`` restricts the computation to a subset of edge indices (the others
-    get NaN).
+    different edge removed. Edges are grouped by the layer they enter, and each group's passes start at
+    that layer from the clean residual stream (everything before it is the clean run); edges into the
+    logits need no layer at all. ``edges`` restricts the computation to a subset of edge indices (the
+    others get NaN).
     """
     g = model.graph
     if edges_per_pass < 1:
@@ -99,23 +101,27 @@ def exact_patching(
     n = 0
     src = torch.as_tensor(g.edge_src)
     dst = torch.as_tensor(g.edge_dst)
-    chunks = list(torch.split(todo, edges_per_pass))
+    layer_of = dst // (3 * g.n_heads + 1)  # n_layers for the logits
+    groups = []
+    for layer in range(g.n_layers + 1):
+        sel = todo[layer_of[todo] == layer]
+        groups += [(layer, chunk) for chunk in torch.split(sel, edges_per_pass)]
     batches = list(data.batches(ctx.batch_size, model.pad_id))
-    bar = progress(range(len(chunks) * len(batches)), ctx, total=len(chunks) * len(batches), desc=f"{method} (exact)")
-    it = iter(bar)
-    for batch in batches:
-        batch = batch.to(model.device)
-        corrupted = engine.run_sources(model, batch.corrupted).sources
-        clean_final = engine.run_sources(model, batch.clean).final
-        with torch.no_grad():
-            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
-        for chunk in chunks:
-            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
-            keep[torch.arange(len(chunk)), src[chunk], dst[chunk]] = 0
-            patched = engine.masked_metric(model, batch, task.metric, corrupted, keep).double()
-            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
-            next(it, None)
-        n += len(batch)
+    with progress_bar(ctx, total=len(groups) * len(batches), desc=f"{method} (exact)") as bar:
+        for batch in batches:
+            batch = batch.to(model.device)
+            corrupted = engine.run_sources(model, batch.corrupted).sources
+            assert corrupted is not None
+            clean = engine.run_sources(model, batch.clean, keep_resid=True)
+            with torch.no_grad():
+                clean_metric = task.metric(engine.answer_logits(model, clean.final, batch.last), batch).double()
+            for layer, chunk in groups:
+                keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=corrupted.dtype, device=model.device)
+                keep[torch.arange(len(chunk)), src[chunk], dst[chunk]] = 0
+                patched = engine.masked_metric(model, batch, task.metric, corrupted, keep, start_layer=layer, clean=clean).double()
+                total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+                bar.update(1)
+            n += len(batch)
     out = total / n
     if edges is not None:
         mask = torch.ones(g.n_edges, dtype=torch.bool)

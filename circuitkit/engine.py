@@ -37,10 +37,15 @@ class Run:
 
     final: torch.Tensor  # [batch, pos, d_model]
     sources: torch.Tensor | None = None  # [n_sources, batch, pos, d_model]
+    resid: list[torch.Tensor] | None = None  # the residual stream entering each layer
 
 
-def _forward(model: CircuitModel, tokens: torch.Tensor, hooks: list, final_hook: Callable | None = None) -> torch.Tensor:
-    """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``."""
+def _forward(
+    model: CircuitModel, tokens: torch.Tensor, hooks: list, final_hook: Callable | None = None, start_at_layer: int | None = None
+) -> torch.Tensor:
+    """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``.
+
+    With ``start_at_layer``, ``tokens`` is the residual stream entering that layer."""
     box: dict[str, torch.Tensor] = {}
 
     def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -51,7 +56,10 @@ def _forward(model: CircuitModel, tokens: torch.Tensor, hooks: list, final_hook:
 
     try:
         with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]):
-            model.bridge(tokens)
+            if start_at_layer is None:
+                model.bridge(tokens)
+            else:
+                model.bridge(tokens, start_at_layer=start_at_layer)
     except _StopForward:
         pass
     return box["final"]
@@ -90,12 +98,17 @@ def new_source_buffer(model: CircuitModel, tokens: torch.Tensor, dtype: torch.dt
 
 
 @torch.no_grad()
-def run_sources(model: CircuitModel, tokens: torch.Tensor) -> Run:
-    """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]``."""
+def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False) -> Run:
+    """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]`` (and, with
+    ``keep_resid``, the residual stream entering every layer)."""
     tokens = tokens.to(model.device)
     buf = new_source_buffer(model, tokens)
-    final = _forward(model, tokens, _source_writers(model, buf))
-    return Run(final=final, sources=buf)
+    hooks = _source_writers(model, buf)
+    resid: list[torch.Tensor] = []
+    if keep_resid:
+        hooks += [(f"blocks.{layer}.hook_resid_pre", lambda t, hook: (resid.append(t.detach()), t)[1]) for layer in range(model.graph.n_layers)]
+    final = _forward(model, tokens, hooks)
+    return Run(final=final, sources=buf, resid=resid if keep_resid else None)
 
 
 def gradient_pass(
@@ -199,6 +212,9 @@ def masked_forward(
     tokens: torch.Tensor,
     corrupted: torch.Tensor,
     keep: torch.Tensor,
+    *,
+    start_layer: int = 0,
+    clean: Run | None = None,
 ) -> torch.Tensor:
     """Run the clean tokens with every edge *not* kept carrying its corrupted value.
 
@@ -208,6 +224,11 @@ def masked_forward(
         corrupted: ``[n_sources, batch, pos, d]`` source outputs of the corrupted run.
         keep: ``[copies, n_sources, n_destinations]`` (1 = edge kept, 0 = corrupted); several circuits
             are evaluated at once by stacking ``copies`` of the batch.
+        start_layer: when every removed edge goes into layer ``start_layer`` or later, everything before
+            that layer equals the clean run: start there from ``clean.resid`` (a
+            :func:`run_sources` result with ``keep_resid=True``). ``n_layers`` means only edges into the
+            logits are removed: no layer is run at all.
+        clean: the clean run (needed when ``start_layer > 0``).
 
     Returns:
         The final residual stream ``[copies * batch, pos, d]`` (copy-major).
@@ -218,7 +239,21 @@ def masked_forward(
     d = model.d_model
     dev = model.device
     remove = (1 - keep.to(device=dev, dtype=corrupted.dtype))  # [c, S, D]
+    if start_layer > 0:
+        if clean is None or clean.resid is None or clean.sources is None:
+            raise ValueError("start_layer > 0 needs the clean run with keep_resid=True")
+        if bool(remove[:, :, : g.dst_mlp(start_layer - 1) + 1].any()):
+            raise ValueError(f"an edge into a layer before {start_layer} is removed; start earlier")
+    if start_layer >= g.n_layers:
+        assert clean is not None and clean.sources is not None
+        w = remove[:, :, g.dst_logits]  # [c, S]
+        add = torch.einsum("sbpd,cs->cbpd", corrupted - clean.sources, w)
+        return (clean.final.unsqueeze(0) + add).reshape(c * b, p, d)
     run = torch.zeros(g.n_sources, c, b, p, d, dtype=corrupted.dtype, device=dev)
+    if start_layer > 0:
+        assert clean is not None and clean.sources is not None
+        n_pre = g.n_upstream_heads(start_layer)
+        run[:n_pre] = clean.sources[:n_pre].unsqueeze(1)
 
     def put(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -247,8 +282,8 @@ def masked_forward(
 
         return hook
 
-    hooks: list = [(model.INPUT_HOOK, put(0, False))]
-    for layer in range(g.n_layers):
+    hooks: list = [(model.INPUT_HOOK, put(0, False))] if start_layer == 0 else []
+    for layer in range(start_layer, g.n_layers):
         n_up = g.n_upstream_heads(layer)
         for x in ("q", "k", "v"):
             hooks.append((model.head_in_hook(layer, x), patch(g.dst_head(layer, x, 0), g.n_heads, n_up, True)))
@@ -257,7 +292,11 @@ def masked_forward(
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
     final_patch = patch(g.dst_logits, 1, g.n_sources, False)
     with torch.no_grad():
-        return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch)
+        if start_layer == 0:
+            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch)
+        assert clean is not None and clean.resid is not None
+        start = clean.resid[start_layer].repeat(c, 1, 1)
+        return _forward(model, start, hooks, final_hook=final_patch, start_at_layer=start_layer)
 
 
 def masked_metric(
@@ -266,10 +305,13 @@ def masked_metric(
     metric: Metric,
     corrupted: torch.Tensor,
     keep: torch.Tensor,
+    *,
+    start_layer: int = 0,
+    clean: Run | None = None,
 ) -> torch.Tensor:
     """Per-example metric ``[copies, batch]`` with the non-kept edges corrupted (see :func:`masked_forward`)."""
     c = keep.shape[0]
-    final = masked_forward(model, batch.clean, corrupted, keep)
+    final = masked_forward(model, batch.clean, corrupted, keep, start_layer=start_layer, clean=clean)
     rep = batch.repeat(c).to(model.device)
     with torch.no_grad():
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))

@@ -13,3 +13,10 @@ def progress(items: Iterable[T], ctx: Any, *, total: int | None = None, desc: st
 
     enabled = bool(getattr(ctx, "progress", False))
     return iter(tqdm(items, total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True))
+
+
+def progress_bar(ctx: Any, *, total: int, desc: str = "") -> Any:
+    """A manually updated bar (``with progress_bar(...) as bar: bar.update(1)``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not bool(getattr(ctx, "progress", False)), leave=False, dynamic_ncols=True)

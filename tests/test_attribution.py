@@ -123,7 +123,9 @@ def test_patching_equals_all_but_one_circuits_and_hand_written_patches(tiny_mode
     model = tiny_model
     data = data_for(model, 6)
     g = model.graph
-    picks = torch.tensor(np.random.default_rng(1).choice(g.n_edges, 12, replace=False))
+    named = [g.index_of(e) for e in ("m1->logits", "input->logits", "a1.h0->m1", "m0->a1.h2<k>", "input->a0.h1<v>", "a0.h3->m0")]
+    rest = [i for i in np.random.default_rng(1).choice(g.n_edges, 12, replace=False) if i not in named]
+    picks = torch.tensor(named + rest)  # every layer group, the logits included
     from circuitkit.attribution import exact_patching
 
     s = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=5, edges=picks)
