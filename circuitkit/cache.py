@@ -95,7 +95,9 @@ def entry_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "scores" / key[:2] / f"{key}.json"
 
 
-def cached_attribute(attributor: Any, model: Any, task: Any, data: Any, ctx: Any, cfg: dict[str, Any], meta: dict[str, Any], registry: Any = None) -> Any:
+def cached_attribute(
+    attributor: Any, model: Any, task: Any, data: Any, ctx: Any, cfg: dict[str, Any], meta: dict[str, Any], registry: Any = None
+) -> Any:
     """``attributor.attribute(model, task, data, ctx)``, through the cache when ``cfg`` turns it on.
 
     Sets ``meta["scores_from_cache"]`` (and ``meta["scores_cache_key"]`` when caching). A cache that cannot
@@ -143,5 +145,7 @@ def cached_attribute(attributor: Any, model: Any, task: Any, data: Any, ctx: Any
         try:
             Scores(scores.graph, scores.values, {**scores.meta, "cache_key": key}).save(path)
         except CircuitkitError as e:
-            log.warning("Could not write the attribution cache (%s); the run goes on without it. Set cache_dir=... or cache=false.", e)
+            log.warning(
+                "Could not write the attribution cache (%s); the run goes on without it. Set cache_dir=... or cache=false.", e
+            )
     return scores

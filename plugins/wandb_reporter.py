@@ -51,7 +51,8 @@ class WandbReporterConfig(PluginConfig):
         project: W&B project.
         entity: W&B entity (user or team); None: your default entity.
         group: W&B group; None: the Hydra multirun sweep (one group per sweep), no group for single runs.
-        name: run name; None: ``<method>-<task>-<model>[-<job number>]``.
+        run_name: W&B run name; None: ``<method>-<task>-<model>[-<job number>]`` (``name`` is the plugin's
+            registered name, as for every component).
         mode: ``auto`` (online when logged in and the server answers, offline otherwise; ``WANDB_MODE``
             wins when set), ``online``, ``offline`` or ``disabled``.
         tags: W&B tags.
@@ -65,7 +66,7 @@ class WandbReporterConfig(PluginConfig):
     project: str = "circuitkit"
     entity: Optional[str] = None  # noqa: UP045 - OmegaConf structured configs need typing.Optional here
     group: Optional[str] = None  # noqa: UP045
-    name: Optional[str] = None  # noqa: UP045
+    run_name: Optional[str] = None  # noqa: UP045
     mode: str = "auto"
     tags: list[str] = field(default_factory=list)
     notes: Optional[str] = None  # noqa: UP045
@@ -146,7 +147,16 @@ def wandb_config(run: RunResult) -> dict[str, Any]:
         for k, v in (opts or {}).items():
             if k != "name":
                 out[f"evaluator.{ev}.{k}"] = v
-    for k in ("seed", "batch_size", "n_examples", "n_dropped", "device", "model_weights_hash", "task_data_hash", "scores_from_cache"):
+    for k in (
+        "seed",
+        "batch_size",
+        "n_examples",
+        "n_dropped",
+        "device",
+        "model_weights_hash",
+        "task_data_hash",
+        "scores_from_cache",
+    ):
         if k in meta:
             out[k] = meta[k]
     for k, v in (meta.get("versions") or {}).items():
@@ -249,25 +259,28 @@ class WandbReporter(Reporter):
             "project": cfg.project,
             "entity": cfg.entity,
             "group": group,
-            "name": cfg.name or run_name(run.meta, job_num),
+            "name": cfg.run_name or run_name(run.meta, job_num),
             "tags": list(cfg.tags) or None,
             "notes": cfg.notes,
             "job_type": "circuit-discovery",
             "config": wandb_config(run),
-            "dir": cfg.dir,
+            # WANDB_DIR is read now, not when W&B was first set up in this process.
+            "dir": cfg.dir or os.environ.get("WANDB_DIR") or None,
         }
         if job_id is not None:
             kwargs["config"]["hydra.job_id"] = job_id
             kwargs["config"]["hydra.job_num"] = job_num
         kwargs["config"]["run_dir"] = str(Path(run_dir).resolve())
-        if cfg.dir:
-            Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+        if kwargs["dir"]:
+            Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
         mode, reason = self.choose_mode(wandb)
         settings = wandb.Settings(init_timeout=float(cfg.init_timeout))
         try:
             return wandb.init(mode=mode, settings=settings, **kwargs), reason
         except Exception as e:  # noqa: BLE001 - server refused, timed out, login rejected...
-            if mode == "offline" or (mode is None and os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")):
+            if mode == "offline" or (
+                mode is None and os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+            ):
                 raise
             reason = f"W&B could not start online ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             return wandb.init(mode="offline", settings=wandb.Settings(), **kwargs), reason
@@ -348,7 +361,10 @@ class WandbReporter(Reporter):
             name,
             type="circuit",
             description=f"{meta.get('method')} circuit for {meta.get('task')} on {meta.get('model')}",
-            metadata={**{k: meta.get(k) for k in ("method", "task", "model", "selector", "model_weights_hash", "task_data_hash")}, **numbers},
+            metadata={
+                **{k: meta.get(k) for k in ("method", "task", "model", "selector", "model_weights_hash", "task_data_hash")},
+                **numbers,
+            },
         )
         art.add_file(str(circuit), name="circuit.json")
         results = run_dir / "results.json"
