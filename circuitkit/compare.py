@@ -1,0 +1,317 @@
+"""Compare finished runs: a table of their numbers and a plot of their faithfulness curves.
+
+Usage::
+
+    python -m circuitkit.compare multirun/2025-01-31/12-00-00          # every run under a sweep dir
+    python -m circuitkit.compare outputs/run_a outputs/run_b --out cmp.png
+    python -m circuitkit.compare multirun/... --csv runs.csv --sort faithfulness
+
+Each argument is a run directory (one holding ``results.json``) or any directory above run directories
+(a Hydra multirun sweep dir); run directories are found recursively. The plot needs matplotlib
+(``pip install 'circuitkit[plots]'``); without it only the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from circuitkit.errors import CircuitkitError
+from circuitkit.results import read_json
+
+#: Column names tried, in order, for the x and y axes of a curve table.
+CURVE_X = ("n_edges", "edges", "edges_in_circuit", "k", "n", "top_n", "fraction", "edge_fraction", "percent")
+CURVE_Y = ("faithfulness", "normalized_faithfulness", "cpr", "performance", "score", "metric", "value")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The union of the rows' keys, in first-seen order."""
+    cols: list[str] = []
+    for row in rows:
+        for k in row:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def curve_axes(rows: Sequence[dict[str, Any]], x: str | None = None) -> tuple[str, str] | None:
+    """``(x, y)`` column names of a curve table (edges -> faithfulness), or None if it has no two numeric columns.
+
+    ``x`` forces the x column (e.g. ``fraction`` to compare models of different sizes) when the table has it.
+    """
+    cols = table_columns(rows)
+    numeric = [c for c in cols if any(_is_number(r.get(c)) for r in rows)]
+    if len(numeric) < 2:
+        return None
+    lowered = {c.lower(): c for c in numeric}
+    prefer = ((x.lower(),) if x else ()) + CURVE_X
+    x = next((lowered[c] for c in prefer if c in lowered), numeric[0])
+    y = next((lowered[c] for c in CURVE_Y if c in lowered and lowered[c] != x), None)
+    if y is None:
+        y = next(c for c in numeric if c != x)
+    return x, y
+
+
+def curve_points(rows: Sequence[dict[str, Any]], x: str | None = None) -> tuple[str, str, list[float], list[float]] | None:
+    """``(x_name, y_name, xs, ys)`` of a curve table, sorted by x; rows with a missing value are skipped."""
+    axes = curve_axes(rows, x)
+    if axes is None:
+        return None
+    x, y = axes
+    pts = sorted((float(r[x]), float(r[y])) for r in rows if _is_number(r.get(x)) and _is_number(r.get(y)))
+    return x, y, [p[0] for p in pts], [p[1] for p in pts]
+
+
+@dataclass
+class RunSummary:
+    """The numbers of one run directory, read from its ``results.json``."""
+
+    path: Path
+    status: str
+    method: str
+    task: str
+    model: str
+    values: dict[str, float] = field(default_factory=dict)  # "evaluator/key" -> number
+    seconds: float | None = None
+    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # evaluator -> curve rows
+    edges: int | None = None
+    from_cache: bool | None = None
+
+    def find(self, *keys: str) -> float | None:
+        """The first value whose key (without the evaluator prefix) is one of ``keys`` (case-insensitive)."""
+        wanted = [k.lower() for k in keys]
+        for want in wanted:
+            for full, v in self.values.items():
+                if full.split("/", 1)[-1].lower() == want:
+                    return v
+        return None
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    """Read one run directory."""
+    run_dir = Path(run_dir)
+    res = read_json(run_dir / "results.json", "Results")
+    meta = res.get("meta", {})
+    values: dict[str, float] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for key, ev in res.items():
+        if not (isinstance(ev, dict) and "values" in ev and isinstance(ev["values"], dict)):
+            continue
+        for k, v in ev["values"].items():
+            if _is_number(v):
+                values[f"{key}/{k}"] = float(v)
+        curve = (ev.get("tables") or {}).get("curve")
+        if curve:
+            curves[key] = curve
+    secs = res.get("seconds") or {}
+    model = str(meta.get("model", "?"))
+    return RunSummary(
+        path=run_dir,
+        status=str(res.get("status", "?")),
+        method=str(meta.get("method", "?")),
+        task=str(meta.get("task", "?")),
+        model=Path(model).name if ("/" in model or "\\" in model) else model,
+        values=values,
+        seconds=sum(float(v) for v in secs.values() if _is_number(v)) if secs else None,
+        curves=curves,
+        edges=res.get("edges_in_circuit"),
+        from_cache=meta.get("scores_from_cache"),
+    )
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Every directory holding a ``results.json`` at or below ``paths`` (sorted, no duplicates)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise CircuitkitError(f"{p} does not exist. Pass run directories or a multirun directory.")
+        if p.is_file() and p.name == "results.json":
+            p = p.parent
+        if (p / "results.json").is_file():
+            hits = [p]
+        else:
+            hits = sorted(r.parent for r in p.rglob("results.json"))
+        found.extend(h for h in hits if h not in found)
+    if not found:
+        raise CircuitkitError(
+            f"No results.json found under {', '.join(str(p) for p in paths)}. Pass directories of finished runs."
+        )
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(p: Path) -> list[Any]:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _label(run: RunSummary, root: Path | None) -> str:
+    if root is not None:
+        try:
+            rel = run.path.relative_to(root)
+            return str(rel) if str(rel) != "." else run.path.name
+        except ValueError:
+            pass
+    return str(run.path)
+
+
+def summary_rows(runs: Sequence[RunSummary], root: Path | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the comparison table. CPR/CMD/agreement columns appear only when some run has them."""
+    optional = [("CPR", ("cpr",)), ("CMD", ("cmd",)), ("agreement", ("agreement",))]
+    optional = [(name, keys) for name, keys in optional if any(r.find(*keys) is not None for r in runs)]
+    show_cache = any(r.from_cache for r in runs)
+    header = ["run", "method", "task", "model", "status", "faithfulness", "edges", *[n for n, _ in optional], "seconds"]
+    if show_cache:
+        header.append("cached")
+    rows = []
+    for r in runs:
+        rows.append(
+            [_label(r, root), r.method, r.task, r.model, r.status, r.find("faithfulness"), r.edges]
+            + [r.find(*keys) for _, keys in optional]
+            + [r.seconds]
+            + (["yes" if r.from_cache else "no"] if show_cache else [])
+        )
+    return header, rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(header)] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
+    """Plot every run's faithfulness curve(s) into one PNG. Returns None when no run has a curve.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    series = []
+    for r in runs:
+        for ev, rows in r.curves.items():
+            pts = curve_points(rows, x)
+            if pts is not None:
+                label = f"{r.method} / {r.task} / {r.model} ({_label(r, root)})"
+                if len(r.curves) > 1:
+                    label += f" [{ev}]"
+                series.append((label, *pts))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for label, _x, _y, xs, ys in series:
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.set_xlabel(series[0][1])
+        ax.set_ylabel(series[0][2])
+        if (
+            all(x > 0 for s in series for x in s[3])
+            and max(x for s in series for x in s[3]) / min(x for s in series for x in s[3]) > 50
+        ):
+            ax.set_xscale("log")
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_title("Faithfulness curves")
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _common_root(dirs: Sequence[Path]) -> Path | None:
+    import os
+
+    try:
+        return Path(os.path.commonpath([str(d.resolve()) for d in dirs]))
+    except ValueError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m circuitkit.compare",
+        description="Compare circuitkit runs: print a table and plot their faithfulness curves.",
+    )
+    parser.add_argument("paths", nargs="+", help="run directories, or directories above them (a multirun sweep dir)")
+    parser.add_argument("--out", help="PNG file for the curve plot (default: compare.png in the runs' common directory)")
+    parser.add_argument("--no-plot", action="store_true", help="only print the table")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.add_argument("--sort", help="sort by this column (e.g. faithfulness, seconds, edges)")
+    parser.add_argument(
+        "--x",
+        help="x axis of the curve plot: a curve table column (default: n_edges; fraction compares models of different sizes)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        dirs = find_run_dirs(args.paths)
+        runs = [load_run(d) for d in dirs]
+    except CircuitkitError as e:
+        print(f"circuitkit.compare: error: {e}", file=sys.stderr)
+        return 1
+    dirs = [d.resolve() for d in dirs]
+    for r, d in zip(runs, dirs, strict=True):
+        r.path = d
+    root = _common_root(dirs)
+    if root is not None and len(dirs) == 1:
+        root = root.parent
+    header, rows = summary_rows(runs, root)
+    if args.sort:
+        if args.sort not in header:
+            print(f"circuitkit.compare: error: cannot sort by '{args.sort}'; columns are: {', '.join(header)}.", file=sys.stderr)
+            return 1
+        i = header.index(args.sort)
+        desc = args.sort in ("faithfulness", "CPR", "agreement")  # higher is better: best first
+        present = sorted((row for row in rows if row[i] is not None), key=lambda row: row[i], reverse=desc)
+        rows = present + [row for row in rows if row[i] is None]
+    print(format_table(header, rows))
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows([["" if v is None else v for v in row] for row in rows])
+        print(f"table written to {args.csv}")
+    if not args.no_plot:
+        out = Path(args.out) if args.out else (root or Path.cwd()) / "compare.png"
+        try:
+            written = plot_curves(runs, out, root, args.x)
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install 'circuitkit[plots]').", file=sys.stderr)
+        else:
+            if written is None:
+                print("no plot: no run has a faithfulness curve (add a curve evaluator, e.g. evaluator=[faithfulness_curve]).")
+            else:
+                print(f"faithfulness curves plotted to {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
