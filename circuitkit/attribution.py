@@ -49,6 +49,11 @@ def gradient_attribution(
         raise ConfigError(f"{method}: at least one interpolation point is needed.")
     g = model.graph
     scores = torch.zeros(g.n_sources, g.n_destinations, dtype=torch.float64, device=model.device)
+    buffer_dtype = resolve_buffer_dtype(ctx, model)
+    width = max((len(x) for x in data.clean_ids), default=1)
+    batch = min(ctx.batch_size, max(len(data), 1))
+    # The corrupted outputs and the difference buffer are the peak.
+    engine.check_fits(model, engine.buffer_bytes(model, batch, width) + engine.buffer_bytes(model, batch, width, buffer_dtype), method)
     n = 0
     has_clean = any(a == 1.0 for a in alphas)
     order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
@@ -57,18 +62,26 @@ def gradient_attribution(
         batch = batch.to(model.device)
         corrupted = engine.run_sources(model, batch.corrupted).sources
         assert corrupted is not None
-        delta = -corrupted
+        delta = torch.empty_like(corrupted, dtype=buffer_dtype)
         if not has_clean:
             clean = engine.run_sources(model, batch.clean).sources
-            delta = clean - corrupted
+            delta = (clean - corrupted).to(buffer_dtype)
         for a in order:
             if a == 1.0:
-                engine.gradient_pass(model, batch, task.metric, delta, scores, weight=weight, fill_delta=True)
+                engine.gradient_pass(model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted)
             else:
-                emb = corrupted[0] + a * (delta[0])
+                emb = corrupted[0] + a * delta[0].to(corrupted.dtype)
                 engine.gradient_pass(model, batch, task.metric, delta, scores, input_override=emb, weight=weight)
         n += len(batch)
     return Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
+
+
+def resolve_buffer_dtype(ctx: RunContext, model: CircuitModel) -> torch.dtype:
+    """The dtype of the activation-difference buffer: ``ctx.extra["buffer_dtype"]`` or the model's."""
+    from circuitkit.model import resolve_dtype
+
+    name = ctx.extra.get("buffer_dtype")
+    return resolve_dtype(name) if name else model.dtype
 
 
 def _n_batches(data: TaskData, ctx: RunContext) -> int:

@@ -111,6 +111,56 @@ def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool =
     return Run(final=final, sources=buf, resid=resid if keep_resid else None)
 
 
+#: Sources converted at a time when the difference buffer is stored in a lower precision.
+CONTRACT_CHUNK = 16
+
+
+def _contract(flat_delta: torch.Tensor, n_up: int, grad: torch.Tensor) -> torch.Tensor:
+    """``flat_delta[:n_up] @ grad`` as float64 ``[n_up, k]``. A bf16/fp16 buffer is converted to the
+    gradient's precision a few sources at a time, so the products accumulate in full precision."""
+    if flat_delta.dtype == grad.dtype:
+        return (flat_delta[:n_up] @ grad).double()
+    out = torch.empty(n_up, grad.shape[1], dtype=torch.float64, device=grad.device)
+    for s in range(0, n_up, CONTRACT_CHUNK):
+        e = min(s + CONTRACT_CHUNK, n_up)
+        out[s:e] = (flat_delta[s:e].to(grad.dtype) @ grad).double()
+    return out
+
+
+def buffer_bytes(model: CircuitModel, batch: int, positions: int, dtype: torch.dtype | None = None, copies: int = 1) -> int:
+    """Bytes of one source buffer ``[n_sources, copies * batch, positions, d_model]``."""
+    itemsize = torch.empty((), dtype=dtype or model.dtype).element_size()
+    return model.graph.n_sources * copies * batch * positions * model.d_model * itemsize
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: free device memory; CPU: MemAvailable), or None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(model: CircuitModel, needed: int, what: str) -> None:
+    """Raise a clear error, before any work, when ``needed`` bytes will not fit on the model's device."""
+    from circuitkit.errors import CircuitkitError
+
+    free = available_bytes(model.device)
+    if free is not None and needed > free:
+        raise CircuitkitError(
+            f"{what} needs about {needed / 2**30:.2f} GiB of activation buffers on {model.device}, but only "
+            f"{free / 2**30:.2f} GiB is free. Lower batch_size (scores do not depend on it), use "
+            "buffer_dtype=bfloat16, or shorter prompts."
+        )
+
+
 def gradient_pass(
     model: CircuitModel,
     batch: Batch,
@@ -120,7 +170,7 @@ def gradient_pass(
     *,
     input_override: torch.Tensor | None = None,
     weight: float = 1.0,
-    fill_delta: bool = False,
+    fill_from: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward/backward that adds ``weight * delta . d(sum of metric)/d(input of dst)`` to ``scores``.
 
@@ -133,8 +183,9 @@ def gradient_pass(
         input_override: ``[batch, pos, d]`` replaces the input node's output (the embeddings) for this
             pass, as integrated gradients does; the stored ``delta`` is unchanged.
         weight: factor applied to this pass's contribution.
-        fill_delta: ``delta`` holds ``-corrupted`` outputs on entry; this (clean) pass adds the clean
-            outputs to it during the forward, so the contraction in the backward sees the full difference.
+        fill_from: the corrupted source outputs ``[n_sources, batch, pos, d]``: this (clean) pass writes
+            ``clean - corrupted`` into ``delta`` during the forward, so the contraction in the backward
+            sees the full difference (rounded once to ``delta``'s dtype).
             This saves a separate clean forward. Only valid without ``input_override``.
 
     Returns:
@@ -147,8 +198,8 @@ def gradient_pass(
     def contract_heads(dst0: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             # grad [b, p, h, d] -> [h, b*p*d]
-            gh = grad.permute(2, 0, 1, 3).reshape(n_heads, -1).to(flat_delta.dtype)
-            scores[:n_up, dst0 : dst0 + n_heads] += weight * (flat_delta[:n_up] @ gh.T).double()
+            gh = grad.permute(2, 0, 1, 3).reshape(n_heads, -1)
+            scores[:n_up, dst0 : dst0 + n_heads] += weight * _contract(flat_delta, n_up, gh.T)
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             if t.requires_grad:
@@ -159,7 +210,7 @@ def gradient_pass(
 
     def contract_one(dst: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
-            scores[:n_up, dst] += weight * (flat_delta[:n_up] @ grad.reshape(-1).to(flat_delta.dtype)).double()
+            scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad.reshape(-1, 1))[:, 0]
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             # The MLP-input hook sees the residual tensor itself; a copy makes the gradient we read the
@@ -172,25 +223,25 @@ def gradient_pass(
         return hook
 
     def embed_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-        if fill_delta:
-            delta[0] += t.detach()
+        if fill_from is not None:
+            delta[0] = t.detach() - fill_from[0]
         x = input_override if input_override is not None else t
         return x.detach().clone().requires_grad_(True)
 
     def add_source(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             if per_head:
-                delta[index : index + n_heads] += t.detach().permute(2, 0, 1, 3)
+                delta[index : index + n_heads] = t.detach().permute(2, 0, 1, 3) - fill_from[index : index + n_heads]
             else:
-                delta[index] += t.detach()
+                delta[index] = t.detach() - fill_from[index]
             return t
 
         return hook
 
-    if fill_delta and input_override is not None:
-        raise ValueError("fill_delta needs the clean input: do not combine it with input_override")
+    if fill_from is not None and input_override is not None:
+        raise ValueError("fill_from needs the clean input: do not combine it with input_override")
     hooks: list = [(model.INPUT_HOOK, embed_hook)]
-    if fill_delta:
+    if fill_from is not None:
         for layer in range(g.n_layers):
             hooks.append((model.head_out_hook(layer), add_source(g.src_head(layer, 0), True)))
             hooks.append((model.mlp_out_hook(layer), add_source(g.src_mlp(layer), False)))

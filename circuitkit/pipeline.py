@@ -83,6 +83,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     run_dir = Path(run_dir)
     registry = registry or get_registry(cfg.get("plugins", {}).get("block", []))
     ctx = RunContext(batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0)))
+    ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
     if ctx.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {ctx.batch_size}.")
     method_name = cfg["method"]["name"]

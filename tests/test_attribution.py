@@ -208,3 +208,23 @@ def test_engine_keeps_scores_in_graph_layout(tiny_model):
     g = tiny_model.graph
     run = engine.run_sources(tiny_model, torch.tensor([[50256, 464, 1175]]))
     assert run.sources.shape == (g.n_sources, 1, 3, tiny_model.d_model)
+
+
+def test_low_precision_buffer_is_close_and_contraction_chunking_is_exact(tiny_model, task, monkeypatch):
+    data = data_for(tiny_model)
+    full = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, ctx())
+    c = ctx()
+    c.extra["buffer_dtype"] = "bfloat16"
+    low = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, c)
+    scale = float(full.values.abs().max())
+    assert float((low.values - full.values).abs().max()) < 2e-2 * scale
+    # Chunked conversion of a low-precision buffer equals converting it whole.
+    monkeypatch.setattr(engine, "CONTRACT_CHUNK", 3)
+    low3 = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, c)
+    assert torch.allclose(low3.values, low.values, rtol=1e-6, atol=1e-9 * scale)
+
+
+def test_memory_estimate_refuses_runs_that_cannot_fit(tiny_model, task, monkeypatch):
+    monkeypatch.setattr(engine, "available_bytes", lambda device: 1000)
+    with pytest.raises(ck.CircuitkitError, match="Lower batch_size"):
+        ck.build("methods", "eap").attribute(tiny_model, task, data_for(tiny_model), ctx())
