@@ -2,7 +2,8 @@
 
 A sweep over selectors or evaluators (``-m selector.n_edges=100,200,500``) then computes the scores once.
 The key is a hash of the model's weights hash, the task data's content hash, the task and method configs,
-the run seed, the device type and the circuitkit / method plugin versions. Entries are ``scores.json``
+the run seed, the run-level extras (``RunContext.extra``), the device type and the circuitkit / method
+plugin versions. Entries are ``scores.json``
 files written atomically, so concurrent jobs of a sweep can share one cache directory.
 
 Settings (the shipped CLI config turns the cache on)::
@@ -73,8 +74,10 @@ def attribution_key(
     device_type: str = "cpu",
     dtype: str = "",
     plugin_version: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """The content hash naming one cache entry."""
+    """The content hash naming one cache entry. ``extra``: run-level settings components may read
+    (:attr:`circuitkit.interfaces.RunContext.extra`, e.g. a buffer precision)."""
     payload = {
         "format": CACHE_FORMAT,
         "circuitkit": _version("circuitkit"),
@@ -86,6 +89,7 @@ def attribution_key(
         "device": device_type,
         "dtype": dtype,
         "plugin_version": plugin_version,
+        "extra": extra or {},
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -127,6 +131,7 @@ def cached_attribute(
         device_type=torch.device(model.device).type,
         dtype=str(model.dtype),
         plugin_version=plugin_version,
+        extra=dict(getattr(ctx, "extra", None) or {}),
     )
     meta["scores_cache_key"] = key
     path = entry_path(cache_dir, key)

@@ -61,7 +61,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert cache.default_cache_dir() == tmp_path / "xdg" / "circuitkit"
 
 
-@pytest.mark.parametrize("change", ["weights", "data", "method", "seed", "device"])
+@pytest.mark.parametrize("change", ["weights", "data", "method", "seed", "device", "extra"])
 def test_key_changes_with_every_input(change):
     base = dict(weights_hash="w", data_hash="d", method={"name": "eap"}, seed=0, device_type="cpu")
     other = dict(base)
@@ -72,6 +72,7 @@ def test_key_changes_with_every_input(change):
             "method": {"method": {"name": "eap_ig", "ig_steps": 5}},
             "seed": {"seed": 1},
             "device": {"device_type": "cuda"},
+            "extra": {"extra": {"buffer_dtype": "bfloat16"}},
         }[change]
     )
     assert cache.attribution_key(**base) != cache.attribution_key(**other)
