@@ -51,4 +51,6 @@ def _wandb_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    # Each test gets its own attribution cache, so no test can pass on another test's results.
+    monkeypatch.setenv("CIRCUITKIT_CACHE_DIR", str(tmp_path / "circuitkit-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
