@@ -224,9 +224,16 @@ def bridge_model(
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Use a causal LM architecture that "
             "TransformerLens 4 supports (GPT-2, GPT-NeoX/Pythia, Llama, Qwen, Gemma, ...)."
         ) from e
-    bridge.set_use_split_qkv_input(True)
-    bridge.set_use_attn_result(True)
-    bridge.set_use_hook_mlp_in(True)
+    try:
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_attn_result(True)
+        bridge.set_use_hook_mlp_in(True)
+    except (NotImplementedError, AttributeError, ValueError) as e:
+        raise ModelLoadError(
+            f"'{name}' (architecture {arch}) loads in TransformerLens' TransformerBridge, but the bridge cannot give "
+            f"the per-head q/k/v inputs, per-head outputs and MLP inputs that edge attribution needs: "
+            f"{str(e).splitlines()[0]} Use a decoder-only causal LM such as GPT-2, Pythia/GPT-NeoX or OPT."
+        ) from e
     for p in bridge.parameters():
         p.requires_grad_(False)
     cfg = bridge.cfg

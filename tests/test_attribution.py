@@ -228,3 +228,24 @@ def test_memory_estimate_refuses_runs_that_cannot_fit(tiny_model, task, monkeypa
     monkeypatch.setattr(engine, "available_bytes", lambda device: 1000)
     with pytest.raises(ck.CircuitkitError, match="Lower batch_size"):
         ck.build("methods", "eap").attribute(tiny_model, task, data_for(tiny_model), ctx())
+
+
+def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
+    """GPT-NeoX/Pythia blocks read attention and MLP from the same residual: the graph has no
+    same-layer head->MLP edges, EAP matches finite differences and the evaluation endpoints hold."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, use_parallel_residual=True)
+    model = ck.bridge_model(GPTNeoXForCausalLM(cfg).double(), tokenizer, name="tiny-neox", device="cpu")
+    assert model.graph.parallel_attn_mlp and "a0.h0->m0" not in model.graph.edge_index
+    data = data_for(model, 4)
+    s = ck.build("methods", "eap").attribute(model, task, data, ctx())
+    batch = next(data.batches(8))
+    for edge in ["input->a0.h0<q>", "a0.h1->a1.h0<k>", "m0->a1.h2<v>", "a1.h0->logits", "a0.h2->m1"]:
+        eps = 1e-5
+        fd = -(patched_metric(model, batch, logit_diff, edge, eps).mean() - patched_metric(model, batch, logit_diff, edge, -eps).mean()).item() / (2 * eps)
+        assert s[edge] == pytest.approx(fd, rel=1e-4, abs=1e-9), edge
+    g = model.graph
+    ev = evaluate_keeps(model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx())
+    assert ev.circuits[0] == pytest.approx(ev.corrupted, abs=1e-6) and ev.circuits[1] == pytest.approx(ev.clean, abs=1e-6)
