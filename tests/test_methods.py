@@ -463,3 +463,71 @@ def test_random_scores_are_seeded(tiny_model64):
     assert torch.equal(a.values, b.values) and torch.equal(a.values, c.values)
     assert not torch.equal(c.values, d.values)
     assert a.values.shape == (model.graph.n_edges,) and a.values.std() > 0.5
+
+
+# ----- node-level scores ----------------------------------------------------------------------------------
+
+
+def test_node_scores_of_eap_are_gradient_times_difference_at_the_node_output(tiny_model64):
+    """Summing a node's outgoing EAP edge scores gives (clean - corrupted output) . d metric / d output,
+    with the gradient taken by autograd at the node's own output hook."""
+    from circuitkit.nodes import exact_node_patching, node_scores_from_edges
+
+    model = tiny_model64
+    g = model.graph
+    task = make_task()
+    data = data_for(model, 3)
+    eap = ck.build("methods", "eap").attribute(model, task, data, ctx())
+    nodes = node_scores_from_edges(eap)
+    batch = next(data.batches(8))
+    vals = source_values(model, batch)
+    outputs = {}
+
+    def keep_output(hook_name):
+        def f(t, hook):
+            t = t.detach().clone().requires_grad_(True) if hook_name.endswith("resid_pre") else t.clone()
+            outputs[hook_name] = t
+            return t
+
+        return f
+
+    hook_names = sorted({source_hook(model, s)[0] for s in g.source_names})
+    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=[(h, keep_output(h)) for h in hook_names]):
+        logits = model.bridge(batch.clean)
+        total = logit_diff(logits[torch.arange(len(batch)), batch.last], batch).sum()
+        grads = dict(zip(hook_names, torch.autograd.grad(total, [outputs[h] for h in hook_names])))
+    for i, s in enumerate(g.source_names):
+        hook, head = source_hook(model, s)
+        gr = grads[hook][:, :, head] if head is not None else grads[hook]
+        clean, corr = vals[s]
+        assert float(nodes[i]) == pytest.approx(float(((clean - corr) * gr).sum()) / len(batch), rel=1e-9, abs=1e-13), s
+
+    exact = exact_node_patching(model, task, data, ctx(batch_size=2), nodes_per_pass=4)
+    clean_m = plain_metric(model, batch.clean, batch, logit_diff)
+    assert float(exact[0]) == pytest.approx((clean_m - plain_metric(model, batch.corrupted, batch, logit_diff)).mean().item(), rel=1e-9)
+    for s in ("a0.h2", "m0", "a1.h1"):
+        hook, head = source_hook(model, s)
+        corr = vals[s][1]
+
+        def put(t, hook, corr=corr, head=head):
+            t = t.clone()
+            if head is None:
+                return corr.clone()
+            t[:, :, head] = corr
+            return t
+
+        with model.bridge.hooks(fwd_hooks=[(hook, put)]):
+            patched = plain_metric(model, batch.clean, batch, logit_diff)
+        assert float(exact[g.source_names.index(s)]) == pytest.approx((clean_m - patched).mean().item(), rel=1e-8, abs=1e-12), s
+
+
+def test_node_circuit_keeps_the_edges_between_kept_nodes(tiny_model64):
+    from circuitkit.nodes import node_circuit
+
+    g = tiny_model64.graph
+    c = node_circuit(g, ["input", "a0.h1", "a1.h2"])
+    assert set(c.node_names) <= {"input", "a0.h1", "a1.h2", "logits"}
+    assert "a0.h1->a1.h2<v>" in c.edge_names and "input->logits" in c.edge_names
+    assert all("m0" not in e and "a0.h0" not in e for e in c.edge_names)
+    with pytest.raises(ck.CircuitkitError, match="not a node"):
+        node_circuit(g, ["a9.h9"])

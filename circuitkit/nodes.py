@@ -1,0 +1,90 @@
+"""Node-level scores: the effect of corrupting every outgoing edge of a node (a head, an MLP, the input).
+
+The node score of ``u`` estimates ``metric(clean) - metric(u's output corrupted everywhere)``, i.e. the
+effect of corrupting all edges ``u -> *`` at once (as in node-level attribution patching, e.g. the
+``level="node"`` option of the MIB circuit track).
+
+- Gradient methods (EAP, EAP-IG, clean-corrupted, EAP-IG-activations): the input of every destination
+  is a sum of source outputs, so ``d metric / d out_u = sum_v d metric / d in_v`` over the destinations
+  ``v`` that ``u`` feeds, and the node score ``(out_u(clean) - out_u(corrupted)) . d metric / d out_u``
+  is exactly the sum of ``u``'s outgoing edge scores: :func:`node_scores_from_edges`.
+- Exact patching is not additive over edges; :func:`exact_node_patching` measures it directly (the
+  batch stacked ``nodes_per_pass`` times, one node's outgoing edges corrupted per copy).
+
+Node scores are ``[n_sources]`` float64 tensors in the graph's source order (``graph.source_names``);
+:func:`node_circuit` turns a set of nodes into the edge circuit between them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from circuitkit import engine
+from circuitkit.data import TaskData
+from circuitkit.errors import ConfigError
+from circuitkit.graph import Graph
+from circuitkit.interfaces import RunContext, Task
+from circuitkit.model import CircuitModel
+from circuitkit.results import Circuit, Scores
+
+
+def node_scores_from_edges(scores: Scores) -> torch.Tensor:
+    """``[n_sources]``: the sum of each source node's outgoing edge scores (exact node-level scores for
+    gradient methods; see the module docstring)."""
+    return torch.nan_to_num(scores.dense(), nan=0.0).sum(1)
+
+
+def node_score_dict(graph: Graph, values: torch.Tensor) -> dict[str, float]:
+    return dict(zip(graph.source_names, values.tolist()))
+
+
+def exact_node_patching(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    ctx: RunContext,
+    *,
+    nodes_per_pass: int = 16,
+) -> torch.Tensor:
+    """``[n_sources]``: the exact mean drop of the metric when every outgoing edge of a node carries its
+    corrupted value (the node's output is replaced by its corrupted output for every reader)."""
+    if nodes_per_pass < 1:
+        raise ConfigError(f"nodes_per_pass must be at least 1, got {nodes_per_pass}.")
+    g = model.graph
+    total = torch.zeros(g.n_sources, dtype=torch.float64)
+    n = 0
+    chunks = list(torch.split(torch.arange(g.n_sources), nodes_per_pass))
+    for batch in data.batches(ctx.batch_size, model.pad_id):
+        batch = batch.to(model.device)
+        corrupted = engine.run_sources(model, batch.corrupted).sources
+        clean_final = engine.run_sources(model, batch.clean).final
+        with torch.no_grad():
+            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
+        for chunk in chunks:
+            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
+            keep[torch.arange(len(chunk)), chunk] = 0  # the whole row: every edge out of the node
+            patched = engine.masked_metric(model, batch, task.metric, corrupted, keep).double()
+            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+        n += len(batch)
+    return total / n
+
+
+def node_circuit(graph: Graph, nodes: np.ndarray | list[str], scores: Scores | None = None) -> Circuit:
+    """The circuit of every edge between kept nodes (``logits`` is always kept), pruned.
+
+    Args:
+        nodes: a ``[n_sources]`` bool mask over ``graph.source_names``, or a list of node names.
+    """
+    if isinstance(nodes, (list, tuple)):
+        index = {n: i for i, n in enumerate(graph.source_names)}
+        mask = np.zeros(graph.n_sources, dtype=bool)
+        for name in nodes:
+            if name not in index:
+                raise ConfigError(f"'{name}' is not a node of this graph; nodes look like 'input', 'a0.h1', 'm2'.")
+            mask[index[name]] = True
+    else:
+        mask = np.asarray(nodes, dtype=bool)
+    node_mask = np.append(mask, True)  # logits
+    edges = node_mask[graph.edge_src] & node_mask[graph.dst_node[graph.edge_dst]]
+    return Circuit.from_mask(graph, edges, scores)
