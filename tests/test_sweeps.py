@@ -42,7 +42,8 @@ def sweeps(tiny_model_dir, tmp_path_factory):
         "MKL_NUM_THREADS": "1",
     }
     jobs = {
-        # The joblib sweep also reports to W&B, to check that a sweep's jobs share a group.
+        # The joblib sweep also reports to W&B, to check that a sweep's jobs share a group. One joblib
+        # worker keeps the test cheap; submitit's jobs below are separate processes.
         "joblib": sweep_args(
             tiny_model_dir, root / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "reporter=[wandb]"
         ),
