@@ -24,7 +24,6 @@ import time
 import torch
 
 import circuitkit as ck
-from circuitkit import engine
 from circuitkit.attribution import exact_patching
 from circuitkit.data import Example, tokenize_examples
 from circuitkit.evaluation import evaluate_keeps

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from circuitkit.model import CircuitModel, ZOO_DIR, bridge_model
+from circuitkit.model import ZOO_DIR, CircuitModel, bridge_model
 
 TOKENIZER_DIR = ZOO_DIR / "gpt2-tokenizer"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from circuitkit import hookimpl
 from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task

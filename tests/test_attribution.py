@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import input_gradient_scores, patched_metric, plain_metric
 
 import circuitkit as ck
 from circuitkit import engine
@@ -10,8 +11,6 @@ from circuitkit.data import Example, tokenize_examples
 from circuitkit.evaluation import evaluate_keeps
 from circuitkit.metrics import logit_diff
 from circuitkit.results import Circuit
-
-from helpers import input_gradient_scores, patched_metric, plain_metric
 
 EXAMPLES = [
     Example("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Anne gave a drink to", (" Mary",), (" John",)),
@@ -91,7 +90,7 @@ def test_ig_with_one_step_is_eap_and_two_steps_is_the_mean_of_two_gradients(tiny
         else:
             key, head = f"{dst[1:]}m", None
 
-        def dot(a):
+        def dot(a, key=key, head=head, src=src):
             gr = grads[a][key]
             gr = gr[:, :, head] if head is not None else gr
             return float((diffs[src] * gr).sum()) / n
