@@ -232,3 +232,53 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
         hooks.append((model.mlp_in_hook(layer), read(g.dst_mlp(layer), g.n_upstream_mlp(layer), False)))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
     engine._forward(model, tokens, hooks, final_hook=read(g.dst_logits, g.n_sources, False))
+
+
+# ----- what a removed edge carries: patching, zero or mean ablation ----------------------------------------
+
+INTERVENTIONS = ("patching", "zero", "mean")
+
+
+@torch.no_grad()
+def mean_source_outputs(model: CircuitModel, data, batch_size: int = 16, *, per_position: bool = False) -> torch.Tensor:  # noqa: ANN001
+    """Mean output of every source over the clean prompts of ``data`` (real positions only).
+
+    Returns ``[n_sources, 1, 1, d]``, or with ``per_position`` ``[n_sources, 1, max_len, d]`` (the mean at
+    each position over the examples that are that long).
+    """
+    g = model.graph
+    width = max(len(ids) for ids in data.clean_ids)
+    total = torch.zeros(g.n_sources, width, model.d_model, dtype=torch.float64, device=model.device)
+    count = torch.zeros(width, dtype=torch.float64, device=model.device)
+    for batch in data.batches(batch_size, model.pad_id):
+        batch = batch.to(model.device)
+        src = engine.run_sources(model, batch.clean).sources  # [S, b, p, d]
+        p = src.shape[2]
+        valid = (torch.arange(p, device=model.device)[None, :] <= batch.last[:, None]).double()  # [b, p]
+        total[:, :p] += torch.einsum("sbpd,bp->spd", src.double(), valid)
+        count[:p] += valid.sum(0)
+    if per_position:
+        return (total / count.clamp(min=1)[None, :, None]).unsqueeze(1).to(model.dtype)
+    return (total.sum(1) / count.sum()).reshape(g.n_sources, 1, 1, -1).to(model.dtype)
+
+
+def ablated_sources(model: CircuitModel, batch: Batch, intervention: str, means: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_sources, batch, pos, d]``: what a removed edge carries for ``batch`` under ``intervention``:
+    the corrupted run's source outputs (``patching``), zeros (``zero``), or ``means`` from
+    :func:`mean_source_outputs` (``mean``)."""
+    if intervention == "patching":
+        out = engine.run_sources(model, batch.corrupted).sources
+        assert out is not None
+        return out
+    b, p = batch.clean.shape
+    shape = (model.graph.n_sources, b, p, model.d_model)
+    if intervention == "zero":
+        return torch.zeros(shape, dtype=model.dtype, device=model.device)
+    if intervention == "mean":
+        if means is None:
+            raise ValueError("mean ablation needs the means (mean_source_outputs)")
+        if means.shape[2] != 1 and means.shape[2] < p:
+            raise ValueError(f"per-position means cover {means.shape[2]} positions, the batch has {p}")
+        m = means[:, :, :p] if means.shape[2] != 1 else means
+        return m.to(device=model.device, dtype=model.dtype).expand(shape).contiguous()
+    raise ValueError(f"unknown intervention {intervention!r}; use one of {', '.join(INTERVENTIONS)}")

@@ -5,6 +5,7 @@ hand-made tensors, a plain sequential ACDC loop) on tiny float64 models."""
 import numpy as np
 import pytest
 import torch
+from helpers import capture, dest_hook, patched_metric, plain_metric, source_hook
 
 import circuitkit as ck
 from circuitkit import engine
@@ -12,10 +13,13 @@ from circuitkit.data import Example, tokenize_examples
 from circuitkit.metrics import logit_diff
 from circuitkit.objectives import BoundTask, KLToClean, bind_objective
 
-from helpers import capture, dest_hook, patched_metric, plain_metric, source_hook
-
 EXAMPLES = [
-    Example("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Anne gave a drink to", (" Mary",), (" John",)),
+    Example(
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Anne gave a drink to",
+        (" Mary",),
+        (" John",),
+    ),
     Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
     Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
     Example("The nurse said that", "The pilot said that", (" she",), (" he",)),
@@ -216,7 +220,9 @@ def test_ig_activations_source_mode_basic_identities(tiny_model64):
     assert torch.allclose(one.values, eap.values, rtol=1e-10, atol=1e-14)
     # Interpolating the input embeddings alone is EAP-IG (inputs): the input node's edges agree.
     ig = ck.build("methods", "eap_ig", ig_steps=3).attribute(model, task, data, ctx())
-    act = ck.build("methods", "eap_ig_activations", ig_steps=3, interpolate="source", copies_per_pass=5).attribute(model, task, data, ctx())
+    act = ck.build("methods", "eap_ig_activations", ig_steps=3, interpolate="source", copies_per_pass=14).attribute(
+        model, task, data, ctx()
+    )
     assert torch.allclose(act.dense()[0], ig.dense()[0], rtol=1e-10, atol=1e-14)
 
 
@@ -229,7 +235,9 @@ def test_ig_activations_equals_its_definition(tiny_model64, interpolate):
     task = make_task()
     data = data_for(model, 2)
     m = 2
-    s = ck.build("methods", "eap_ig_activations", ig_steps=m, interpolate=interpolate, copies_per_pass=3).attribute(model, task, data, ctx())
+    s = ck.build("methods", "eap_ig_activations", ig_steps=m, interpolate=interpolate, copies_per_pass=3).attribute(
+        model, task, data, ctx()
+    )
     batch = next(data.batches(8))
     vals = source_values(model, batch)
     diffs = {k: c - r for k, (c, r) in vals.items()}
@@ -272,7 +280,9 @@ def test_ig_activations_source_mode_integrates_to_the_node_effect(tiny_model64):
     clean_metric = plain_metric(model, batch.clean, batch, logit_diff)
     errors = {}
     for steps in (1, 24):
-        s = ck.build("methods", "eap_ig_activations", ig_steps=steps, interpolate="source", copies_per_pass=48).attribute(model, task, data, ctx())
+        s = ck.build("methods", "eap_ig_activations", ig_steps=steps, interpolate="source", copies_per_pass=48).attribute(
+            model, task, data, ctx()
+        )
         rows = s.dense().sum(1)
         for u in ["a0.h1", "m0", "a1.h2", "m1"]:
             hook, head = source_hook(model, u)
@@ -375,11 +385,13 @@ def sparse_model(tokenizer):
     return bridge_model(hf.double(), tokenizer, name="sparse", device="cpu")
 
 
-def sequential_acdc(model, task, data, tau, objective):
-    """Algorithm 1 of Conmy et al. (2023), one edge at a time, without shortcuts."""
+def sequential_acdc(model, task, data, tau, objective, removed_value=None):
+    """Algorithm 1 of Conmy et al. (2023), one edge at a time, without shortcuts. ``removed_value(batch)``
+    gives what removed edges carry (default: the corrupted run's source outputs)."""
     g = model.graph
     metric = bind_objective(make_task("kl"), model).metric if objective == "kl" else task.metric
-    runs = [(b, engine.run_sources(model, b.corrupted).sources) for b in data.batches(ctx().batch_size)]
+    removed_value = removed_value or (lambda b: engine.run_sources(model, b.corrupted).sources)
+    runs = [(b, removed_value(b)) for b in data.batches(ctx().batch_size)]
 
     def value(keep):
         total = sum(float(engine.masked_metric(model, b, metric, corr, keep[None]).sum()) for b, corr in runs)
@@ -400,20 +412,27 @@ def sequential_acdc(model, task, data, tau, objective):
     return g.to_flat(keep.bool()).numpy(), g.to_flat(score)
 
 
+def kept_mask(g, scores):
+    kept = np.zeros(g.n_edges, bool)
+    kept[scores.meta["kept"]] = True
+    return kept
+
+
+def touches_dead(g):
+    live = {"input", "logits"} | LIVE_HEADS
+    return np.array([not ({e.split("->")[0], e.split("->")[1].split("<")[0]} <= live) for e in g.edge_names])
+
+
 def test_acdc_recovers_the_hand_built_circuit_and_equals_sequential_acdc(sparse_model):
     model = sparse_model
     g = model.graph
     task = make_task()
-    data = data_for(model)
-    ev = ck.build("methods", "patching").attribute(model, bind_objective(make_task("kl"), model), data, ctx())
-    tau = 0.02 * float(ev.values.max())
-    s = ck.build("methods", "acdc", tau=tau, copies_per_pass=7).attribute(model, task, data, ctx(batch_size=3))
-    kept = np.zeros(g.n_edges, bool)
-    kept[s.meta["kept"]] = True
-
-    live = {"input", "logits"} | LIVE_HEADS
-    touches_dead = np.array([not ({e.split("->")[0], e.split("->")[1].split("<")[0]} <= live) for e in g.edge_names])
-    assert not (kept & touches_dead).any(), [e for e, k, d in zip(g.edge_names, kept, touches_dead) if k and d]
+    data = data_for(model, 3)
+    tau = 1e-3  # about 2% of the largest single-edge KL effect of this model on these examples
+    s = ck.build("methods", "acdc", tau=tau, copies_per_pass=7).attribute(model, task, data, ctx(batch_size=2))
+    kept = kept_mask(g, s)
+    dead = touches_dead(g)
+    assert not (kept & dead).any(), [e for e, k, d in zip(g.edge_names, kept, dead) if k and d]
     for edge in ("a1.h0->logits", "a0.h1->a1.h0<v>"):  # the two largest single-edge effects
         assert kept[g.index_of(edge)], edge
 
@@ -426,28 +445,6 @@ def test_acdc_recovers_the_hand_built_circuit_and_equals_sequential_acdc(sparse_
     # The threshold selector with tau reproduces ACDC's circuit (pruning removes nothing it measured).
     circuit = ck.build("selectors", "threshold", threshold=tau, absolute=False).select(s)
     assert (circuit.edges == g.prune(kept)).all() and circuit.n_edges > 0
-
-
-def test_acdc_with_the_task_metric_drops_every_edge_without_effect(sparse_model):
-    model = sparse_model
-    g = model.graph
-    task = make_task()
-    data = data_for(model, 2)
-    s = ck.build("methods", "acdc", tau=1e-9, objective="task").attribute(model, task, data, ctx())
-    kept = np.zeros(g.n_edges, bool)
-    kept[s.meta["kept"]] = True
-    ref_kept, _ = sequential_acdc(model, task, data, 1e-9, "task")
-    assert (kept == ref_kept).all()
-    for i in np.flatnonzero(kept):
-        src, dst = g.edge_names[i].split("->")
-        assert src in {"input"} | LIVE_HEADS and dst.split("<")[0] in {"logits"} | LIVE_HEADS
-
-
-def test_acdc_rejects_bad_options():
-    with pytest.raises(ck.CircuitkitError, match="tau"):
-        ck.build("methods", "acdc", tau=-1.0)
-    with pytest.raises(ck.CircuitkitError, match="objective"):
-        ck.build("methods", "acdc", objective="l2")
 
 
 # ----- random baseline ----------------------------------------------------------------------------------
@@ -504,7 +501,9 @@ def test_node_scores_of_eap_are_gradient_times_difference_at_the_node_output(tin
 
     exact = exact_node_patching(model, task, data, ctx(batch_size=2), nodes_per_pass=4)
     clean_m = plain_metric(model, batch.clean, batch, logit_diff)
-    assert float(exact[0]) == pytest.approx((clean_m - plain_metric(model, batch.corrupted, batch, logit_diff)).mean().item(), rel=1e-9)
+    assert float(exact[0]) == pytest.approx(
+        (clean_m - plain_metric(model, batch.corrupted, batch, logit_diff)).mean().item(), rel=1e-9
+    )
     for s in ("a0.h2", "m0", "a1.h1"):
         hook, head = source_hook(model, s)
         corr = vals[s][1]
@@ -531,3 +530,59 @@ def test_node_circuit_keeps_the_edges_between_kept_nodes(tiny_model64):
     assert all("m0" not in e and "a0.h0" not in e for e in c.edge_names)
     with pytest.raises(ck.CircuitkitError, match="not a node"):
         node_circuit(g, ["a9.h9"])
+
+
+# ----- zero and mean interventions ------------------------------------------------------------------------
+
+
+def test_mean_source_outputs(sparse_model):
+    from circuitkit.interventions import mean_source_outputs
+
+    model = sparse_model
+    g = model.graph
+    data = data_for(model, 2)
+    means = mean_source_outputs(model, data, batch_size=1)
+    per_pos = mean_source_outputs(model, data, batch_size=2, per_position=True)
+    outs = [capture_all(model, torch.tensor([ids]), [source_hook(model, s) for s in g.source_names]) for ids in data.clean_ids]
+    for i in (0, 2, g.n_sources - 2):
+        rows = torch.cat([o[i][0] for o in outs])  # every real position of every example
+        assert torch.allclose(means[i, 0, 0], rows.mean(0), atol=1e-12)
+        assert torch.allclose(per_pos[i, 0, 1], torch.stack([o[i][0, 1] for o in outs]).mean(0), atol=1e-12)
+
+
+@pytest.mark.parametrize("objective,intervention", [("task", "zero"), ("kl", "mean")])
+def test_acdc_objectives_and_interventions_equal_sequential_acdc(sparse_model, objective, intervention):
+    from circuitkit.interventions import mean_source_outputs
+
+    model = sparse_model
+    g = model.graph
+    task = make_task()
+    data = data_for(model, 2)
+    if intervention == "zero":
+
+        def value(b):
+            return torch.zeros(g.n_sources, *b.clean.shape, model.d_model, dtype=torch.float64)
+    else:
+        means = mean_source_outputs(model, data)
+
+        def value(b):
+            return means.expand(g.n_sources, *b.clean.shape, model.d_model)
+
+    tau = 1e-4
+    s = ck.build("methods", "acdc", tau=tau, objective=objective, intervention=intervention).attribute(model, task, data, ctx())
+    kept = kept_mask(g, s)
+    ref_kept, ref_score = sequential_acdc(model, task, data, tau, objective, value)
+    assert (kept == ref_kept).all()
+    np.testing.assert_allclose(s.values.numpy(), ref_score.numpy(), rtol=1e-6, atol=1e-12)
+    # Dead units write exactly 0 whatever their inputs, and zero ablation of a dead unit changes nothing.
+    assert not (kept & touches_dead(g)).any() and kept.any()
+    assert s.meta["intervention"] == intervention
+
+
+def test_acdc_rejects_bad_options():
+    with pytest.raises(ck.CircuitkitError, match="tau"):
+        ck.build("methods", "acdc", tau=-1.0)
+    with pytest.raises(ck.CircuitkitError, match="objective"):
+        ck.build("methods", "acdc", objective="l2")
+    with pytest.raises(ck.CircuitkitError, match="intervention"):
+        ck.build("methods", "acdc", intervention="resample")
