@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -51,6 +53,8 @@ def main() -> None:
     ap.add_argument("--patch-edges", type=int, default=64, help="edges to patch exactly (a sample)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +62,7 @@ def main() -> None:
 
     tok = gpt2_tokenizer()
     model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok)
-    hf = model.bridge.original_model if hasattr(model.bridge, "original_model") else None
+    hf = model.bridge.original_model
     g = model.graph
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (args.prompts, args.tokens), generator=gen)
@@ -86,6 +90,20 @@ def main() -> None:
             emb = hf.transformer.wte(batch.clean).detach().requires_grad_(True)
             metric_of(hf(inputs_embeds=emb).logits).backward()
 
+    def bare_hf_last(m_passes: int) -> None:
+        """The same passes computing logits only at the answer position (as circuitkit does)."""
+        rows = torch.arange(len(batch))
+
+        def last_logits(**kw):
+            h = hf.transformer(**kw).last_hidden_state[rows, batch.last]
+            return task.metric(hf.lm_head(h), batch).sum()
+
+        with torch.no_grad():
+            last_logits(input_ids=batch.corrupted)
+        for _ in range(m_passes):
+            emb = hf.transformer.wte(batch.clean).detach().requires_grad_(True)
+            last_logits(inputs_embeds=emb).backward()
+
     def bare_bridge(m_passes: int) -> None:
         with torch.no_grad():
             model.bridge(batch.corrupted)
@@ -93,25 +111,24 @@ def main() -> None:
             with torch.enable_grad(), model.bridge.hooks(fwd_hooks=[(model.INPUT_HOOK, lambda t, hook: t.detach().requires_grad_(True))]):
                 metric_of(model.bridge(batch.clean)).backward()
 
-    rows = []
-    t_hf1 = timed(lambda: bare_hf(1), args.repeat)
-    t_br1 = timed(lambda: bare_bridge(1), args.repeat)
-    t_eap = timed(lambda: ck.build("methods", "eap").attribute(model, task, data, ctx), args.repeat)
-    rows.append(("EAP", t_eap, t_hf1, t_br1))
-    m = args.ig_steps
-    t_hfm = timed(lambda: bare_hf(m), args.repeat)
-    t_brm = timed(lambda: bare_bridge(m), args.repeat)
-    t_ig = timed(lambda: ck.build("methods", "eap_ig", ig_steps=m).attribute(model, task, data, ctx), args.repeat)
-    rows.append((f"EAP-IG({m})", t_ig, t_hfm, t_brm))
-    t_hf2 = timed(lambda: bare_hf(2), args.repeat)
-    t_br2 = timed(lambda: bare_bridge(2), args.repeat)
-    t_cc = timed(lambda: ck.build("methods", "clean_corrupted").attribute(model, task, data, ctx), args.repeat)
-    rows.append(("clean-corrupted", t_cc, t_hf2, t_br2))
+    if args.child:
+        _child(args.child, model, task, data, ctx, bare_hf, bare_hf_last, args.ig_steps)
+        return
 
-    print("\nattribution vs the bare model's own passes on the same batch (corrupted fwd + m x (fwd + bwd)):")
-    print(f"{'method':<16}{'seconds':>10}{'bare HF':>10}{'ratio':>8}{'bare bridge':>13}{'ratio':>8}")
-    for name, t, hf_t, br_t in rows:
-        print(f"{name:<16}{t:>10.3f}{hf_t:>10.3f}{t / hf_t:>8.2f}{br_t:>13.3f}{t / br_t:>8.2f}")
+    rows = []
+    m = args.ig_steps
+    for name, method, opts, passes in (("EAP", "eap", {}, 1), (f"EAP-IG({m})", "eap_ig", {"ig_steps": m}, m), ("clean-corrupted", "clean_corrupted", {}, 2)):
+        t_hf = timed(lambda p=passes: bare_hf(p), args.repeat)
+        t_last = timed(lambda p=passes: bare_hf_last(p), args.repeat)
+        t_br = timed(lambda p=passes: bare_bridge(p), args.repeat)
+        t = timed(lambda mm=method, o=opts: ck.build("methods", mm, **o).attribute(model, task, data, ctx), args.repeat)
+        rows.append((name, t, t_hf, t_last, t_br))
+
+    print("\nattribution vs the bare model's own passes on the same batch (corrupted fwd + m x (fwd + bwd));")
+    print("bare HF: full logits; HF@answer: logits only at the answer position; bridge: the TransformerBridge, no hooks")
+    print(f"{'method':<16}{'seconds':>9}{'bare HF':>9}{'ratio':>7}{'HF@answer':>11}{'ratio':>7}{'bridge':>9}{'ratio':>7}")
+    for name, t, hf_t, last_t, br_t in rows:
+        print(f"{name:<16}{t:>9.3f}{hf_t:>9.3f}{t / hf_t:>7.2f}{last_t:>11.3f}{t / last_t:>7.2f}{br_t:>9.3f}{t / br_t:>7.2f}")
 
     # Evaluation of one circuit: corrupted fwd + clean fwd + one masked fwd.
     circuit = ck.build("selectors", "top_n", n_edges=min(500, g.n_edges)).select(ck.build("methods", "eap").attribute(model, task, data, ctx))
@@ -127,7 +144,38 @@ def main() -> None:
     t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], 1) / len(single)
     print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
           f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
-    print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if not args.no_memory:
+        print("\npeak memory above the loaded model (separate processes, CPU RSS):")
+        base = [a for a in sys.argv[1:] if a != "--no-memory"]
+        peaks = {}
+        for what in ("bare_hf", "bare_hf_last", "eap", "bare_hf_ig", "eap_ig"):
+            out = subprocess.run([sys.executable, __file__, *base, "--child", what], capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")]
+            peaks[what] = float(line[0].split()[1]) if line else float("nan")
+        print(f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB")
+        print(f"  EAP: {peaks['eap']:.0f} MB = {peaks['eap'] / peaks['bare_hf']:.2f} x bare HF, {peaks['eap'] / peaks['bare_hf_last']:.2f} x HF@answer")
+        print(f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _child(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # noqa: ANN001
+    before = _rss_mb()
+    if what == "bare_hf":
+        bare_hf(1)
+    elif what == "bare_hf_last":
+        bare_hf_last(1)
+    elif what == "bare_hf_ig":
+        bare_hf(m)
+    elif what == "eap":
+        ck.build("methods", "eap").attribute(model, task, data, ctx)
+    elif what == "eap_ig":
+        ck.build("methods", "eap_ig", ig_steps=m).attribute(model, task, data, ctx)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"PEAK {max(peak - before, 0.0):.1f}")
 
 
 if __name__ == "__main__":
