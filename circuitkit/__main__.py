@@ -5,6 +5,9 @@ Examples::
     python -m circuitkit method=eap_ig task=greater_than
     python -m circuitkit -m method=eap,eap_ig task=ioi,greater_than
     python -m circuitkit model.name=/path/to/saved/model selector.n_edges=500
+    python -m circuitkit plugins.block=[some_plugin] ...   # leave out an installed plugin
+
+The installed plugins and what they register: ``python -m circuitkit.list`` (circuitkit/list.py).
 """
 
 from __future__ import annotations
