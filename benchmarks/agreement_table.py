@@ -15,7 +15,8 @@ Usage::
 ``--model`` is anything :func:`circuitkit.load_model` accepts (``bundled``, a directory written by
 ``save_pretrained`` with its tokenizer, a Hub name). ``--set METHOD.OPTION=VALUE`` passes method options
 (values are parsed as Python literals when possible). ``--metric kl`` scores every method, patching
-included, against KL divergence to the clean distribution (:mod:`circuitkit.objectives`).
+included, against KL divergence to the clean distribution (:mod:`circuitkit.objectives`); EAP's KL
+scores are then rounding noise (the gradient of KL at the clean run is 0), so its row means little.
 """
 
 from __future__ import annotations
