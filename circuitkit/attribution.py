@@ -118,7 +118,7 @@ def exact_patching(
     groups = []
     for layer in range(g.n_layers + 1):
         sel = todo[layer_of[todo] == layer]
-        groups += [(layer, chunk) for chunk in torch.split(sel, edges_per_pass)]
+        groups += [(layer, chunk) for chunk in torch.split(sel, edges_per_pass) if len(chunk)]
     batches = list(data.batches(ctx.batch_size, model.pad_id))
     with progress_bar(ctx, total=len(groups) * len(batches), desc=f"{method} (exact)") as bar:
         for batch in batches:

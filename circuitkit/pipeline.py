@@ -105,6 +105,10 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)
 
+    # A task whose metric is ``kl`` needs the model (its clean distribution) to compute the metric.
+    from circuitkit.objectives import bind_objective
+
+    task = bind_objective(task, model)
     t0 = time.perf_counter()
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
     seconds["build_task"] = time.perf_counter() - t0

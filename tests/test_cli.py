@@ -84,3 +84,13 @@ def test_multirun(tiny_model_dir, tmp_path):
     results = sorted(Path(tmp_path).glob("*/results.json"))
     assert len(results) == 2
     assert {json.loads(r.read_text())["meta"]["method"] for r in results} == {"eap", "eap_ig"}
+
+
+def test_kl_objective_from_the_command_line(tiny_model_dir, tmp_path):
+    """task.metric=kl works with the builtin gradient methods and the evaluators (EAP-IG-KL)."""
+    out = tmp_path / "run"
+    p = cli(f"model.name={tiny_model_dir}", "method=eap_ig", "task=greater_than", "task.metric=kl", "task.n_examples=4", "selector.n_edges=20", "progress=false", f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    f = json.loads((out / "results.json").read_text())["faithfulness"]["values"]
+    assert f["clean_metric"] == pytest.approx(0.0, abs=1e-6)  # -KL(clean || clean)
+    assert f["corrupted_metric"] < 0
