@@ -31,9 +31,12 @@ from circuitkit.data import Example, tokenize_examples
 from circuitkit.evaluation import evaluate_keeps
 from circuitkit.results import Circuit
 
+WARMUP = True
+
 
 def timed(fn, repeat: int = 3) -> float:
-    fn()  # warm-up
+    if WARMUP:
+        fn()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -54,6 +57,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    ap.add_argument("--no-warmup", action="store_true", help="no untimed first call (for big models)")
+    ap.add_argument("--methods", default="eap,eap_ig,clean_corrupted", help="which attribution rows to time")
+    ap.add_argument("--skip-bridge", action="store_true", help="do not time the bridge-without-hooks baseline")
+    ap.add_argument("--skip-eval", action="store_true", help="do not time evaluation and exact patching")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,10 +124,15 @@ def main() -> None:
 
     rows = []
     m = args.ig_steps
+    global WARMUP
+    WARMUP = not args.no_warmup
+    wanted = set(args.methods.split(","))
     for name, method, opts, passes in (("EAP", "eap", {}, 1), (f"EAP-IG({m})", "eap_ig", {"ig_steps": m}, m), ("clean-corrupted", "clean_corrupted", {}, 2)):
+        if method not in wanted:
+            continue
         t_hf = timed(lambda p=passes: bare_hf(p), args.repeat)
         t_last = timed(lambda p=passes: bare_hf_last(p), args.repeat)
-        t_br = timed(lambda p=passes: bare_bridge(p), args.repeat)
+        t_br = float("nan") if args.skip_bridge else timed(lambda p=passes: bare_bridge(p), args.repeat)
         t = timed(lambda mm=method, o=opts: ck.build("methods", mm, **o).attribute(model, task, data, ctx), args.repeat)
         rows.append((name, t, t_hf, t_last, t_br))
 
@@ -130,20 +142,21 @@ def main() -> None:
     for name, t, hf_t, last_t, br_t in rows:
         print(f"{name:<16}{t:>9.3f}{hf_t:>9.3f}{t / hf_t:>7.2f}{last_t:>11.3f}{t / last_t:>7.2f}{br_t:>9.3f}{t / br_t:>7.2f}")
 
-    # Evaluation of one circuit: corrupted fwd + clean fwd + one masked fwd.
-    circuit = ck.build("selectors", "top_n", n_edges=min(500, g.n_edges)).select(ck.build("methods", "eap").attribute(model, task, data, ctx))
-    keep = circuit.keep_dense()[None]
-    t_eval = timed(lambda: evaluate_keeps(model, task, data, keep, ctx), args.repeat)
-    t_fwd = timed(lambda: hf(batch.clean), args.repeat)
-    print(f"\nevaluation of one circuit: {t_eval:.3f} s = {t_eval / t_fwd:.2f} x one bare HF forward ({t_fwd:.3f} s)")
+    if not args.skip_eval:
+        # Evaluation of one circuit: corrupted fwd + clean fwd + one masked fwd.
+        circuit = ck.build("selectors", "top_n", n_edges=min(500, g.n_edges)).select(ck.build("methods", "eap").attribute(model, task, data, ctx))
+        keep = circuit.keep_dense()[None]
+        t_eval = timed(lambda: evaluate_keeps(model, task, data, keep, ctx), args.repeat)
+        t_fwd = timed(lambda: hf(batch.clean), args.repeat)
+        print(f"\nevaluation of one circuit: {t_eval:.3f} s = {t_eval / t_fwd:.2f} x one bare HF forward ({t_fwd:.3f} s)")
 
-    # Exact patching: batched vs one full evaluation per edge.
-    picks = torch.randperm(g.n_edges, generator=gen)[: args.patch_edges]
-    t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=32), 1)
-    single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:4]])
-    t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], 1) / len(single)
-    print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
-          f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
+        # Exact patching: batched vs one full evaluation per edge.
+        picks = torch.randperm(g.n_edges, generator=gen)[: args.patch_edges]
+        t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=32), 1)
+        single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:4]])
+        t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], 1) / len(single)
+        print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
+              f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
     if not args.no_memory:
         print("\npeak memory above the loaded model (separate processes, CPU RSS):")
         base = [a for a in sys.argv[1:] if a != "--no-memory"]
