@@ -4,7 +4,9 @@ A 4-layer GPT-2 (8 heads, d_model 128, 64 positions, tied embeddings, GPT-2's BP
 parameters) trained on the builtin tasks' *training* split (held-out combinations are never seen) plus
 neutral filler sentences. The loss is on the answer token only: every training prompt is a task prompt
 (or a filler prefix) and the target is its correct answer (for answer sets, one correct answer drawn at
-random each time). Batches are balanced: each of the seven tasks and the filler get an equal share.
+random each time); an induction prompt is also scored at the earlier positions of its repeat, which are
+shorter induction examples of the same sequence. Batches are balanced: each of the seven tasks and the
+filler get an equal share of the prompts.
 
 Run (about 25 minutes on 2 CPU cores)::
 
@@ -25,6 +27,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -67,9 +70,9 @@ def load_tokenizer() -> Any:
     return GPT2Tokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
-def build_task(name: str, split: str, n_examples: int, seed: int, tokenizer: Any) -> tuple[Any, TaskData]:
+def build_task(name: str, split: str, n_examples: int, seed: int, tokenizer: Any, **options: Any) -> tuple[Any, TaskData]:
     cls, cfg_cls = task_classes()[name]
-    task = cls(cfg_cls(name=name, split=split, n_examples=n_examples, seed=seed))
+    task = cls(cfg_cls(name=name, split=split, n_examples=n_examples, seed=seed, **options))
     return task, task.build(tokenizer)
 
 
@@ -91,7 +94,7 @@ _F_TAILS = [
 _F_JOINS = [", and then it", ". Later it", ". In the evening it", ", but soon it", ". Nobody knew why it"]
 
 
-def filler_pool(tokenizer: Any, rng: random.Random, n: int) -> list[tuple[list[int], list[int]]]:
+def filler_pool(tokenizer: Any, rng: random.Random, n: int) -> list[tuple[list[int], Targets]]:
     from circuitkit.data import encode
 
     pool = []
@@ -102,24 +105,75 @@ def filler_pool(tokenizer: Any, rng: random.Random, n: int) -> list[tuple[list[i
             text += f"{rng.choice(_F_JOINS)} {rng.choice(_F_PREDICATES)} {rng.choice(_F_TAILS)}"
         ids = [bos] + encode(tokenizer, text + ".")
         cut = rng.randint(3, len(ids) - 1)
-        pool.append((ids[:cut], [ids[cut]]))
+        pool.append((ids[:cut], [(cut - 1, [ids[cut]])]))
     return pool
 
 
-def _batch(rows: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Targets = list[tuple[int, list[int]]]  # (position, answer ids predicted there)
+
+
+def training_row(name: str, meta: dict, ids: list[int], answers: list[int]) -> tuple[list[int], Targets]:
+    """A training prompt and where it is scored: its last token, with the answer as target.
+
+    An induction prompt ``prefix + s + s[:k]`` is extended to the whole repeat ``prefix + s + s[:-1]``
+    and scored at every position of the repeat: each is the answer of an induction example of the same
+    sequence ``s`` (so of the same split), and this gives the rarely-formed induction mechanism many
+    more targets per prompt at almost no cost.
+    """
+    if name != "induction":
+        return ids, [(len(ids) - 1, answers)]
+    p, n, k = meta["prefix_len"], meta["seq_len"], meta["shown"]
+    off = len(ids) - (p + n + k)  # the BOS token
+    seq = ids[off + p : off + p + n]
+    full = ids[: off + p + n] + seq[:-1]
+    return full, [(off + p + n + j, [seq[j + 1]]) for j in range(n - 1)]
+
+
+def _cycle(pool: list, rng: random.Random) -> Iterator:
+    """The pool's items in a random order, reshuffled after each pass."""
+    order = list(range(len(pool)))
+    while True:
+        rng.shuffle(order)
+        for i in order:
+            yield pool[i]
+
+
+def _packed(episodes: Iterator, width: int) -> Iterator[tuple[list[int], Targets]]:
+    """Rows of up to ``width`` tokens holding several induction episodes (BOS once, then episode after
+    episode, no token shared between episodes of a row, so every target has one earlier occurrence)."""
+    pending = next(episodes)
+    while True:
+        ids, targets = list(pending[0]), list(pending[1])
+        used = set(ids)
+        while True:
+            pending = next(episodes)
+            more, more_targets = pending[0][1:], pending[1]  # without its BOS
+            if len(ids) + len(more) > width:
+                break
+            if used.isdisjoint(more):
+                targets += [(pos - 1 + len(ids), answers) for pos, answers in more_targets]
+                ids += more
+                used.update(more)
+        yield ids, targets
+
+
+def _batch(
+    rows: list[tuple[list[int], list[tuple[int, int]]]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(r) for r, _ in rows)
     x = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, (r, _) in enumerate(rows):
         x[i, : len(r)] = torch.tensor(r)
-    last = torch.tensor([len(r) - 1 for r, _ in rows])
-    y = torch.tensor([t for _, t in rows])
-    return x, last, y
+    where = [(i, pos, tok, 1.0 / len(ts)) for i, (_, ts) in enumerate(rows) for pos, tok in ts]
+    row, pos, y, weight = (torch.tensor(v) for v in zip(*where, strict=True))
+    return x, row, pos, y, weight
 
 
-def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """Logits at each row's last real token only (the loss never needs the others)."""
+def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at the scored positions only (row ``row[i]``, position ``last[i]``; by default each row's
+    ``last[i]``): the loss never needs the others."""
     h = model.transformer(input_ids=x).last_hidden_state
-    return model.lm_head(h[torch.arange(x.shape[0]), last])
+    return model.lm_head(h[torch.arange(x.shape[0]) if row is None else row, last])
 
 
 @torch.no_grad()
@@ -150,7 +204,7 @@ def evaluate(model: Any, tasks: dict[str, tuple[Any, TaskData]], pad: int, batch
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).parent / "circuitkit-tiny"), help="output directory")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=7000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -158,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the weights depend on it)")
     p.add_argument("--pool", type=int, default=12000, help="training examples generated per task")
+    p.add_argument("--induction-max-len", type=int, default=16, help="longest repeated sequence in training (test: 12)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to train on (default: all)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per task in the report")
     args = p.parse_args(argv)
@@ -172,13 +228,30 @@ def main(argv: list[str] | None = None) -> None:
     pad = tok.eos_token_id
 
     # Training pools: the train split of every task (seeded apart from the test sets' default seed 0).
-    pools: dict[str, list[tuple[list[int], list[int]]]] = {}
-    for i, name in enumerate(TASKS):
-        _, data = build_task(name, "train", args.pool, 1000 + args.seed * 100 + i, tok)
-        pools[name] = list(zip(data.clean_ids, data.correct_ids, strict=True))
+    pools: dict[str, list[tuple[list[int], Targets]]] = {}
+    tasks = args.tasks.split(",")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        p.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    sources = [*tasks, "filler"]
+    per = [args.batch_size // len(sources)] * len(sources)
+    for i in range(args.batch_size - sum(per)):
+        per[i] += 1
+    share = dict(zip(sources, per, strict=True))
+    for name in tasks:
+        n, options = args.pool, {}
+        if name == "induction":
+            # Fresh sequences throughout: a model shown the same random sequences again memorises their
+            # bigrams instead of learning to copy.
+            n, options = max(args.pool, 2 * args.steps * share[name]), {"max_seq_len": args.induction_max_len}
+        _, data = build_task(name, "train", n, 1000 + args.seed * 100 + TASKS.index(name), tok, **options)
+        pools[name] = [
+            training_row(name, ex.meta, ids, answers)
+            for ex, ids, answers in zip(data.examples, data.clean_ids, data.correct_ids, strict=True)
+        ]
         print(f"[data] {name}: {len(data)} training examples ({len(set(map(tuple, data.clean_ids)))} distinct)", flush=True)
     pools["filler"] = filler_pool(tok, rng, args.pool)
-    held_out = {name: build_task(name, "test", args.eval_examples, 0, tok) for name in TASKS}
+    held_out = {name: build_task(name, "test", args.eval_examples, 0, tok) for name in tasks}
     probe = {name: (t, d.subset(range(min(len(d), 96)))) for name, (t, d) in held_out.items()}
     for name, (_, data) in held_out.items():
         seen = {tuple(ids) for ids, _ in pools[name]}
@@ -207,26 +280,29 @@ def main(argv: list[str] | None = None) -> None:
         frac = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    sources = list(pools)
-    per = [args.batch_size // len(sources)] * len(sources)
-    for i in range(args.batch_size - sum(per)):
-        per[i] += 1
+    draws = {name: _cycle(pools[name], rng) for name in sources}
+    if "induction" in draws:
+        draws["induction"] = _packed(draws["induction"], ARCH["n_positions"])
     model.train()
     t0, run_loss = time.time(), 0.0
     for step in range(args.steps):
         rows = []
-        for name, k in zip(sources, per, strict=True):
-            for ids, answers in rng.choices(pools[name], k=k):
-                rows.append((ids, rng.choice(answers)))
-        # Two forward passes over length-sorted halves: much less padding than one mixed batch.
+        for name, k in share.items():
+            for _ in range(k):
+                ids, targets = next(draws[name])
+                rows.append((ids, [(pos, rng.choice(answers)) for pos, answers in targets]))
+        # Forward passes over length-sorted groups (long rows, then two halves of the rest): much less
+        # padding than one mixed batch. Every row weighs the same, however many targets it has.
         rows.sort(key=lambda r: len(r[0]))
-        half = len(rows) // 2
-        logits, targets = [], []
-        for part in (rows[:half], rows[half:]):
-            x, last, y = _batch(part, pad)
-            logits.append(answer_logits(model, x, last))
-            targets.append(y)
-        loss = torch.nn.functional.cross_entropy(torch.cat(logits), torch.cat(targets))
+        short = [r for r in rows if len(r[0]) <= 40]
+        half = len(short) // 2
+        loss = torch.zeros(())
+        for part in (short[:half], short[half:], rows[len(short) :]):
+            if not part:
+                continue
+            x, row, pos, y, weight = _batch(part, pad)
+            ce = torch.nn.functional.cross_entropy(answer_logits(model, x, pos, row), y, reduction="none")
+            loss = loss + (ce * weight).sum() / len(rows)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
