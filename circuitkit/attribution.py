@@ -19,6 +19,7 @@ from circuitkit import engine
 from circuitkit.data import TaskData
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import RunContext, Task
+from circuitkit.interventions import removed_values
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress, progress_bar
 from circuitkit.results import Scores
@@ -33,6 +34,7 @@ def gradient_attribution(
     *,
     method: str,
     meta: dict | None = None,
+    level: str = "edge",
 ) -> Scores:
     """Score every edge by ``(out_clean - out_corrupted) . mean_alpha grad(alpha)``.
 
@@ -41,26 +43,35 @@ def gradient_attribution(
             ``corrupted + alpha * (clean - corrupted)``. ``[1.0]`` is EAP; ``[k/m for k in 1..m]`` is
             EAP-IG with ``m`` steps; ``[0.0, 1.0]`` is clean-corrupted.
         method: the method's name, recorded in the scores' provenance.
+        level: ``edge``; ``node`` adds node scores (each node's outgoing edge scores summed, which is
+            exactly the node-level attribution); ``neuron`` adds per-dimension scores of every node's
+            output, ``(out_clean - out_corrupted)[d] * grad[d]`` summed over examples and positions.
 
     Cost per batch: one corrupted forward without autograd, then one forward/backward per alpha (the
     ``alpha == 1`` pass also collects the clean source outputs).
     """
     if not alphas:
         raise ConfigError(f"{method}: at least one interpolation point is needed.")
+    check_level(level, method)
     g = model.graph
     scores = torch.zeros(g.n_sources, g.n_destinations, dtype=torch.float64, device=model.device)
+    neurons = torch.zeros(g.n_sources, model.d_model, dtype=torch.float64, device=model.device) if level == "neuron" else None
     buffer_dtype = resolve_buffer_dtype(ctx, model)
     width = max((len(x) for x in data.clean_ids), default=1)
     batch = min(ctx.batch_size, max(len(data), 1))
     # The corrupted outputs and the difference buffer are the peak.
-    engine.check_fits(model, engine.buffer_bytes(model, batch, width) + engine.buffer_bytes(model, batch, width, buffer_dtype), method)
+    engine.check_fits(
+        model, engine.buffer_bytes(model, batch, width) + engine.buffer_bytes(model, batch, width, buffer_dtype), method
+    )
     n = 0
     has_clean = any(a == 1.0 for a in alphas)
     order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
     weight = 1.0 / len(alphas)
-    for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=_n_batches(data, ctx), desc=f"{method} attribution"):
+    for batch in progress(
+        data.batches(ctx.batch_size, model.pad_id), ctx, total=_n_batches(data, ctx), desc=f"{method} attribution"
+    ):
         batch = batch.to(model.device)
-        corrupted = engine.run_sources(model, batch.corrupted).sources
+        corrupted = removed_values(model, batch, ctx.intervention)
         assert corrupted is not None
         delta = torch.empty_like(corrupted, dtype=buffer_dtype)
         if not has_clean:
@@ -68,12 +79,31 @@ def gradient_attribution(
             delta = (clean - corrupted).to(buffer_dtype)
         for a in order:
             if a == 1.0:
-                engine.gradient_pass(model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted)
+                engine.gradient_pass(
+                    model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons
+                )
             else:
                 emb = corrupted[0] + a * delta[0].to(corrupted.dtype)
-                engine.gradient_pass(model, batch, task.metric, delta, scores, input_override=emb, weight=weight)
+                engine.gradient_pass(
+                    model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons
+                )
         n += len(batch)
-    return Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
+    out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
+    if level == "node":
+        out.level, out.nodes = "node", out.dense().sum(1)
+    elif level == "neuron":
+        assert neurons is not None
+        out.level, out.neurons = "neuron", (neurons / n).cpu()
+        out.nodes = out.neurons.sum(1)
+    out.meta["level"] = level
+    return out
+
+
+def check_level(level: object, method: str) -> None:
+    from circuitkit.results import LEVELS
+
+    if level not in LEVELS:
+        raise ConfigError(f"{method}: method.level must be one of {', '.join(LEVELS)}, got {level!r}.")
 
 
 def resolve_buffer_dtype(ctx: RunContext, model: CircuitModel) -> torch.dtype:
@@ -97,6 +127,7 @@ def exact_patching(
     edges_per_pass: int = 32,
     edges: torch.Tensor | None = None,
     method: str = "patching",
+    level: str = "edge",
 ) -> Scores:
     """The exact drop of the metric when each edge alone carries its corrupted value.
 
@@ -104,11 +135,21 @@ def exact_patching(
     different edge removed. Edges are grouped by the layer they enter, and each group's passes start at
     that layer from the clean residual stream (everything before it is the clean run); edges into the
     logits need no layer at all. ``edges`` restricts the computation to a subset of edge indices (the
-    others get NaN).
+    others get NaN). ``level="node"`` / ``"neuron"`` measures whole nodes / single output dimensions
+    instead (:func:`circuitkit.nodes.exact_node_patching`, :func:`circuitkit.nodes.exact_neuron_patching`).
     """
     g = model.graph
     if edges_per_pass < 1:
         raise ConfigError(f"patching: edges_per_pass must be at least 1, got {edges_per_pass}.")
+    check_level(level, method)
+    if level != "edge":
+        from circuitkit.nodes import exact_neuron_patching, exact_node_patching
+
+        meta = {"method": method, "n_examples": len(data), "level": level, "units_per_pass": edges_per_pass}
+        if level == "node":
+            return Scores.for_nodes(g, exact_node_patching(model, task, data, ctx, nodes_per_pass=edges_per_pass), meta)
+        neurons = exact_neuron_patching(model, task, data, ctx, neurons_per_pass=edges_per_pass)
+        return Scores.for_nodes(g, neurons.sum(1), meta, neurons=neurons)
     todo = torch.arange(g.n_edges) if edges is None else torch.as_tensor(edges, dtype=torch.long)
     total = torch.zeros(g.n_edges, dtype=torch.float64)
     n = 0
@@ -123,7 +164,7 @@ def exact_patching(
     with progress_bar(ctx, total=len(groups) * len(batches), desc=f"{method} (exact)") as bar:
         for batch in batches:
             batch = batch.to(model.device)
-            corrupted = engine.run_sources(model, batch.corrupted).sources
+            corrupted = removed_values(model, batch, ctx.intervention)
             assert corrupted is not None
             clean = engine.run_sources(model, batch.clean, keep_resid=True)
             with torch.no_grad():
@@ -131,7 +172,9 @@ def exact_patching(
             for layer, chunk in groups:
                 keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=corrupted.dtype, device=model.device)
                 keep[torch.arange(len(chunk)), src[chunk], dst[chunk]] = 0
-                patched = engine.masked_metric(model, batch, task.metric, corrupted, keep, start_layer=layer, clean=clean).double()
+                patched = engine.masked_metric(
+                    model, batch, task.metric, corrupted, keep, start_layer=layer, clean=clean
+                ).double()
                 total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
                 bar.update(1)
             n += len(batch)
@@ -140,4 +183,4 @@ def exact_patching(
         mask = torch.ones(g.n_edges, dtype=torch.bool)
         mask[todo] = False
         out[mask] = float("nan")
-    return Scores(g, out, {"method": method, "n_examples": n, "edges_per_pass": edges_per_pass})
+    return Scores(g, out, {"method": method, "n_examples": n, "edges_per_pass": edges_per_pass, "level": "edge"})

@@ -106,7 +106,10 @@ def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool =
     hooks = _source_writers(model, buf)
     resid: list[torch.Tensor] = []
     if keep_resid:
-        hooks += [(f"blocks.{layer}.hook_resid_pre", lambda t, hook: (resid.append(t.detach()), t)[1]) for layer in range(model.graph.n_layers)]
+        hooks += [
+            (f"blocks.{layer}.hook_resid_pre", lambda t, hook: (resid.append(t.detach()), t)[1])
+            for layer in range(model.graph.n_layers)
+        ]
     final = _forward(model, tokens, hooks)
     return Run(final=final, sources=buf, resid=resid if keep_resid else None)
 
@@ -171,6 +174,7 @@ def gradient_pass(
     input_override: torch.Tensor | None = None,
     weight: float = 1.0,
     fill_from: torch.Tensor | None = None,
+    neuron_scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward/backward that adds ``weight * delta . d(sum of metric)/d(input of dst)`` to ``scores``.
 
@@ -187,6 +191,10 @@ def gradient_pass(
             ``clean - corrupted`` into ``delta`` during the forward, so the contraction in the backward
             sees the full difference (rounded once to ``delta``'s dtype).
             This saves a separate clean forward. Only valid without ``input_override``.
+        neuron_scores: ``[n_sources, d]`` float64 accumulator: when given, also adds
+            ``weight * sum over batch and positions of delta[u] * d(sum of metric)/d(out_u)`` per output
+            dimension of every source ``u`` (neuron-level scores; their sum over dimensions is the sum of
+            ``u``'s outgoing edge scores, since every reader's input contains ``out_u``).
 
     Returns:
         The per-example metric of this pass ``[batch]`` (detached).
@@ -222,11 +230,34 @@ def gradient_pass(
 
         return hook
 
+    def per_neuron(index: int, per_head: bool) -> Callable:
+        def on_grad(grad: torch.Tensor) -> None:
+            assert neuron_scores is not None
+            if per_head:  # grad [b, p, h, d]
+                width = grad.shape[2]
+                d = delta[index : index + width].to(grad.dtype)  # [h, b, p, d]
+                neuron_scores[index : index + width] += weight * torch.einsum("hbpd,bphd->hd", d, grad).double()
+            else:
+                neuron_scores[index] += weight * (delta[index].to(grad.dtype) * grad).sum((0, 1)).double()
+
+        return on_grad
+
     def embed_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
         if fill_from is not None:
             delta[0] = t.detach() - fill_from[0]
         x = input_override if input_override is not None else t
-        return x.detach().clone().requires_grad_(True)
+        x = x.detach().clone().requires_grad_(True)
+        if neuron_scores is not None:
+            x.register_hook(per_neuron(0, False))
+        return x
+
+    def grad_at_source(index: int, per_head: bool) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if t.requires_grad:
+                t.register_hook(per_neuron(index, per_head))
+            return t
+
+        return hook
 
     def add_source(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -245,6 +276,10 @@ def gradient_pass(
         for layer in range(g.n_layers):
             hooks.append((model.head_out_hook(layer), add_source(g.src_head(layer, 0), True)))
             hooks.append((model.mlp_out_hook(layer), add_source(g.src_mlp(layer), False)))
+    if neuron_scores is not None:
+        for layer in range(g.n_layers):
+            hooks.append((model.head_out_hook(layer), grad_at_source(g.src_head(layer, 0), True)))
+            hooks.append((model.mlp_out_hook(layer), grad_at_source(g.src_mlp(layer), False)))
     for layer in range(g.n_layers):
         n_up = g.n_upstream_heads(layer)
         for x in ("q", "k", "v"):
@@ -266,6 +301,7 @@ def masked_forward(
     *,
     start_layer: int = 0,
     clean: Run | None = None,
+    neurons: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the clean tokens with every edge *not* kept carrying its corrupted value.
 
@@ -280,6 +316,9 @@ def masked_forward(
             :func:`run_sources` result with ``keep_resid=True``). ``n_layers`` means only edges into the
             logits are removed: no layer is run at all.
         clean: the clean run (needed when ``start_layer > 0``).
+        neurons: ``[copies, n_sources, d]`` (1 = kept): output dimensions of each source that carry
+            their corrupted value on *every* edge, kept or not (neuron-level circuits). An edge then
+            carries, per dimension, its clean value only where it is kept and the dimension is kept.
 
     Returns:
         The final residual stream ``[copies * batch, pos, d]`` (copy-major).
@@ -289,7 +328,13 @@ def masked_forward(
     b, p = tokens.shape
     d = model.d_model
     dev = model.device
-    remove = (1 - keep.to(device=dev, dtype=corrupted.dtype))  # [c, S, D]
+    remove = 1 - keep.to(device=dev, dtype=corrupted.dtype)  # [c, S, D]
+    if neurons is not None:
+        if start_layer > 0:
+            raise ValueError("neuron masks are only supported with start_layer=0")
+        kept_dims = neurons.to(device=dev, dtype=corrupted.dtype)  # [c, S, d]
+        if kept_dims.shape != (c, g.n_sources, d):
+            raise ValueError(f"neurons must be [copies={c}, n_sources={g.n_sources}, d_model={d}], got {tuple(kept_dims.shape)}")
     if start_layer > 0:
         if clean is None or clean.resid is None or clean.sources is None:
             raise ValueError("start_layer > 0 needs the clean run with keep_resid=True")
@@ -316,7 +361,23 @@ def masked_forward(
 
         return hook
 
+    def patch_neurons(dst0: int, width: int, n_up: int, per_head: bool) -> Callable:
+        kept = keep.to(device=dev, dtype=corrupted.dtype)[:, :n_up, dst0 : dst0 + width]  # [c, S, width]
+        dims = kept_dims[:, :n_up]  # [c, S, d]
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            diff = corrupted[:n_up].unsqueeze(1) - run[:n_up]  # [S, c, b, p, d]
+            # per dimension, an edge is removed unless the edge and the dimension are both kept
+            add = diff.sum(0)[:, :, :, None, :] - torch.einsum("scbpd,csd,csh->cbphd", diff, dims, kept)
+            if per_head:
+                return t + add.reshape(c * b, p, width, d)
+            return t + add.reshape(c * b, p, d)
+
+        return hook
+
     def patch(dst0: int, width: int, n_up: int, per_head: bool) -> Callable:
+        if neurons is not None:
+            return patch_neurons(dst0, width, n_up, per_head)
         w = remove[:, :n_up, dst0 : dst0 + width]  # [c, S, width]
         if not bool(w.any()):
             return lambda t, hook: t
@@ -359,10 +420,11 @@ def masked_metric(
     *,
     start_layer: int = 0,
     clean: Run | None = None,
+    neurons: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example metric ``[copies, batch]`` with the non-kept edges corrupted (see :func:`masked_forward`)."""
     c = keep.shape[0]
-    final = masked_forward(model, batch.clean, corrupted, keep, start_layer=start_layer, clean=clean)
+    final = masked_forward(model, batch.clean, corrupted, keep, start_layer=start_layer, clean=clean, neurons=neurons)
     rep = batch.repeat(c).to(model.device)
     with torch.no_grad():
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))

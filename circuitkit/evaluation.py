@@ -16,13 +16,17 @@ from circuitkit import engine
 from circuitkit.data import TaskData
 from circuitkit.errors import CircuitkitError
 from circuitkit.interfaces import RunContext, Task
+from circuitkit.interventions import Intervention
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress
 
 
 @dataclass
 class Evaluation:
-    """Mean metrics over the examples: ``clean``, ``corrupted`` and one value per circuit."""
+    """Mean metrics over the examples: ``clean``, ``corrupted`` and one value per circuit.
+
+    ``corrupted`` is the metric with every edge removed: the corrupted run under patching, the fully
+    ablated model under zero/mean ablation."""
 
     clean: float
     corrupted: float
@@ -52,8 +56,10 @@ def evaluate_keeps(
     *,
     circuits_per_pass: int = 8,
     desc: str = "evaluation",
+    neurons: torch.Tensor | None = None,
 ) -> Evaluation:
-    """Mean metric of each circuit in ``keeps [n_circuits, n_sources, n_destinations]`` (1 = kept)."""
+    """Mean metric of each circuit in ``keeps [n_circuits, n_sources, n_destinations]`` (1 = kept);
+    ``neurons [n_circuits, n_sources, d_model]`` (1 = kept) for neuron-level circuits."""
     n_c = keeps.shape[0]
     sums = torch.zeros(n_c, dtype=torch.float64)
     clean_sum = corrupted_sum = 0.0
@@ -61,15 +67,29 @@ def evaluate_keeps(
     batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
     for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=batches, desc=desc):
         batch = batch.to(model.device)
-        corr = engine.run_sources(model, batch.corrupted)
+        iv = ctx.intervention or Intervention()
         with torch.no_grad():
+            if iv.uses_corrupted:
+                corr = engine.run_sources(model, batch.corrupted)
+                removed = corr.sources
+                assert removed is not None
+                corrupted_metric = task.metric(engine.answer_logits(model, corr.final, batch.last), batch)
+            else:
+                # Zero/mean ablation: the baseline is the model with every edge ablated (the empty circuit).
+                removed = iv.values(model, batch)
+                none = torch.zeros(1, *keeps.shape[1:], dtype=removed.dtype, device=model.device)
+                corrupted_metric = engine.masked_metric(model, batch, task.metric, removed, none)[0]
             clean_final = engine._forward(model, batch.clean, [])
-            corrupted_sum += float(task.metric(engine.answer_logits(model, corr.final, batch.last), batch).double().sum())
+            corrupted_sum += float(corrupted_metric.double().sum())
             clean_sum += float(task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double().sum())
-        assert corr.sources is not None
         for start in range(0, n_c, circuits_per_pass):
-            chunk = keeps[start : start + circuits_per_pass].to(device=model.device, dtype=corr.sources.dtype)
-            vals = engine.masked_metric(model, batch, task.metric, corr.sources, chunk)
+            chunk = keeps[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+            dims = (
+                None
+                if neurons is None
+                else neurons[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+            )
+            vals = engine.masked_metric(model, batch, task.metric, removed, chunk, neurons=dims)
             sums[start : start + len(chunk)] += vals.double().sum(1).cpu()
         n += len(batch)
     ev = Evaluation(clean_sum / n, corrupted_sum / n, (sums / n).tolist(), n)

@@ -67,6 +67,10 @@ class RunContext:
         seed: the run's seed.
         scores: the attribution scores of this run (set before evaluation).
         cache_dir: where components may cache work (None: no caching).
+        intervention: what a removed edge carries in attribution and evaluation
+            (:class:`circuitkit.interventions.Intervention`; None: the corrupted run, i.e. patching).
+        extra: run-level settings components may read (part of the attribution cache key), e.g.
+            ``buffer_dtype`` and the intervention's name.
     """
 
     batch_size: int = 16
@@ -74,6 +78,7 @@ class RunContext:
     seed: int = 0
     scores: Scores | None = None
     cache_dir: str | None = None
+    intervention: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,6 +162,11 @@ class Selector(ABC):
         Called before attribution, so a bad option fails before any computation.
         """
 
+    def check_level(self, level: str) -> None:  # noqa: B027 - optional hook
+        """Raise a :class:`~circuitkit.errors.ConfigError` if this selector cannot select from scores of
+        ``level`` (``edge``, ``node`` or ``neuron``: the method's ``level`` option). Called before
+        attribution when the method has a ``level`` option."""
+
 
 class Evaluator(ABC):
     """Measures a circuit."""
@@ -165,9 +175,7 @@ class Evaluator(ABC):
         self.config = config
 
     @abstractmethod
-    def evaluate(
-        self, model: CircuitModel, task: Task, data: TaskData, circuit: Circuit, ctx: RunContext
-    ) -> EvalResult:
+    def evaluate(self, model: CircuitModel, task: Task, data: TaskData, circuit: Circuit, ctx: RunContext) -> EvalResult:
         """Return the evaluation of ``circuit`` on ``data`` (``ctx.scores`` holds the run's scores)."""
 
 

@@ -18,11 +18,13 @@ it (its other uses are unaffected), exactly as when a hook returns a new tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from circuitkit import engine
 from circuitkit.data import Batch
+from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.model import CircuitModel
 
 #: One copy's replacements: ``[(source_index, value [batch, pos, d_model]), ...]``.
@@ -236,7 +238,7 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
 
 # ----- what a removed edge carries: patching, zero or mean ablation ----------------------------------------
 
-INTERVENTIONS = ("patching", "zero", "mean")
+INTERVENTIONS = ("patching", "zero", "mean", "mean_positional")
 
 
 @torch.no_grad()
@@ -262,23 +264,111 @@ def mean_source_outputs(model: CircuitModel, data, batch_size: int = 16, *, per_
     return (total.sum(1) / count.sum()).reshape(g.n_sources, 1, 1, -1).to(model.dtype)
 
 
-def ablated_sources(model: CircuitModel, batch: Batch, intervention: str, means: torch.Tensor | None = None) -> torch.Tensor:
-    """``[n_sources, batch, pos, d]``: what a removed edge carries for ``batch`` under ``intervention``:
-    the corrupted run's source outputs (``patching``), zeros (``zero``), or ``means`` from
-    :func:`mean_source_outputs` (``mean``)."""
-    if intervention == "patching":
-        out = engine.run_sources(model, batch.corrupted).sources
-        assert out is not None
-        return out
-    b, p = batch.clean.shape
-    shape = (model.graph.n_sources, b, p, model.d_model)
-    if intervention == "zero":
-        return torch.zeros(shape, dtype=model.dtype, device=model.device)
-    if intervention == "mean":
-        if means is None:
-            raise ValueError("mean ablation needs the means (mean_source_outputs)")
-        if means.shape[2] != 1 and means.shape[2] < p:
-            raise ValueError(f"per-position means cover {means.shape[2]} positions, the batch has {p}")
-        m = means[:, :, :p] if means.shape[2] != 1 else means
+def head_bias_shares(model: CircuitModel) -> torch.Tensor:
+    """``[n_sources, d]``: each head's share ``b_O / n_heads`` of its layer's attention output bias (zero
+    for the input and the MLPs).
+
+    The bias ``b_O`` is added once per attention layer and belongs to no single head, so the graph's head
+    outputs (``hook_result``) leave it out; an MLP's output includes its bias. Zero ablation counts a share
+    of ``b_O`` as part of each head's output, so that zero-ablating every head of a layer zeroes the
+    layer's whole attention output, as zero-ablating an MLP zeroes its output bias included.
+    """
+    g = model.graph
+    out = torch.zeros(g.n_sources, model.d_model, dtype=model.dtype, device=model.device)
+    for layer in range(g.n_layers):
+        attn = model.bridge.blocks[layer].attn
+        b_o = getattr(attn, "b_O", None)
+        if b_o is None:  # measured: the attention output minus the sum of the head outputs
+            b_o = _measured_b_o(model, layer)
+        b_o = torch.as_tensor(b_o).detach().reshape(-1).to(device=model.device, dtype=model.dtype)
+        base = g.src_head(layer, 0)
+        out[base : base + g.n_heads] = b_o / g.n_heads
+    return out
+
+
+@torch.no_grad()
+def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
+    box: dict[str, torch.Tensor] = {}
+    hooks = [
+        (model.head_out_hook(layer), lambda t, hook: (box.__setitem__("r", t.detach()), t)[1]),
+        (f"blocks.{layer}.hook_attn_out", lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),
+    ]
+    tokens = torch.tensor([[model.pad_id]], device=model.device)
+    engine._forward(model, tokens, hooks)
+    return (box["o"] - box["r"].sum(2))[0, 0]
+
+
+@dataclass
+class Intervention:
+    """What a removed edge (or an ablated node or neuron) carries, for attribution and evaluation alike.
+
+    - ``patching``: the source's output on the corrupted prompt (the default; Hanna et al. 2024).
+    - ``zero``: zero. The input node is the token *and* positional embedding, so both are removed; a
+      head's output includes its share of the attention output bias (:func:`head_bias_shares`).
+    - ``mean``: the source's mean output over the reference prompts, averaged over positions.
+    - ``mean_positional``: the source's mean output at the same position over the reference prompts
+      (positions beyond the longest reference prompt are refused).
+
+    The reference prompts for the means are the clean prompts of the run's task data.
+    """
+
+    kind: str = "patching"
+    means: torch.Tensor | None = None  # [n_sources, 1, 1 or positions, d]
+    bias_shares: torch.Tensor | None = None  # [n_sources, d] (zero ablation)
+
+    @property
+    def uses_corrupted(self) -> bool:
+        return self.kind == "patching"
+
+    def values(self, model: CircuitModel, batch: Batch) -> torch.Tensor:
+        """``[n_sources, batch, pos, d]``: the value of every source's output on a removed edge."""
+        if self.kind == "patching":
+            out = engine.run_sources(model, batch.corrupted).sources
+            assert out is not None
+            return out
+        b, p = batch.clean.shape
+        shape = (model.graph.n_sources, b, p, model.d_model)
+        if self.kind == "zero":
+            shares = self.bias_shares if self.bias_shares is not None else torch.zeros(shape[0], shape[3])
+            return (-shares.to(device=model.device, dtype=model.dtype))[:, None, None, :].expand(shape).contiguous()
+        if self.means is None:
+            raise ValueError(f"{self.kind} ablation needs the means (mean_source_outputs)")
+        m = self.means
+        if m.shape[2] != 1:
+            if m.shape[2] < p:
+                raise CircuitkitError(
+                    f"mean_positional ablation has means for {m.shape[2]} positions but this batch has {p}; "
+                    "the reference prompts must be at least as long as the prompts evaluated."
+                )
+            m = m[:, :, :p]
         return m.to(device=model.device, dtype=model.dtype).expand(shape).contiguous()
-    raise ValueError(f"unknown intervention {intervention!r}; use one of {', '.join(INTERVENTIONS)}")
+
+
+def build_intervention(model: CircuitModel, data, kind: str, batch_size: int = 16) -> Intervention:  # noqa: ANN001
+    """The :class:`Intervention` ``kind`` for ``model``, with its means computed over ``data``'s clean prompts."""
+    check_intervention(kind)
+    if kind == "zero":
+        return Intervention("zero", bias_shares=head_bias_shares(model))
+    if kind in ("mean", "mean_positional"):
+        return Intervention(kind, means=mean_source_outputs(model, data, batch_size, per_position=kind == "mean_positional"))
+    return Intervention("patching")
+
+
+def check_intervention(kind: object, key: str = "intervention") -> None:
+    if kind not in INTERVENTIONS:
+        raise ConfigError(f"{key} must be one of {', '.join(INTERVENTIONS)}, got {kind!r}.")
+
+
+def removed_values(model: CircuitModel, batch: Batch, intervention: Intervention | None) -> torch.Tensor:
+    """What removed edges carry for ``batch``: the corrupted run's source outputs unless ``intervention``
+    says otherwise (see :class:`Intervention`)."""
+    return (intervention or Intervention()).values(model, batch)
+
+
+def ablated_sources(model: CircuitModel, batch: Batch, intervention: str, means: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_sources, batch, pos, d]`` for ``intervention`` given by name (``means`` from
+    :func:`mean_source_outputs` for the mean ablations)."""
+    check_intervention(intervention)
+    if intervention == "zero":
+        return Intervention("zero", bias_shares=head_bias_shares(model)).values(model, batch)
+    return Intervention(intervention, means=means).values(model, batch)

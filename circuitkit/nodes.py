@@ -25,6 +25,7 @@ from circuitkit.data import TaskData
 from circuitkit.errors import ConfigError
 from circuitkit.graph import Graph
 from circuitkit.interfaces import RunContext, Task
+from circuitkit.interventions import removed_values
 from circuitkit.model import CircuitModel
 from circuitkit.results import Circuit, Scores
 
@@ -57,7 +58,7 @@ def exact_node_patching(
     chunks = list(torch.split(torch.arange(g.n_sources), nodes_per_pass))
     for batch in data.batches(ctx.batch_size, model.pad_id):
         batch = batch.to(model.device)
-        corrupted = engine.run_sources(model, batch.corrupted).sources
+        corrupted = removed_values(model, batch, ctx.intervention)
         clean_final = engine.run_sources(model, batch.clean).final
         with torch.no_grad():
             clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
@@ -68,6 +69,42 @@ def exact_node_patching(
             total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
         n += len(batch)
     return total / n
+
+
+def exact_neuron_patching(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    ctx: RunContext,
+    *,
+    neurons_per_pass: int = 32,
+) -> torch.Tensor:
+    """``[n_sources, d_model]``: the exact mean drop of the metric when one output dimension of a node
+    carries its corrupted value for every reader (the batch stacked ``neurons_per_pass`` times, one
+    neuron per copy). Node ``u``'s neuron scores do not sum to its node score: patching is not additive."""
+    if neurons_per_pass < 1:
+        raise ConfigError(f"neurons_per_pass must be at least 1, got {neurons_per_pass}.")
+    g = model.graph
+    d = model.d_model
+    total = torch.zeros(g.n_sources * d, dtype=torch.float64)
+    n = 0
+    chunks = list(torch.split(torch.arange(g.n_sources * d), neurons_per_pass))
+    for batch in data.batches(ctx.batch_size, model.pad_id):
+        batch = batch.to(model.device)
+        corrupted = removed_values(model, batch, ctx.intervention)
+        clean_final = engine.run_sources(model, batch.clean).final
+        with torch.no_grad():
+            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
+        for chunk in chunks:
+            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
+            dims = torch.ones(len(chunk), g.n_sources * d, dtype=model.dtype, device=model.device)
+            dims[torch.arange(len(chunk)), chunk] = 0
+            patched = engine.masked_metric(
+                model, batch, task.metric, corrupted, keep, neurons=dims.reshape(len(chunk), g.n_sources, d)
+            ).double()
+            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+        n += len(batch)
+    return (total / n).reshape(g.n_sources, d)
 
 
 def node_circuit(graph: Graph, nodes: np.ndarray | list[str], scores: Scores | None = None) -> Circuit:
@@ -87,4 +124,65 @@ def node_circuit(graph: Graph, nodes: np.ndarray | list[str], scores: Scores | N
         mask = np.asarray(nodes, dtype=bool)
     node_mask = np.append(mask, True)  # logits
     edges = node_mask[graph.edge_src] & node_mask[graph.dst_node[graph.edge_dst]]
-    return Circuit.from_mask(graph, edges, scores)
+    circuit = Circuit.from_mask(graph, edges, scores)
+    circuit.level = "node"
+    return circuit
+
+
+def neuron_circuit(graph: Graph, neurons: np.ndarray, scores: Scores | None = None) -> Circuit:
+    """The circuit of the kept neurons ``[n_sources, d_model]`` (bool): every edge between nodes with at
+    least one kept neuron (pruned); the other dimensions of those nodes carry their corrupted value."""
+    neurons = np.asarray(neurons, dtype=bool)
+    circuit = node_circuit(graph, neurons.any(1), scores)
+    circuit.level = "neuron"
+    circuit.neurons = neurons.copy()
+    return circuit
+
+
+def rank_key(values: torch.Tensor, absolute: bool) -> torch.Tensor:
+    key = values.abs() if absolute else values
+    return torch.nan_to_num(key, nan=-float("inf"))
+
+
+def select_units(
+    scores: Scores,
+    *,
+    n_nodes: int | None = None,
+    n_neurons: int | None = None,
+    threshold: float | None = None,
+    absolute: bool = True,
+) -> Circuit:
+    """A node- or neuron-level circuit from node/neuron-level ``scores``: the top ``n_nodes`` nodes, the
+    top ``n_neurons`` neurons, or (``threshold``) every unit scoring at least the threshold."""
+    g = scores.graph
+    if scores.level == "edge" or scores.nodes is None:
+        raise ConfigError(
+            "selecting nodes or neurons needs node- or neuron-level scores: run the method with "
+            "method.level=node (or neuron), or select edges with selector.n_edges."
+        )
+    if n_neurons is not None or (threshold is not None and scores.level == "neuron"):
+        if scores.neurons is None:
+            raise ConfigError("selector.n_neurons needs neuron-level scores: run the method with method.level=neuron.")
+        key = rank_key(scores.neurons, absolute).reshape(-1)
+        if threshold is not None:
+            flat = (key >= threshold).numpy()
+        else:
+            total = key.numel()
+            if not isinstance(n_neurons, int) or isinstance(n_neurons, bool) or not 0 <= n_neurons <= total:
+                raise ConfigError(
+                    f"selector.n_neurons must be an integer from 0 to {total} (nodes x d_model), got {n_neurons!r}."
+                )
+            flat = np.zeros(total, dtype=bool)
+            flat[torch.argsort(key, descending=True, stable=True)[:n_neurons].numpy()] = True
+        return neuron_circuit(g, flat.reshape(scores.neurons.shape), scores)
+    key = rank_key(scores.nodes, absolute)
+    if threshold is not None:
+        mask = (key >= threshold).numpy()
+    else:
+        if not isinstance(n_nodes, int) or isinstance(n_nodes, bool) or not 0 <= n_nodes <= g.n_sources:
+            raise ConfigError(
+                f"selector.n_nodes must be an integer from 0 to {g.n_sources} (the graph's nodes besides logits), got {n_nodes!r}."
+            )
+        mask = np.zeros(g.n_sources, dtype=bool)
+        mask[torch.argsort(key, descending=True, stable=True)[:n_nodes].numpy()] = True
+    return node_circuit(g, mask, scores)

@@ -17,6 +17,7 @@ import torch
 
 from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.interfaces import RunContext
+from circuitkit.interventions import build_intervention, check_intervention
 from circuitkit.model import CircuitModel, load_model
 from circuitkit.plugins import get_registry
 from circuitkit.registry import Registry
@@ -82,8 +83,13 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     cfg = _plain(cfg)
     run_dir = Path(run_dir)
     registry = registry or get_registry(cfg.get("plugins", {}).get("block", []))
-    ctx = RunContext(batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0)))
+    ctx = RunContext(
+        batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
+    )
     ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
+    intervention = cfg.get("intervention") or "patching"
+    check_intervention(intervention)
+    ctx.extra["intervention"] = intervention
     if ctx.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {ctx.batch_size}.")
     method_name = cfg["method"]["name"]
@@ -95,13 +101,21 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     selector = registry.selectors.build(selector_name, cfg["selector"])
     evaluators = [registry.evaluators.build(n, o) for n, o in _selected(cfg, "evaluator")]
     reporters = [registry.reporters.build(n, o) for n, o in _selected(cfg, "reporter")]
+    level = getattr(attributor.config, "level", None)
+    if isinstance(level, str):  # node/neuron-level methods need a selector that chooses nodes/neurons
+        selector.check_level(level)
 
     torch.manual_seed(ctx.seed)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if model is None:
         mc = cfg.get("model", {})
-        model = load_model(mc.get("name", "bundled"), device=mc.get("device", "auto"), dtype=mc.get("dtype", "float32"), prepend_bos=mc.get("prepend_bos", True))
+        model = load_model(
+            mc.get("name", "bundled"),
+            device=mc.get("device", "auto"),
+            dtype=mc.get("dtype", "float32"),
+            prepend_bos=mc.get("prepend_bos", True),
+        )
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)
 
@@ -112,6 +126,10 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     t0 = time.perf_counter()
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
     seconds["build_task"] = time.perf_counter() - t0
+    if intervention != "patching":
+        t0 = time.perf_counter()
+        ctx.intervention = build_intervention(model, data, intervention, ctx.batch_size)
+        seconds["intervention"] = time.perf_counter() - t0
     meta = {
         "method": method_name,
         "task": task_name,
@@ -122,6 +140,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         "n_examples": len(data),
         "n_dropped": len(data.dropped),
         "seed": ctx.seed,
+        "intervention": intervention,
         "batch_size": ctx.batch_size,
         "device": str(model.device),
         "versions": versions(),
@@ -139,7 +158,9 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         scores = cached_attribute(attributor, model, task, data, ctx, cfg, meta, registry)
         # --- end attribution cache ---
         seconds["attribute"] = time.perf_counter() - t0
-        scores.meta.update({k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")})
+        scores.meta.update(
+            {k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")}
+        )
         scores.check_finite()
         result.scores = scores
         scores.save(run_dir / "scores.json")
@@ -172,7 +193,13 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         try:
             rep.report(result, str(run_dir))
         except Exception as e:  # noqa: BLE001 - a reporter must never lose the run
-            log.warning("Reporter '%s' failed (%s: %s); the local result files in %s are complete.", rep.config.name, type(e).__name__, e, run_dir)
+            log.warning(
+                "Reporter '%s' failed (%s: %s); the local result files in %s are complete.",
+                rep.config.name,
+                type(e).__name__,
+                e,
+                run_dir,
+            )
     return result
 
 

@@ -37,6 +37,9 @@ import torch
 from circuitkit.errors import CircuitkitError
 from circuitkit.graph import Graph
 
+#: Granularities of scores and circuits.
+LEVELS = ("edge", "node", "neuron")
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: the file is complete or absent."""
@@ -45,7 +48,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise CircuitkitError(f"Cannot write {path}: {e.strerror or e}. Choose a writable output directory (hydra.run.dir=...).") from e
+        raise CircuitkitError(
+            f"Cannot write {path}: {e.strerror or e}. Choose a writable output directory (hydra.run.dir=...)."
+        ) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -55,7 +60,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         with _suppress():
             os.unlink(tmp)
-        raise CircuitkitError(f"Writing {path} failed: {e.strerror or e} (is the disk full?). Nothing partial was left behind.") from e
+        raise CircuitkitError(
+            f"Writing {path} failed: {e.strerror or e} (is the disk full?). Nothing partial was left behind."
+        ) from e
 
 
 class _suppress:
@@ -98,16 +105,52 @@ class Scores(Mapping[str, float]):
 
     Index by edge name (``scores["a0.h0->m0"]``); ``values`` is the ``[n_edges]`` float64 tensor in the
     graph's edge order.
+
+    Node- and neuron-level scores (``level="node"`` / ``"neuron"``, from a method's ``level`` option) add
+    ``nodes`` ``[n_sources]`` (the drop when every outgoing edge of a node is corrupted, in
+    ``graph.source_names`` order) and, at neuron level, ``neurons`` ``[n_sources, d_model]`` (the drop
+    when one output dimension of a node is corrupted for every reader). Selectors then choose nodes or
+    neurons. ``values`` still holds edge scores where the method measured them (gradient methods);
+    otherwise (exact node/neuron patching) each edge carries its source node's score and
+    ``meta["edge_values"]`` says ``"source node score"``.
     """
 
     graph: Graph
     values: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    level: str = "edge"
+    nodes: torch.Tensor | None = None
+    neurons: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.values = torch.as_tensor(self.values, dtype=torch.float64).detach().cpu()
         if self.values.shape != (self.graph.n_edges,):
             raise CircuitkitError(f"Scores have shape {tuple(self.values.shape)}, expected ({self.graph.n_edges},).")
+        if self.level not in LEVELS:
+            raise CircuitkitError(f"Scores level must be one of {', '.join(LEVELS)}, got {self.level!r}.")
+        if self.neurons is not None:
+            self.neurons = torch.as_tensor(self.neurons, dtype=torch.float64).detach().cpu()
+            if self.nodes is None:
+                self.nodes = self.neurons.sum(1)
+        if self.nodes is not None:
+            self.nodes = torch.as_tensor(self.nodes, dtype=torch.float64).detach().cpu()
+            if self.nodes.shape != (self.graph.n_sources,):
+                raise CircuitkitError(f"Node scores have shape {tuple(self.nodes.shape)}, expected ({self.graph.n_sources},).")
+        if self.level != "edge" and self.nodes is None:
+            raise CircuitkitError(f"{self.level}-level scores need node scores.")
+        if self.level == "neuron" and self.neurons is None:
+            raise CircuitkitError("neuron-level scores need neuron scores [n_sources, d_model].")
+
+    @classmethod
+    def for_nodes(
+        cls, graph: Graph, nodes: torch.Tensor, meta: dict[str, Any] | None = None, neurons: torch.Tensor | None = None
+    ) -> Scores:
+        """Node (or, with ``neurons``, neuron) scores without edge scores: each edge carries its source
+        node's score."""
+        nodes = torch.as_tensor(nodes, dtype=torch.float64)
+        values = nodes[torch.as_tensor(graph.edge_src, dtype=torch.long)]
+        level = "neuron" if neurons is not None else "node"
+        return cls(graph, values, {**(meta or {}), "level": level, "edge_values": "source node score"}, level, nodes, neurons)
 
     @classmethod
     def from_dense(cls, graph: Graph, dense: torch.Tensor, meta: dict[str, Any] | None = None) -> Scores:
@@ -131,7 +174,18 @@ class Scores(Mapping[str, float]):
         idx = torch.argsort(key, descending=True, stable=True)[:k]
         return [(self.graph.edge_names[i], float(self.values[i])) for i in idx]
 
+    def node_scores(self) -> dict[str, float]:
+        """``{node: score}`` over ``graph.source_names`` (node-level scores, else the sum of each node's
+        outgoing edge scores)."""
+        vals = self.nodes if self.nodes is not None else torch.nan_to_num(self.dense(), nan=0.0).sum(1)
+        return dict(zip(self.graph.source_names, vals.tolist()))
+
     def check_finite(self) -> None:
+        for what, t in (("node", self.nodes), ("neuron", self.neurons)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise CircuitkitError(
+                    f"{int((~torch.isfinite(t)).sum())} {what} scores are NaN or infinite; check the task's answers, or use dtype=float32."
+                )
         bad = ~torch.isfinite(self.values)
         if bool(bad.any()):
             names = [self.graph.edge_names[i] for i in bad.nonzero().squeeze(1)[:3].tolist()]
@@ -141,7 +195,16 @@ class Scores(Mapping[str, float]):
             )
 
     def to_json(self) -> dict[str, Any]:
-        return {"meta": {**self.meta, "graph": self.graph.to_dict()}, "edges": dict(zip(self.graph.edge_names, self.values.tolist()))}
+        out: dict[str, Any] = {
+            "meta": {**self.meta, "graph": self.graph.to_dict()},
+            "edges": dict(zip(self.graph.edge_names, self.values.tolist())),
+        }
+        if self.level != "edge":
+            out["level"] = self.level
+            out["nodes"] = dict(zip(self.graph.source_names, self.nodes.tolist()))  # type: ignore[union-attr]
+        if self.neurons is not None:
+            out["neurons"] = dict(zip(self.graph.source_names, self.neurons.tolist()))
+        return out
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_json())
@@ -155,8 +218,19 @@ class Scores(Mapping[str, float]):
         edges = obj["edges"]
         missing = [n for n in g.edge_names if n not in edges]
         if missing:
-            raise CircuitkitError(f"Scores file {path} does not match this graph: {len(missing)} edges missing (e.g. {missing[0]}).")
-        return cls(g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta)
+            raise CircuitkitError(
+                f"Scores file {path} does not match this graph: {len(missing)} edges missing (e.g. {missing[0]})."
+            )
+        level = obj.get("level", "edge")
+        nodes = neurons = None
+        try:
+            if "nodes" in obj:
+                nodes = torch.tensor([obj["nodes"][n] for n in g.source_names], dtype=torch.float64)
+            if "neurons" in obj:
+                neurons = torch.tensor([obj["neurons"][n] for n in g.source_names], dtype=torch.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CircuitkitError(f"Scores file {path}: node or neuron scores do not match this graph ({e}).") from None
+        return cls(g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta, level, nodes, neurons)
 
 
 @dataclass
@@ -168,15 +242,22 @@ class Circuit:
         edges: ``[n_edges]`` bool mask.
         scores: the scores the circuit was selected from (optional; written to circuit files).
         d_model: the model's width, written to circuit files for EAP-IG/MIB tools (optional).
+        level: ``edge``, ``node`` (selected as nodes: every edge between kept nodes) or ``neuron``.
+        neurons: at neuron level, ``[n_sources, d_model]`` bool: the output dimensions of each node that
+            are kept (the others carry their corrupted value for every reader).
     """
 
     graph: Graph
     edges: np.ndarray
     scores: Scores | None = None
     d_model: int | None = None
+    level: str = "edge"
+    neurons: np.ndarray | None = None
 
     @classmethod
-    def from_mask(cls, graph: Graph, mask: np.ndarray | torch.Tensor, scores: Scores | None = None, prune: bool = True) -> Circuit:
+    def from_mask(
+        cls, graph: Graph, mask: np.ndarray | torch.Tensor, scores: Scores | None = None, prune: bool = True
+    ) -> Circuit:
         mask = np.asarray(mask, dtype=bool)
         return cls(graph, graph.prune(mask) if prune else mask.copy(), scores)
 
@@ -211,6 +292,14 @@ class Circuit:
     def node_names(self) -> list[str]:
         return [n for n, k in zip(self.graph.node_names, self.nodes) if k]
 
+    @property
+    def n_neurons(self) -> int | None:
+        return None if self.neurons is None else int(self.neurons[self.graph.nodes_of(self.edges)[:-1]].sum())
+
+    def neuron_keep(self) -> torch.Tensor | None:
+        """``[n_sources, d_model]`` float mask of kept output dimensions (None: whole nodes)."""
+        return None if self.neurons is None else torch.as_tensor(self.neurons, dtype=torch.float32)
+
     def keep_dense(self) -> torch.Tensor:
         """``[n_sources, n_destinations]`` float mask (1 = kept edge; non-edges count as kept)."""
         dense = self.graph.to_dense(torch.as_tensor(self.edges, dtype=torch.float32), fill=1.0)
@@ -225,16 +314,25 @@ class Circuit:
         scored = self.scores is not None
         score = self.scores.values.tolist() if self.scores is not None else [0.0] * g.n_edges
         cfg: dict[str, Any] = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel_attn_mlp}
-        d_model = self.d_model if self.d_model is not None else (self.scores.meta.get("d_model") if self.scores is not None else None)
+        d_model = (
+            self.d_model if self.d_model is not None else (self.scores.meta.get("d_model") if self.scores is not None else None)
+        )
         if d_model is not None:
             cfg["d_model"] = int(d_model)
         out: dict[str, Any] = {
             "cfg": cfg,
             "nodes": {n: {"in_graph": bool(k)} for n, k in zip(g.node_names, nodes, strict=True)},
-            "edges": {n: {"score": float(s), "in_graph": bool(k)} for n, s, k in zip(g.edge_names, score, self.edges, strict=True)},
+            "edges": {
+                n: {"score": float(s), "in_graph": bool(k)} for n, s, k in zip(g.edge_names, score, self.edges, strict=True)
+            },
         }
         if not scored:
             out["scored"] = False
+        if self.level != "edge":
+            out["level"] = self.level
+        if self.neurons is not None:
+            # Kept output dimensions of each node in the circuit (a key EAP-IG does not read).
+            out["neurons"] = {n: np.flatnonzero(self.neurons[i]).tolist() for i, n in enumerate(g.source_names) if nodes[i]}
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -254,7 +352,9 @@ class Circuit:
             if not isinstance(edges, dict):
                 raise TypeError
         except (KeyError, TypeError, ValueError):
-            raise CircuitkitError(f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'.") from None
+            raise CircuitkitError(
+                f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'."
+            ) from None
         if graph is not None and (graph.n_layers, graph.n_heads) != (file_graph.n_layers, file_graph.n_heads):
             raise CircuitkitError(
                 f"{source} is a circuit for a model with {file_graph.n_layers} layers and {file_graph.n_heads} heads, but this "
@@ -275,7 +375,7 @@ class Circuit:
         have_scores = obj.get("scored", True) is not False
         for n, e in edges.items():
             if not isinstance(e, dict):
-                raise CircuitkitError(f"{source}: edge '{n}' must map to {{\"score\": ..., \"in_graph\": ...}}, got {e!r}.")
+                raise CircuitkitError(f'{source}: edge \'{n}\' must map to {{"score": ..., "in_graph": ...}}, got {e!r}.')
             i = g.edge_index[n]
             mask[i] = bool(e.get("in_graph", False))
             s = e.get("score")
@@ -285,7 +385,18 @@ class Circuit:
                 vals[i] = float(s)
         scores = Scores(g, torch.from_numpy(vals)) if have_scores and len(edges) == g.n_edges else None
         d_model = cfg.get("d_model")
-        return cls(g, mask, scores, int(d_model) if d_model is not None else None)
+        level = obj.get("level", "edge")
+        neurons = None
+        if "neurons" in obj:
+            if d_model is None:
+                raise CircuitkitError(f"{source} lists neurons but its cfg has no d_model.")
+            neurons = np.zeros((g.n_sources, int(d_model)), dtype=bool)
+            index = {n: i for i, n in enumerate(g.source_names)}
+            for n, dims in obj["neurons"].items():
+                if n not in index:
+                    raise CircuitkitError(f"{source}: neurons of unknown node '{n}'.")
+                neurons[index[n], dims] = True
+        return cls(g, mask, scores, int(d_model) if d_model is not None else None, level, neurons)
 
     @classmethod
     def load(cls, path: str | os.PathLike, graph: Graph | None = None) -> Circuit:
@@ -329,6 +440,11 @@ class RunResult:
         if self.circuit is not None:
             out["edges_in_circuit"] = self.circuit.n_edges
             out["edges_in_graph"] = self.circuit.graph.n_edges
+            if self.circuit.level != "edge":
+                out["level"] = self.circuit.level
+                out["nodes_in_circuit"] = int(self.circuit.nodes[:-1].sum())
+            if self.circuit.neurons is not None:
+                out["neurons_in_circuit"] = self.circuit.n_neurons
         for name, ev in self.evals.items():
             out[name] = ev.to_json()
         return out

@@ -16,10 +16,9 @@ Objectives (``objective``):
   an edge whose removal brings the circuit closer to the full model is always removed).
 - ``task``: the task's metric ``M``; ``change = |mean M(H \\ e) - mean M(H)|``.
 
-Interventions (``intervention``): a removed edge carries the corrupted run's output of its source
-(``patching``, the default), zeros (``zero``), or the source's mean output over the clean prompts of the
-task's examples, averaged over positions (``mean``); with ``zero``/``mean`` the corrupted prompts are not
-used.
+Interventions: a removed edge carries what the run's ``intervention`` says (the corrupted run's output
+of its source by default; ``zero``, ``mean`` or ``mean_positional`` ablation otherwise, see
+:class:`circuitkit.interventions.Intervention`); ``method.intervention`` overrides it for ACDC alone.
 
 Output. ACDC decides a circuit; to fit the Attributor/Selector interfaces the score of every edge is
 the ``change`` measured when the edge was considered, on the exact graph state ACDC saw at that moment.
@@ -49,7 +48,7 @@ import torch
 from circuitkit import engine, hookimpl
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import INTERVENTIONS, ablated_sources, mean_source_outputs
+from circuitkit.interventions import Intervention, build_intervention, check_intervention, removed_values
 from circuitkit.objectives import KLToClean, bind_objective, kl_task
 from circuitkit.progress import progress
 from circuitkit.results import Scores
@@ -66,19 +65,22 @@ class ACDCConfig(PluginConfig):
         objective: ``kl`` (KL divergence to the clean output distribution) or ``task`` (absolute change
             of the task metric).
         copies_per_pass: tentative removals evaluated together in one stacked forward pass.
-        intervention: what a removed edge carries: ``patching`` (the corrupted run), ``zero`` or ``mean``.
+        intervention: what a removed edge carries; null (default): the run's ``intervention``.
+            ``patching`` (the corrupted run), ``zero``, ``mean`` or ``mean_positional``.
     """
 
     tau: float = 0.01
     objective: str = "kl"
     copies_per_pass: int = 32
-    intervention: str = "patching"
+    intervention: str | None = None
 
 
 class _Objective:
     """Mean objective over all examples for stacked keep masks, with the per-batch runs cached."""
 
-    def __init__(self, model, task: Task, data, ctx: RunContext, objective: str, intervention: str = "patching") -> None:  # noqa: ANN001
+    def __init__(
+        self, model, task: Task, data, ctx: RunContext, objective: str, intervention: Intervention | None = None
+    ) -> None:  # noqa: ANN001
         self.model = model
         self.sign = 1.0
         if objective == "kl":
@@ -92,10 +94,9 @@ class _Objective:
         else:
             self.metric = bind_objective(task, model).metric
         self.batches = []
-        means = mean_source_outputs(model, data, ctx.batch_size) if intervention == "mean" else None
         for batch in data.batches(ctx.batch_size, model.pad_id):
             batch = batch.to(model.device)
-            corrupted = ablated_sources(model, batch, intervention, means)
+            corrupted = removed_values(model, batch, intervention)
             if isinstance(self.metric, KLToClean):
                 self.metric.prepare(batch)
             self.batches.append((batch, corrupted))
@@ -127,15 +128,19 @@ class ACDC(Attributor):
         c = config.copies_per_pass
         if not isinstance(c, int) or isinstance(c, bool) or c < 1:
             raise ConfigError(f"method.copies_per_pass must be an integer of at least 1, got {c!r}.")
-        if config.intervention not in INTERVENTIONS:
-            raise ConfigError(f"method.intervention must be one of {', '.join(INTERVENTIONS)}, got {config.intervention!r}.")
+        if config.intervention is not None:
+            check_intervention(config.intervention, "method.intervention")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         cfg = self.config
         g = model.graph
         tau = float(cfg.tau)
         name = cfg.name or "acdc"
-        objective = _Objective(model, task, data, ctx, cfg.objective, cfg.intervention)
+        if cfg.intervention is None:
+            intervention = ctx.intervention
+        else:
+            intervention = build_intervention(model, data, cfg.intervention, ctx.batch_size)
+        objective = _Objective(model, task, data, ctx, cfg.objective, intervention)
         keep = torch.ones(g.n_sources, g.n_destinations, dtype=torch.float64)  # non-edges count as kept
         score = torch.zeros(g.n_sources, g.n_destinations, dtype=torch.float64)
         current = float(objective(keep[None], 1)[0])
@@ -199,7 +204,7 @@ class ACDC(Attributor):
             "n_examples": objective.n,
             "tau": tau,
             "objective": cfg.objective,
-            "intervention": cfg.intervention,
+            "intervention": (intervention or Intervention()).kind,
             "objective_full_graph": start_value,
             "objective_circuit": current,
             "n_kept": int(kept.sum()),

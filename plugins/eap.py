@@ -11,20 +11,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitkit import hookimpl
-from circuitkit.attribution import gradient_attribution
+from circuitkit.attribution import check_level, gradient_attribution
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
 
 
 @dataclass
 class EAPConfig(PluginConfig):
-    """EAP has no options."""
+    """Options of EAP.
+
+    Attributes:
+        level: ``edge``; ``node`` (per head/MLP/input: the sum of its outgoing edge scores) or ``neuron``
+            (per output dimension of each node); selectors then choose nodes or neurons.
+    """
+
+    level: str = "edge"
 
 
 class EAP(Attributor):
     config: EAPConfig
 
+    def __init__(self, config: EAPConfig) -> None:
+        super().__init__(config)
+        check_level(config.level, config.name or "eap")
+
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
-        return gradient_attribution(model, task, data, ctx, [1.0], method=self.config.name or "eap")
+        return gradient_attribution(model, task, data, ctx, [1.0], method=self.config.name or "eap", level=self.config.level)
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitkit import hookimpl
-from circuitkit.attribution import gradient_attribution
+from circuitkit.attribution import check_level, gradient_attribution
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
 
@@ -25,9 +25,11 @@ class EAPIGConfig(PluginConfig):
 
     Attributes:
         ig_steps: number of interpolation points (the paper uses 5).
+        level: ``edge``, ``node`` or ``neuron`` (see eap).
     """
 
     ig_steps: int = 5
+    level: str = "edge"
 
 
 class EAPIG(Attributor):
@@ -38,11 +40,14 @@ class EAPIG(Attributor):
         m = config.ig_steps
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r} (the paper uses 5).")
+        check_level(config.level, config.name or "eap_ig")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         m = self.config.ig_steps
         alphas = [k / m for k in range(1, m + 1)]
-        return gradient_attribution(model, task, data, ctx, alphas, method=self.config.name or "eap_ig", meta={"ig_steps": m})
+        return gradient_attribution(
+            model, task, data, ctx, alphas, method=self.config.name or "eap_ig", meta={"ig_steps": m}, level=self.config.level
+        )
 
 
 @hookimpl

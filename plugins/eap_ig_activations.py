@@ -44,7 +44,7 @@ import torch
 from circuitkit import engine, hookimpl
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import source_groups, stacked_gradient_pass
+from circuitkit.interventions import removed_values, source_groups, stacked_gradient_pass
 from circuitkit.objectives import bind_objective
 from circuitkit.progress import progress
 from circuitkit.results import Scores
@@ -101,7 +101,7 @@ class EAPIGActivations(Attributor):
         name = cfg.name or "eap_ig_activations"
         for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=n_batches, desc=f"{name} attribution"):
             batch = batch.to(model.device)
-            corrupted = engine.run_sources(model, batch.corrupted).sources
+            corrupted = removed_values(model, batch, ctx.intervention)
             clean = engine.run_sources(model, batch.clean).sources
             assert corrupted is not None and clean is not None
             delta = clean - corrupted

@@ -1,6 +1,8 @@
 """Faithfulness of one circuit.
 
-Every edge outside the circuit carries its corrupted value; the circuit's metric is normalised as
+Every edge outside the circuit carries its corrupted value (the run's ``intervention``: zero or mean
+ablation instead when chosen; for a neuron-level circuit, also every dimension of a node outside its
+kept neurons); the circuit's metric is normalised as
 ``(metric(circuit) - metric(corrupted)) / (metric(clean) - metric(corrupted))`` (Hanna et al. 2024; MIB's
 circuit performance). 1 means the circuit alone recovers the clean behaviour, 0 the corrupted one.
 """
@@ -25,7 +27,8 @@ class Faithfulness(Evaluator):
 
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
         keep = circuit.keep_dense()[None]
-        ev = evaluate_keeps(model, task, data, keep, ctx, desc="faithfulness")
+        dims = circuit.neuron_keep()
+        ev = evaluate_keeps(model, task, data, keep, ctx, desc="faithfulness", neurons=None if dims is None else dims[None])
         f = ev.faithfulness(ev.circuits[0])
         res = EvalResult(
             self.config.name or "faithfulness",
@@ -40,6 +43,8 @@ class Faithfulness(Evaluator):
                 "n_examples": ev.n_examples,
             },
         )
+        if circuit.neurons is not None:
+            res.values["neurons_in_circuit"] = circuit.n_neurons
         if f is None:
             res.notes.append(UNDEFINED_NOTE)
         return res
@@ -48,5 +53,3 @@ class Faithfulness(Evaluator):
 @hookimpl
 def circuitkit_register_evaluators(registry) -> None:  # noqa: ANN001
     registry.add("faithfulness", Faithfulness, FaithfulnessConfig)
-
-

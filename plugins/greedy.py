@@ -41,7 +41,9 @@ def check_n_edges(n: object, graph: Graph) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")
     if n > graph.n_edges:
-        raise ConfigError(f"selector.n_edges={n} is larger than the graph, which has {graph.n_edges} edges. Use at most {graph.n_edges}.")
+        raise ConfigError(
+            f"selector.n_edges={n} is larger than the graph, which has {graph.n_edges} edges. Use at most {graph.n_edges}."
+        )
     return int(n)
 
 
@@ -85,7 +87,19 @@ class Greedy(Selector):
     def validate(self, graph: Graph) -> None:
         check_n_edges(self.config.n_edges, graph)
 
+    def check_level(self, level: str) -> None:
+        if level != "edge":
+            raise ConfigError(
+                f"greedy selects edges, but method.level={level}; use selector=top_n selector.n_nodes=<k> or "
+                "selector=threshold, or method.level=edge."
+            )
+
     def select(self, scores: Scores) -> Circuit:
+        if scores.level != "edge":
+            raise ConfigError(
+                f"greedy selects edges, but these scores are {scores.level}-level (method.level={scores.level}); "
+                "use selector=top_n selector.n_nodes=<k> or selector=threshold, or method.level=edge."
+            )
         return Circuit.from_mask(scores.graph, greedy_mask(scores, self.config.n_edges, self.config.absolute), scores)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitkit import hookimpl
-from circuitkit.attribution import exact_patching
+from circuitkit.attribution import check_level, exact_patching
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
 
 
@@ -20,17 +20,33 @@ class PatchingConfig(PluginConfig):
     """Options of exact patching.
 
     Attributes:
-        edges_per_pass: edges evaluated together in one stacked forward pass (memory grows with it).
+        edges_per_pass: edges (nodes, neurons) evaluated together in one stacked forward pass (memory
+            grows with it).
+        level: ``edge``; ``node`` (every outgoing edge of a node corrupted at once) or ``neuron`` (one
+            output dimension of a node corrupted for every reader).
     """
 
     edges_per_pass: int = 32
+    level: str = "edge"
 
 
 class Patching(Attributor):
     config: PatchingConfig
 
+    def __init__(self, config: PatchingConfig) -> None:
+        super().__init__(config)
+        check_level(config.level, config.name or "patching")
+
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
-        return exact_patching(model, task, data, ctx, edges_per_pass=self.config.edges_per_pass, method=self.config.name or "patching")
+        return exact_patching(
+            model,
+            task,
+            data,
+            ctx,
+            edges_per_pass=self.config.edges_per_pass,
+            method=self.config.name or "patching",
+            level=self.config.level,
+        )
 
 
 @hookimpl

@@ -17,6 +17,7 @@ import torch
 from circuitkit import hookimpl
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import PluginConfig, Selector
+from circuitkit.nodes import select_units
 from circuitkit.results import Circuit, Scores
 
 
@@ -25,7 +26,8 @@ class ThresholdConfig(PluginConfig):
     """Options of threshold selection.
 
     Attributes:
-        threshold: keep edges scoring at least this.
+        threshold: keep edges scoring at least this (nodes or neurons with node- or neuron-level
+            scores).
         absolute: compare ``|score|`` (True) or the signed score (False).
     """
 
@@ -49,6 +51,8 @@ class Threshold(Selector):
 
     def select(self, scores: Scores) -> Circuit:
         self.validate(scores.graph)
+        if scores.level != "edge":  # node- or neuron-level scores: keep the units that pass
+            return select_units(scores, threshold=float(self.config.threshold), absolute=self.config.absolute)
         mask = threshold_mask(scores, float(self.config.threshold), self.config.absolute)
         return Circuit.from_mask(scores.graph, mask, scores)
 

@@ -42,13 +42,18 @@ def capture(model: CircuitModel, tokens: torch.Tensor, hook_name: str, head: int
     return box["x"]
 
 
-def patched_metric(model: CircuitModel, batch: Batch, metric, edge: str, fraction: float = 1.0) -> torch.Tensor:
+def patched_metric(
+    model: CircuitModel, batch: Batch, metric, edge: str, fraction: float = 1.0, removed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Metric per example when ``fraction`` of the corrupted-minus-clean difference of one edge's source
-    is added to its destination's input (fraction=1: the edge carries its corrupted value)."""
+    is added to its destination's input (fraction=1: the edge carries its corrupted value). ``removed``
+    ``[batch, pos, d]`` replaces the corrupted value (zero or mean ablation)."""
     src, dst = edge.split("->")
     s_hook, s_head = source_hook(model, src)
     d_hook, d_head = dest_hook(model, dst)
-    diff = capture(model, batch.corrupted, s_hook, s_head) - capture(model, batch.clean, s_hook, s_head)
+    if removed is None:
+        removed = capture(model, batch.corrupted, s_hook, s_head)
+    diff = removed - capture(model, batch.clean, s_hook, s_head)
 
     def add(t, hook):
         t = t.clone()

@@ -11,12 +11,22 @@ import pytest
 
 def cli(*args, cwd=None, env=None, timeout=300):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "circuitkit", *args], capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "circuitkit", *args], capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout
+    )
 
 
 def test_run_writes_the_three_result_files(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    p = cli(f"model.name={tiny_model_dir}", "method=eap_ig", "task=greater_than", "task.n_examples=8", "selector.n_edges=30", "progress=false", f"hydra.run.dir={out}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap_ig",
+        "task=greater_than",
+        "task.n_examples=8",
+        "selector.n_edges=30",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
     assert p.returncode == 0, p.stderr
     scores = json.loads((out / "scores.json").read_text())
     circuit = json.loads((out / "circuit.json").read_text())
@@ -34,13 +44,26 @@ def test_run_writes_the_three_result_files(tiny_model_dir, tmp_path):
 
 def test_custom_task_from_jsonl(tiny_model_dir, tmp_path):
     rows = [
-        {"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Anne gave a drink to", "correct": " Mary", "incorrect": " John"},
+        {
+            "clean": "When Mary and John went to the store, John gave a drink to",
+            "corrupted": "When Mary and John went to the store, Anne gave a drink to",
+            "correct": " Mary",
+            "incorrect": " John",
+        },
         {"clean": "The nurse said that", "corrupted": "The pilot said that", "correct": " she", "incorrect": " he"},
     ] * 3
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "run"
-    p = cli(f"model.name={tiny_model_dir}", "method=eap", "task=custom", f"task.path={path}", "selector.n_edges=10", "progress=false", f"hydra.run.dir={out}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap",
+        "task=custom",
+        f"task.path={path}",
+        "selector.n_edges=10",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((out / "results.json").read_text())["meta"]["n_examples"] == 6
 
@@ -79,7 +102,15 @@ def test_full_error_shows_traceback(tiny_model_dir, tmp_path):
 
 
 def test_multirun(tiny_model_dir, tmp_path):
-    p = cli("-m", f"model.name={tiny_model_dir}", "method=eap,eap_ig", "task.n_examples=4", "selector.n_edges=10", "progress=false", f"hydra.sweep.dir={tmp_path}")
+    p = cli(
+        "-m",
+        f"model.name={tiny_model_dir}",
+        "method=eap,eap_ig",
+        "task.n_examples=4",
+        "selector.n_edges=10",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert p.returncode == 0, p.stderr
     results = sorted(Path(tmp_path).glob("*/results.json"))
     assert len(results) == 2
@@ -89,8 +120,61 @@ def test_multirun(tiny_model_dir, tmp_path):
 def test_kl_objective_from_the_command_line(tiny_model_dir, tmp_path):
     """task.metric=kl works with the builtin gradient methods and the evaluators (EAP-IG-KL)."""
     out = tmp_path / "run"
-    p = cli(f"model.name={tiny_model_dir}", "method=eap_ig", "task=greater_than", "task.metric=kl", "task.n_examples=4", "selector.n_edges=20", "progress=false", f"hydra.run.dir={out}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap_ig",
+        "task=greater_than",
+        "task.metric=kl",
+        "task.n_examples=4",
+        "selector.n_edges=20",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
     assert p.returncode == 0, p.stderr
     f = json.loads((out / "results.json").read_text())["faithfulness"]["values"]
     assert f["clean_metric"] == pytest.approx(0.0, abs=1e-6)  # -KL(clean || clean)
     assert f["corrupted_metric"] < 0
+
+
+def test_node_level_run_with_mean_ablation(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap_ig",
+        "method.level=node",
+        "selector.n_nodes=6",
+        "intervention=mean",
+        "task=greater_than",
+        "task.n_examples=8",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
+    assert p.returncode == 0, p.stderr
+    results = json.loads((out / "results.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())
+    circuit = json.loads((out / "circuit.json").read_text())
+    assert results["meta"]["intervention"] == "mean" and results["level"] == "node"
+    assert 0 < results["nodes_in_circuit"] <= 6
+    assert scores["level"] == "node" and len(scores["nodes"]) == 11  # input, 2 layers x (4 heads + MLP)
+    assert circuit["level"] == "node"
+    kept = {n for n, v in circuit["nodes"].items() if v["in_graph"]} - {"logits"}
+    top = sorted(scores["nodes"], key=lambda n: -abs(scores["nodes"][n]))[:6]
+    assert kept <= set(top)
+    assert results["faithfulness"]["values"]["faithfulness"] is not None
+
+
+def test_neuron_level_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap",
+        "method.level=neuron",
+        "selector.n_neurons=40",
+        "task.n_examples=8",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
+    assert p.returncode == 0, p.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["level"] == "neuron" and 0 < results["neurons_in_circuit"] <= 40
+    assert results["faithfulness"]["values"]["neurons_in_circuit"] == results["neurons_in_circuit"]

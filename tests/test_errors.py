@@ -57,7 +57,15 @@ GOOD = Example("The nurse said that", "The pilot said that", (" she",), (" he",)
 
 
 # ----- names and options -------------------------------------------------------------------------
-@pytest.mark.parametrize("kind, name, choice", [("methods", "eap_igg", "eap_ig"), ("tasks", "gretaer_than", "greater_than"), ("selectors", "topn", "top_n"), ("evaluators", "faithfullness", "faithfulness")])
+@pytest.mark.parametrize(
+    "kind, name, choice",
+    [
+        ("methods", "eap_igg", "eap_ig"),
+        ("tasks", "gretaer_than", "greater_than"),
+        ("selectors", "topn", "top_n"),
+        ("evaluators", "faithfullness", "faithfulness"),
+    ],
+)
 def test_unknown_component_name_lists_the_choices(kind, name, choice):
     with pytest.raises(CircuitkitError) as e:
         ck.build(kind, name)
@@ -155,7 +163,10 @@ def test_empty_answer_is_rejected(tokenizer):
 def test_empty_dataset_after_filtering(tokenizer):
     bad = Example("Kabul, the capital of", "Paris, the capital of", (" Afghanistan",), (" France",))
     task = hand_task([bad] * 10, n_examples=8)
-    with pytest.raises(CircuitkitError, match=r"only 0 usable examples for this tokenizer \(need at least 4\); 10 were dropped because of: clean and corrupted prompts tokenize to different lengths"):
+    with pytest.raises(
+        CircuitkitError,
+        match=r"only 0 usable examples for this tokenizer \(need at least 4\); 10 were dropped because of: clean and corrupted prompts tokenize to different lengths",
+    ):
         task.build(tokenizer)
 
 
@@ -182,7 +193,9 @@ def test_path_that_is_not_a_model_directory(tmp_path):
 def test_model_the_bridge_cannot_use(tmp_path, tokenizer):
     from transformers import BertConfig, BertForMaskedLM
 
-    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    BertForMaskedLM(
+        BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(CircuitkitError, match="cannot give the per-head q/k/v inputs.*Use a decoder-only causal LM"):
         ck.load_model(str(tmp_path), device="cpu")
@@ -191,14 +204,26 @@ def test_model_the_bridge_cannot_use(tmp_path, tokenizer):
 def test_grouped_query_attention_model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=32))
+    m = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=32,
+        )
+    )
     with pytest.raises(CircuitkitError, match="grouped-query attention"):
         ck.bridge_model(m, tokenizer, device="cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
 def test_cuda_requested_but_absent():
-    with pytest.raises(CircuitkitError, match="device=cuda was requested but CUDA is not available.*Use device=auto or device=cpu"):
+    with pytest.raises(
+        CircuitkitError, match="device=cuda was requested but CUDA is not available.*Use device=auto or device=cpu"
+    ):
         ck.load_model("bundled", device="cuda")
 
 
@@ -227,7 +252,9 @@ def test_unknown_dtype():
 # ----- circuits, scores and metrics --------------------------------------------------------------
 def test_circuit_file_of_another_architecture(tmp_path):
     Circuit.full(Graph(12, 12)).save(tmp_path / "c.json")
-    with pytest.raises(CircuitkitError, match="a circuit for a model with 12 layers and 12 heads, but this model has 2 layers and 4 heads"):
+    with pytest.raises(
+        CircuitkitError, match="a circuit for a model with 12 layers and 12 heads, but this model has 2 layers and 4 heads"
+    ):
         Circuit.load(tmp_path / "c.json", Graph(2, 4))
 
 
@@ -250,14 +277,18 @@ def test_nan_metric_during_evaluation(tiny_model):
     task.metric = lambda logits, batch: torch.full((len(batch),), float("nan"))
     data = task.build(tiny_model.tokenizer)
     with pytest.raises(CircuitkitError, match="metric is NaN or infinite during evaluation"):
-        ck.build("evaluators", "faithfulness").evaluate(tiny_model, task, data, Circuit.full(tiny_model.graph), ck.RunContext(progress=False))
+        ck.build("evaluators", "faithfulness").evaluate(
+            tiny_model, task, data, Circuit.full(tiny_model.graph), ck.RunContext(progress=False)
+        )
 
 
 def test_clean_and_corrupted_metric_equal_makes_faithfulness_undefined(tiny_model):
     same = Example("The nurse said that", "The nurse said that", (" she",), (" he",))
     task = hand_task([same] * 4)
     data = task.build(tiny_model.tokenizer)
-    res = ck.build("evaluators", "faithfulness").evaluate(tiny_model, task, data, Circuit.full(tiny_model.graph), ck.RunContext(progress=False))
+    res = ck.build("evaluators", "faithfulness").evaluate(
+        tiny_model, task, data, Circuit.full(tiny_model.graph), ck.RunContext(progress=False)
+    )
     assert res.values["faithfulness"] is None
     assert "faithfulness is undefined: the clean and corrupted metrics are equal" in res.notes[0]
 
@@ -277,7 +308,9 @@ def test_disk_full_while_writing_leaves_nothing_partial(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(CircuitkitError, match="No space left on device \\(is the disk full\\?\\). Nothing partial was left behind"):
+    with pytest.raises(
+        CircuitkitError, match="No space left on device \\(is the disk full\\?\\). Nothing partial was left behind"
+    ):
         write_json(target, {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
@@ -285,7 +318,14 @@ def test_disk_full_while_writing_leaves_nothing_partial(tmp_path, monkeypatch):
 def test_output_dir_not_writable_on_the_command_line(tiny_model_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    p = cli(f"model.name={tiny_model_dir}", "task.n_examples=4", "selector.n_edges=10", "progress=false", f"hydra.run.dir={tmp_path / 'run'}", f"output_dir={blocker / 'out'}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "task.n_examples=4",
+        "selector.n_edges=10",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"output_dir={blocker / 'out'}",
+    )
     assert "Choose a writable output directory" in one_clear_line(p)
 
 
@@ -304,10 +344,28 @@ def test_interrupt_during_attribution(tiny_model_dir, tmp_path):
         "    return orig(*args, **kw)\n"
         "a.gradient_attribution = slow\n" % (tmp_path / "started")
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "circuitkit", f"model.name={tiny_model_dir}", "method=eap", "task.n_examples=4", "selector.n_edges=10", "progress=false", f"hydra.run.dir={out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "circuitkit",
+            f"model.name={tiny_model_dir}",
+            "method=eap",
+            "task.n_examples=4",
+            "selector.n_edges=10",
+            "progress=false",
+            f"hydra.run.dir={out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.time() + 120
     while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:
@@ -328,7 +386,10 @@ def test_plugin_that_raises_in_its_hook():
             raise RuntimeError("boom")
 
     pm = make_plugin_manager(block=[], extra_plugins=[Broken()])
-    with pytest.raises(CircuitkitError, match=r"raised in circuitkit_register_methods: RuntimeError: boom\. Fix or uninstall it, or block it with CIRCUITKIT_BLOCK_PLUGINS="):
+    with pytest.raises(
+        CircuitkitError,
+        match=r"raised in circuitkit_register_methods: RuntimeError: boom\. Fix or uninstall it, or block it with CIRCUITKIT_BLOCK_PLUGINS=",
+    ):
         build_registry(pm)
 
 
@@ -348,7 +409,9 @@ def test_plugin_hook_with_a_misspelt_name():
         pass
 
     mod.circuitkit_register_method = circuitkit_register_method
-    with pytest.raises(CircuitkitError, match=r"circuitkit_register_method.*Hook names must be one of: .*circuitkit_register_methods"):
+    with pytest.raises(
+        CircuitkitError, match=r"circuitkit_register_method.*Hook names must be one of: .*circuitkit_register_methods"
+    ):
         make_plugin_manager(extra_plugins=[mod])
 
 
@@ -359,8 +422,13 @@ def test_wandb_failure_keeps_local_results(tiny_model, tmp_path, monkeypatch):
 
     registry = get_registry()
     cfg = {
-        "method": {"name": "eap"}, "task": {"name": "greater_than", "n_examples": 4}, "selector": {"name": "top_n", "n_edges": 10},
-        "evaluator": {"faithfulness": {}}, "reporter": {}, "progress": False, "cache": False,
+        "method": {"name": "eap"},
+        "task": {"name": "greater_than", "n_examples": 4},
+        "selector": {"name": "top_n", "n_edges": 10},
+        "evaluator": {"faithfulness": {}},
+        "reporter": {},
+        "progress": False,
+        "cache": False,
     }
     if "wandb" in registry.reporters.names():
         import wandb
@@ -370,3 +438,23 @@ def test_wandb_failure_keeps_local_results(tiny_model, tmp_path, monkeypatch):
     res = run(cfg, tmp_path, model=tiny_model, registry=registry)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
     assert res.evals["faithfulness"].values["faithfulness"] is not None
+
+
+def test_unknown_intervention_and_level_on_the_command_line(tiny_model_dir, tmp_path):
+    p = cli(f"model.name={tiny_model_dir}", "intervention=resample", f"hydra.run.dir={tmp_path / 'a'}")
+    assert "intervention must be one of patching, zero, mean, mean_positional, got 'resample'" in one_clear_line(p)
+    assert not (tmp_path / "a" / "results.json").exists()  # refused before any computation
+    p = cli(f"model.name={tiny_model_dir}", "method=eap", "method.level=head", f"hydra.run.dir={tmp_path / 'b'}")
+    assert "method.level must be one of edge, node, neuron, got 'head'" in one_clear_line(p)
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap",
+        "method.level=node",
+        "task.n_examples=4",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'c'}",
+    )
+    assert "selector.n_nodes=<k>" in one_clear_line(p)
+    assert not (tmp_path / "c" / "results.json").exists()  # refused before any computation
+    p = cli(f"model.name={tiny_model_dir}", "method=eap", "selector=greedy", "method.level=neuron", f"hydra.run.dir={tmp_path / 'd'}")
+    assert "greedy selects edges, but method.level=neuron" in one_clear_line(p)

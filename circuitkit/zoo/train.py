@@ -2,21 +2,25 @@
 
 A 4-layer GPT-2 (8 heads, d_model 128, 64 positions, tied embeddings, GPT-2's BPE tokenizer; about 7.2M
 parameters) trained on the builtin tasks' *training* split (held-out combinations are never seen) plus
-neutral filler sentences. The loss is on the answer token only: every training prompt is a task prompt
-(or a filler prefix) and the target is its correct answer (for answer sets, one correct answer drawn at
-random each time); an induction prompt is also scored at the earlier positions of its repeat, which are
-shorter induction examples of the same sequence. Batches are balanced: each of the seven tasks and the
-filler get an equal share of the prompts.
+neutral filler sentences. The loss is on answer tokens only: every training prompt is a task prompt (or
+a filler prefix) and the target is its correct answer (for answer sets, one correct answer drawn at
+random each time). Induction is the exception that needs more signal: its prompts are extended to the
+whole repeat and scored at every position of it (each is the answer of an induction example of the same
+sequence, so of the same split), several such episodes are packed into one 64-token row, and the
+sequences are fresh throughout training (shown again, random sequences get memorised instead of
+copied). Batches are balanced: 8 rows of each of the seven tasks and 8 of filler; the loss is the mean
+over all scored positions.
 
-Run (about 25 minutes on 2 CPU cores)::
+Run (about 30 minutes on one CPU thread; see docs/model-card.md)::
 
     python -m circuitkit.zoo.train --out circuitkit/zoo/circuitkit-tiny
 
 The result is written with ``save_pretrained`` in float16 safetensors, beside the tokenizer and a
 ``training_report.json`` with the per-task accuracy and metrics on the held-out split. Everything is
-seeded: the same command on the same software gives the same weights (given the same number of threads).
-The tokenizer is read from ``circuitkit/zoo/gpt2-tokenizer`` (GPT-2's BPE vocabulary, MIT licence), so
-training needs nothing outside the repository.
+seeded: the same command on the same software gives the same weights. Training uses one thread by
+default, which keeps the weights independent of the machine's core count and is faster than two threads
+when the cores are shared. The tokenizer is read from ``circuitkit/zoo/gpt2-tokenizer`` (GPT-2's BPE
+vocabulary, MIT licence), so training needs nothing outside the repository.
 """
 
 from __future__ import annotations
@@ -79,17 +83,54 @@ def build_task(name: str, split: str, n_examples: int, seed: int, tokenizer: Any
 # Neutral filler: plain sentences with none of the tasks' constructions; the target is the next token at a
 # random point of the sentence.
 _F_SUBJECTS = [
-    "The weather", "Our street", "The small village", "The morning train", "The old road", "Most shops",
-    "The river bank", "The bakery", "The football club", "The new bridge", "The village hall", "The harbour",
-    "The night sky", "The city council", "The mountain path", "The local paper", "The school bus", "The factory",
+    "The weather",
+    "Our street",
+    "The small village",
+    "The morning train",
+    "The old road",
+    "Most shops",
+    "The river bank",
+    "The bakery",
+    "The football club",
+    "The new bridge",
+    "The village hall",
+    "The harbour",
+    "The night sky",
+    "The city council",
+    "The mountain path",
+    "The local paper",
+    "The school bus",
+    "The factory",
 ]
 _F_PREDICATES = [
-    "was quiet", "opened early", "closed late", "looked calm", "stayed busy", "changed slowly", "became popular",
-    "felt cold", "was crowded", "looked beautiful", "was repaired", "grew quickly", "was very loud", "smelled of rain",
+    "was quiet",
+    "opened early",
+    "closed late",
+    "looked calm",
+    "stayed busy",
+    "changed slowly",
+    "became popular",
+    "felt cold",
+    "was crowded",
+    "looked beautiful",
+    "was repaired",
+    "grew quickly",
+    "was very loud",
+    "smelled of rain",
 ]
 _F_TAILS = [
-    "in the morning", "during the winter", "after the storm", "on most days", "near the coast", "for many years",
-    "every weekend", "before the holidays", "in the spring", "at night", "all afternoon", "this year",
+    "in the morning",
+    "during the winter",
+    "after the storm",
+    "on most days",
+    "near the coast",
+    "for many years",
+    "every weekend",
+    "before the holidays",
+    "in the spring",
+    "at night",
+    "all afternoon",
+    "this year",
 ]
 _F_JOINS = [", and then it", ". Later it", ". In the evening it", ", but soon it", ". Nobody knew why it"]
 
@@ -159,14 +200,14 @@ def _packed(episodes: Iterator, width: int) -> Iterator[tuple[list[int], Targets
 
 def _batch(
     rows: list[tuple[list[int], list[tuple[int, int]]]], pad: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(r) for r, _ in rows)
     x = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, (r, _) in enumerate(rows):
         x[i, : len(r)] = torch.tensor(r)
-    where = [(i, pos, tok, 1.0 / len(ts)) for i, (_, ts) in enumerate(rows) for pos, tok in ts]
-    row, pos, y, weight = (torch.tensor(v) for v in zip(*where, strict=True))
-    return x, row, pos, y, weight
+    where = [(i, pos, tok) for i, (_, ts) in enumerate(rows) for pos, tok in ts]
+    row, pos, y = (torch.tensor(v) for v in zip(*where, strict=True))
+    return x, row, pos, y
 
 
 def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,7 +245,7 @@ def evaluate(model: Any, tasks: dict[str, tuple[Any, TaskData]], pad: int, batch
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).parent / "circuitkit-tiny"), help="output directory")
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -212,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the weights depend on it)")
     p.add_argument("--pool", type=int, default=12000, help="training examples generated per task")
+    p.add_argument("--induction-min-len", type=int, default=4, help="shortest repeated sequence in training (test: 4)")
     p.add_argument("--induction-max-len", type=int, default=16, help="longest repeated sequence in training (test: 12)")
+    p.add_argument(
+        "--induction-vocab", type=int, default=None, help="word tokens of induction, training and held-out (default: the task's)"
+    )
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to train on (default: all)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per task in the report")
@@ -238,12 +283,16 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.batch_size - sum(per)):
         per[i] += 1
     share = dict(zip(sources, per, strict=True))
+    vocab = {} if args.induction_vocab is None else {"vocab_size": args.induction_vocab}
     for name in tasks:
         n, options = args.pool, {}
         if name == "induction":
             # Fresh sequences throughout: a model shown the same random sequences again memorises their
             # bigrams instead of learning to copy.
-            n, options = max(args.pool, 2 * args.steps * share[name]), {"max_seq_len": args.induction_max_len}
+            n, options = (
+                max(args.pool, 2 * args.steps * share[name]),
+                {"min_seq_len": args.induction_min_len, "max_seq_len": args.induction_max_len, **vocab},
+            )
         _, data = build_task(name, "train", n, 1000 + args.seed * 100 + TASKS.index(name), tok, **options)
         pools[name] = [
             training_row(name, ex.meta, ids, answers)
@@ -251,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         print(f"[data] {name}: {len(data)} training examples ({len(set(map(tuple, data.clean_ids)))} distinct)", flush=True)
     pools["filler"] = filler_pool(tok, rng, args.pool)
-    held_out = {name: build_task(name, "test", args.eval_examples, 0, tok) for name in tasks}
+    held_out = {
+        name: build_task(name, "test", args.eval_examples, 0, tok, **(vocab if name == "induction" else {})) for name in tasks
+    }
     probe = {name: (t, d.subset(range(min(len(d), 96)))) for name, (t, d) in held_out.items()}
     for name, (_, data) in held_out.items():
         seen = {tuple(ids) for ids, _ in pools[name]}
@@ -261,8 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[data] built in {time.time() - start:.0f}s; no held-out prompt is in the training pools", flush=True)
 
     config = GPT2Config(
-        vocab_size=len(tok), **ARCH, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=len(tok),
+        **ARCH,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -271,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98),
+        lr=args.lr,
+        betas=(0.9, 0.98),
     )
 
     def lr_at(step: int) -> float:
@@ -292,17 +350,18 @@ def main(argv: list[str] | None = None) -> None:
                 ids, targets = next(draws[name])
                 rows.append((ids, [(pos, rng.choice(answers)) for pos, answers in targets]))
         # Forward passes over length-sorted groups (long rows, then two halves of the rest): much less
-        # padding than one mixed batch. Every row weighs the same, however many targets it has.
+        # padding than one mixed batch. The loss is the mean over all scored positions.
         rows.sort(key=lambda r: len(r[0]))
         short = [r for r in rows if len(r[0]) <= 40]
         half = len(short) // 2
+        n_targets = sum(len(ts) for _, ts in rows)
         loss = torch.zeros(())
         for part in (short[:half], short[half:], rows[len(short) :]):
             if not part:
                 continue
-            x, row, pos, y, weight = _batch(part, pad)
-            ce = torch.nn.functional.cross_entropy(answer_logits(model, x, pos, row), y, reduction="none")
-            loss = loss + (ce * weight).sum() / len(rows)
+            x, row, pos, y = _batch(part, pad)
+            ce = torch.nn.functional.cross_entropy(answer_logits(model, x, pos, row), y, reduction="sum")
+            loss = loss + ce / n_targets
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -311,8 +370,11 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         run_loss += loss.item()
         if (step + 1) % 100 == 0:
-            print(f"[train] step {step + 1}/{args.steps} loss {run_loss / 100:.3f} lr {lr_at(step):.2e} "
-                  f"{(step + 1) / (time.time() - t0):.2f} steps/s", flush=True)
+            print(
+                f"[train] step {step + 1}/{args.steps} loss {run_loss / 100:.3f} lr {lr_at(step):.2e} "
+                f"{(step + 1) / (time.time() - t0):.2f} steps/s",
+                flush=True,
+            )
             run_loss = 0.0
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             res = evaluate(model, probe, pad)
@@ -343,7 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[done] trained {args.steps} steps in {train_s / 60:.1f} min; saved to {out}")
     print(f"{'task':16s} {'metric':10s} {'n':>4s} {'accuracy':>8s} {'clean':>8s} {'corrupted':>9s}")
     for name, r in results.items():
-        print(f"{name:16s} {r['metric']:10s} {r['n']:4d} {r['accuracy']:8.3f} {r['clean_metric']:8.3f} {r['corrupted_metric']:9.3f}")
+        print(
+            f"{name:16s} {r['metric']:10s} {r['n']:4d} {r['accuracy']:8.3f} {r['clean_metric']:8.3f} {r['corrupted_metric']:9.3f}"
+        )
 
 
 if __name__ == "__main__":
