@@ -134,7 +134,9 @@ def exact_patching(
     Several edges share one pass: the batch is stacked ``edges_per_pass`` times and each copy has a
     different edge removed. Edges are grouped by the layer they enter, and each group's passes start at
     that layer from the clean residual stream (everything before it is the clean run); edges into the
-    logits need no layer at all. ``edges`` restricts the computation to a subset of edge indices (the
+    logits need no layer at all. A copy adds only its edge's removed-minus-clean difference at its
+    destination (:func:`circuitkit.engine.single_edge_metric`), so a pass costs little more than the
+    model's own forward from that layer. ``edges`` restricts the computation to a subset of edge indices (the
     others get NaN). ``level="node"`` / ``"neuron"`` measures whole nodes / single output dimensions
     instead (:func:`circuitkit.nodes.exact_node_patching`, :func:`circuitkit.nodes.exact_neuron_patching`).
     """
@@ -169,11 +171,10 @@ def exact_patching(
             clean = engine.run_sources(model, batch.clean, keep_resid=True)
             with torch.no_grad():
                 clean_metric = task.metric(engine.answer_logits(model, clean.final, batch.last), batch).double()
+            delta = corrupted - clean.sources
             for layer, chunk in groups:
-                keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=corrupted.dtype, device=model.device)
-                keep[torch.arange(len(chunk)), src[chunk], dst[chunk]] = 0
-                patched = engine.masked_metric(
-                    model, batch, task.metric, corrupted, keep, start_layer=layer, clean=clean
+                patched = engine.single_edge_metric(
+                    model, batch, task.metric, delta, src[chunk], dst[chunk], start_layer=layer, clean=clean
                 ).double()
                 total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
                 bar.update(1)

@@ -16,7 +16,8 @@ Logits are computed only at the answer position (the final norm and unembedding 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +55,82 @@ def _forward(
         box["final"] = t
         raise _StopForward
 
+    if start_at_layer:
+        _skipping_is_exact(model)  # checked (once) outside this pass's hooks
     try:
         with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]):
             if start_at_layer is None:
                 model.bridge(tokens)
             else:
-                model.bridge(tokens, start_at_layer=start_at_layer)
+                with _skipped_blocks(model, start_at_layer):
+                    model.bridge(tokens, start_at_layer=start_at_layer)
+    except _StopForward:
+        pass
+    return box["final"]
+
+
+@contextlib.contextmanager
+def _skipped_blocks(model: CircuitModel, start_at_layer: int) -> Iterator[None]:
+    """Make blocks ``0 .. start_at_layer - 1`` return their input unchanged during a forward.
+
+    The bridge's ``start_at_layer`` still runs the earlier blocks and discards their output (the start
+    block swaps the given residual back in), so without this, starting late saves nothing. Whether
+    skipping is exact for this model is checked once (same final residual with and without it); if
+    not, blocks run as the bridge runs them.
+    """
+    if start_at_layer <= 0 or not _skipping_is_exact(model):
+        yield
+        return
+    with _identity_blocks(model, start_at_layer):
+        yield
+
+
+@contextlib.contextmanager
+def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
+    blocks = [model.bridge.blocks[i].original_component for i in range(n)]
+
+    def identity(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return hidden_states
+
+    for b in blocks:
+        b.forward = identity
+    try:
+        yield
+    finally:
+        for b in blocks:
+            del b.forward
+
+
+def _skipping_is_exact(model: CircuitModel) -> bool:
+    ok = getattr(model, "_skip_blocks_ok", None)
+    if ok is None:
+        ok = False
+        if model.graph.n_layers > 1:
+            gen = torch.Generator().manual_seed(0)
+            resid = torch.randn(2, 3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
+            start = model.graph.n_layers - 1
+            try:
+                with torch.no_grad():
+                    full = _forward_plain(model, resid, start)
+                    with _identity_blocks(model, start):
+                        skipped = _forward_plain(model, resid, start)
+                ok = bool(torch.equal(full, skipped))
+            except Exception:  # noqa: BLE001 - any failure means: do not skip
+                ok = False
+        model._skip_blocks_ok = ok  # type: ignore[attr-defined]
+    return bool(ok)
+
+
+def _forward_plain(model: CircuitModel, resid: torch.Tensor, start: int) -> torch.Tensor:
+    box: dict[str, torch.Tensor] = {}
+
+    def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
+        box["final"] = t
+        raise _StopForward
+
+    try:
+        with model.bridge.hooks(fwd_hooks=[(model.LOGITS_HOOK, stop)]):
+            model.bridge(resid, start_at_layer=start)
     except _StopForward:
         pass
     return box["final"]
@@ -428,3 +499,171 @@ def masked_metric(
     rep = batch.repeat(c).to(model.device)
     with torch.no_grad():
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))
+
+
+def single_edge_metric(
+    model: CircuitModel,
+    batch: Batch,
+    metric: Metric,
+    delta: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    *,
+    start_layer: int,
+    clean: Run,
+) -> torch.Tensor:
+    """Per-example metric ``[copies, batch]`` where copy ``c`` has the single edge ``src[c] -> dst[c]``
+    carrying its removed value, every other edge clean.
+
+    The sparse form of :func:`masked_metric` for exact patching: the source of a removed edge is upstream
+    of its destination, so in that copy it still has its clean value, and the edge changes the
+    destination's input by exactly ``delta[src[c]]`` (removed minus clean output). No source outputs are
+    recorded; each destination hook adds one ``[batch, pos, d]`` tensor per copy that enters it.
+
+    Args:
+        delta: ``[n_sources, batch, pos, d]`` removed-minus-clean source outputs.
+        src, dst: ``[copies]`` source and destination indices of each copy's edge; every destination
+            must be in layer ``start_layer`` or later (or the logits).
+        start_layer: where the stacked forward starts from the clean residual stream (``clean.resid``).
+        clean: the clean run with ``keep_resid=True``.
+    """
+    g = model.graph
+    c = len(src)
+    b, p = batch.clean.shape
+    d = model.d_model
+    src_l, dst_l = src.tolist(), dst.tolist()
+    first = g.dst_head(start_layer, "q", 0) if start_layer < g.n_layers else g.dst_logits
+    if min(dst_l) < first:
+        raise ValueError(f"an edge enters a layer before {start_layer}; start earlier")
+    rep = batch.repeat(c).to(model.device)
+    if start_layer >= g.n_layers:  # edges into the logits: no layer to run
+        final = clean.final.unsqueeze(0).repeat(c, 1, 1, 1)
+        for k in range(c):
+            final[k] += delta[src_l[k]]
+        with torch.no_grad():
+            return metric(answer_logits(model, final.reshape(c * b, p, d), rep.last), rep).reshape(c, b)
+    by_dst: dict[int, list[int]] = {}
+    for k, v in enumerate(dst_l):
+        by_dst.setdefault(v, []).append(k)
+
+    def add_heads(dst0: int, width: int) -> Callable | None:
+        todo = [(k, v - dst0) for v in range(dst0, dst0 + width) for k in by_dst.get(v, ())]
+        if not todo:
+            return None
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            t = t.clone().reshape(c, b, p, width, d)
+            for k, h in todo:
+                t[k, :, :, h] += delta[src_l[k]]
+            return t.reshape(c * b, p, width, d)
+
+        return hook
+
+    def add_one(dst_: int) -> Callable | None:
+        todo = by_dst.get(dst_, [])
+        if not todo:
+            return None
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            t = t.clone().reshape(c, b, p, d)  # the MLP-input hook sees the residual stream itself
+            for k in todo:
+                t[k] += delta[src_l[k]]
+            return t.reshape(c * b, p, d)
+
+        return hook
+
+    hooks: list = []
+    for layer in range(start_layer, g.n_layers):
+        for x in ("q", "k", "v"):
+            h = add_heads(g.dst_head(layer, x, 0), g.n_heads)
+            if h is not None:
+                hooks.append((model.head_in_hook(layer, x), h))
+        h = add_one(g.dst_mlp(layer))
+        if h is not None:
+            hooks.append((model.mlp_in_hook(layer), h))
+    final_add = add_one(g.dst_logits)
+    assert clean.resid is not None
+    with torch.no_grad():
+        start = clean.resid[start_layer].repeat(c, 1, 1)
+        final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer)
+        return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)
+
+
+def single_unit_metric(
+    model: CircuitModel,
+    batch: Batch,
+    metric: Metric,
+    removed: torch.Tensor,
+    units: torch.Tensor,
+    dims: torch.Tensor | None = None,
+    *,
+    start_layer: int = 0,
+    clean: Run | None = None,
+) -> torch.Tensor:
+    """Per-example metric ``[copies, batch]`` where copy ``c`` replaces the output of source
+    ``units[c]`` by its removed value for every reader (node-level patching), or only output dimension
+    ``dims[c]`` of it (neuron-level patching).
+
+    Args:
+        removed: ``[n_sources, batch, pos, d]`` what a removed source carries.
+        start_layer: every unit is in layer ``start_layer`` or later (the input node: 0); the stacked
+            forward starts there from ``clean.resid``.
+    """
+    g = model.graph
+    c = len(units)
+    b, p = batch.clean.shape
+    d = model.d_model
+    unit_l = units.tolist()
+    dim_l = dims.tolist() if dims is not None else [None] * c
+    by_unit: dict[int, list[int]] = {}
+    for k, u in enumerate(unit_l):
+        by_unit.setdefault(u, []).append(k)
+
+    def replace(t: torch.Tensor, k: int, u: int, head: int | None) -> None:
+        view = t[k] if head is None else t[k, :, :, head]
+        if dim_l[k] is None:
+            view.copy_(removed[u])
+        else:
+            view[..., dim_l[k]] = removed[u][..., dim_l[k]]
+
+    def at_heads(base: int) -> Callable | None:
+        todo = [(k, u) for u in range(base, base + g.n_heads) for k in by_unit.get(u, ())]
+        if not todo:
+            return None
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            t = t.clone().reshape(c, b, p, g.n_heads, d)
+            for k, u in todo:
+                replace(t, k, u, u - base)
+            return t.reshape(c * b, p, g.n_heads, d)
+
+        return hook
+
+    def at_one(u: int) -> Callable | None:
+        todo = by_unit.get(u, [])
+        if not todo:
+            return None
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            t = t.clone().reshape(c, b, p, d)
+            for k in todo:
+                replace(t, k, u, None)
+            return t.reshape(c * b, p, d)
+
+        return hook
+
+    hooks: list = []
+    if start_layer == 0 and (h := at_one(0)) is not None:
+        hooks.append((model.INPUT_HOOK, h))
+    for layer in range(start_layer, g.n_layers):
+        for name, h in ((model.head_out_hook(layer), at_heads(g.src_head(layer, 0))), (model.mlp_out_hook(layer), at_one(g.src_mlp(layer)))):
+            if h is not None:
+                hooks.append((name, h))
+    rep = batch.repeat(c).to(model.device)
+    with torch.no_grad():
+        if start_layer == 0:
+            final = _forward(model, batch.clean.to(model.device).repeat(c, 1), hooks)
+        else:
+            assert clean is not None and clean.resid is not None
+            final = _forward(model, clean.resid[start_layer].repeat(c, 1, 1), hooks, start_at_layer=start_layer)
+        return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)

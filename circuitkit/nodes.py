@@ -40,6 +40,41 @@ def node_score_dict(graph: Graph, values: torch.Tensor) -> dict[str, float]:
     return dict(zip(graph.source_names, values.tolist()))
 
 
+def _layer_of_sources(g: Graph) -> torch.Tensor:
+    """``[n_sources]``: the layer each source node is computed in (the input: 0)."""
+    out = torch.zeros(g.n_sources, dtype=torch.long)
+    for layer in range(g.n_layers):
+        out[g.src_head(layer, 0) : g.src_head(layer, 0) + g.n_heads] = layer
+        out[g.src_mlp(layer)] = layer
+    return out
+
+
+def _exact_unit_patching(model: CircuitModel, task: Task, data: TaskData, ctx: RunContext, units: torch.Tensor, dims: torch.Tensor | None, per_pass: int) -> torch.Tensor:
+    """Mean drop of the metric for each (unit, dim) copy: units grouped by layer, each group's stacked
+    passes starting at that layer (:func:`circuitkit.engine.single_unit_metric`)."""
+    g = model.graph
+    layer = _layer_of_sources(g)[units]
+    groups = []
+    for L in range(g.n_layers):
+        sel = (layer == L).nonzero().squeeze(1)
+        groups += [(L, chunk) for chunk in torch.split(sel, per_pass) if len(chunk)]
+    total = torch.zeros(len(units), dtype=torch.float64)
+    n = 0
+    for batch in data.batches(ctx.batch_size, model.pad_id):
+        batch = batch.to(model.device)
+        removed = removed_values(model, batch, ctx.intervention)
+        clean = engine.run_sources(model, batch.clean, keep_resid=True)
+        with torch.no_grad():
+            clean_metric = task.metric(engine.answer_logits(model, clean.final, batch.last), batch).double()
+        for L, chunk in groups:
+            patched = engine.single_unit_metric(
+                model, batch, task.metric, removed, units[chunk], None if dims is None else dims[chunk], start_layer=L, clean=clean
+            ).double()
+            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+        n += len(batch)
+    return total / n
+
+
 def exact_node_patching(
     model: CircuitModel,
     task: Task,
@@ -53,22 +88,7 @@ def exact_node_patching(
     if nodes_per_pass < 1:
         raise ConfigError(f"nodes_per_pass must be at least 1, got {nodes_per_pass}.")
     g = model.graph
-    total = torch.zeros(g.n_sources, dtype=torch.float64)
-    n = 0
-    chunks = list(torch.split(torch.arange(g.n_sources), nodes_per_pass))
-    for batch in data.batches(ctx.batch_size, model.pad_id):
-        batch = batch.to(model.device)
-        corrupted = removed_values(model, batch, ctx.intervention)
-        clean_final = engine.run_sources(model, batch.clean).final
-        with torch.no_grad():
-            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
-        for chunk in chunks:
-            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
-            keep[torch.arange(len(chunk)), chunk] = 0  # the whole row: every edge out of the node
-            patched = engine.masked_metric(model, batch, task.metric, corrupted, keep).double()
-            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
-        n += len(batch)
-    return total / n
+    return _exact_unit_patching(model, task, data, ctx, torch.arange(g.n_sources), None, nodes_per_pass)
 
 
 def exact_neuron_patching(
@@ -80,31 +100,15 @@ def exact_neuron_patching(
     neurons_per_pass: int = 32,
 ) -> torch.Tensor:
     """``[n_sources, d_model]``: the exact mean drop of the metric when one output dimension of a node
-    carries its corrupted value for every reader (the batch stacked ``neurons_per_pass`` times, one
-    neuron per copy). Node ``u``'s neuron scores do not sum to its node score: patching is not additive."""
+    carries its corrupted value for every reader (one neuron per stacked copy). Node ``u``'s neuron
+    scores do not sum to its node score: patching is not additive."""
     if neurons_per_pass < 1:
         raise ConfigError(f"neurons_per_pass must be at least 1, got {neurons_per_pass}.")
     g = model.graph
     d = model.d_model
-    total = torch.zeros(g.n_sources * d, dtype=torch.float64)
-    n = 0
-    chunks = list(torch.split(torch.arange(g.n_sources * d), neurons_per_pass))
-    for batch in data.batches(ctx.batch_size, model.pad_id):
-        batch = batch.to(model.device)
-        corrupted = removed_values(model, batch, ctx.intervention)
-        clean_final = engine.run_sources(model, batch.clean).final
-        with torch.no_grad():
-            clean_metric = task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double()
-        for chunk in chunks:
-            keep = torch.ones(len(chunk), g.n_sources, g.n_destinations, dtype=model.dtype, device=model.device)
-            dims = torch.ones(len(chunk), g.n_sources * d, dtype=model.dtype, device=model.device)
-            dims[torch.arange(len(chunk)), chunk] = 0
-            patched = engine.masked_metric(
-                model, batch, task.metric, corrupted, keep, neurons=dims.reshape(len(chunk), g.n_sources, d)
-            ).double()
-            total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
-        n += len(batch)
-    return (total / n).reshape(g.n_sources, d)
+    units = torch.arange(g.n_sources).repeat_interleave(d)
+    dims = torch.arange(d).repeat(g.n_sources)
+    return _exact_unit_patching(model, task, data, ctx, units, dims, neurons_per_pass).reshape(g.n_sources, d)
 
 
 def node_circuit(graph: Graph, nodes: np.ndarray | list[str], scores: Scores | None = None) -> Circuit:

@@ -248,3 +248,10 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     g = model.graph
     ev = evaluate_keeps(model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx())
     assert ev.circuits[0] == pytest.approx(ev.corrupted, abs=1e-6) and ev.circuits[1] == pytest.approx(ev.clean, abs=1e-6)
+    from circuitkit.attribution import exact_patching
+
+    edges = ["input->a0.h0<q>", "a0.h1->a1.h0<k>", "m0->a1.h2<v>", "a1.h0->logits", "a0.h2->m1", "input->m0"]
+    exact = exact_patching(model, task, data, ctx(), edges=torch.tensor([g.index_of(e) for e in edges]), edges_per_pass=4)
+    for edge in edges:
+        hand = (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        assert exact[edge] == pytest.approx(hand, rel=1e-7, abs=1e-9), edge
