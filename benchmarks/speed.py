@@ -18,7 +18,7 @@ Prints seconds and ratios. Usage::
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -158,11 +158,13 @@ def main() -> None:
         print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
               f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
     if not args.no_memory:
-        print("\npeak memory above the loaded model (separate processes, CPU RSS):")
+        print("\npeak memory of the pass above the loaded model and data (separate processes; peak RSS counter reset")
+        print("just before the pass; allocations of 64 KiB or more mmapped, so freed memory leaves RSS at once):")
         base = [a for a in sys.argv[1:] if a != "--no-memory"]
         peaks = {}
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         for what in ("bare_hf", "bare_hf_last", "eap", "bare_hf_ig", "eap_ig"):
-            out = subprocess.run([sys.executable, __file__, *base, "--child", what], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, *base, "--child", what], capture_output=True, text=True, env=env)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")]
             peaks[what] = float(line[0].split()[1]) if line else float("nan")
         print(f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB")
@@ -170,13 +172,24 @@ def main() -> None:
         print(f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)")
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _child(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # noqa: ANN001
-    before = _rss_mb()
+    import gc
+
+    gc.collect()
+    before = _status_mb("VmRSS")
+    try:  # reset the peak-RSS counter (Linux): model loading's transient peak must not count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     if what == "bare_hf":
         bare_hf(1)
     elif what == "bare_hf_last":
@@ -187,7 +200,7 @@ def _child(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # n
         ck.build("methods", "eap").attribute(model, task, data, ctx)
     elif what == "eap_ig":
         ck.build("methods", "eap_ig", ig_steps=m).attribute(model, task, data, ctx)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     print(f"PEAK {max(peak - before, 0.0):.1f}")
 
 

@@ -59,10 +59,11 @@ def gradient_attribution(
     buffer_dtype = resolve_buffer_dtype(ctx, model)
     width = max((len(x) for x in data.clean_ids), default=1)
     batch = min(ctx.batch_size, max(len(data), 1))
-    # The corrupted outputs and the difference buffer are the peak.
-    engine.check_fits(
-        model, engine.buffer_bytes(model, batch, width) + engine.buffer_bytes(model, batch, width, buffer_dtype), method
-    )
+    # The corrupted outputs and the difference buffer are the peak. In the model's precision they share
+    # one buffer: the clean pass overwrites each corrupted output with clean - corrupted in place.
+    shared = buffer_dtype == model.dtype
+    need = engine.buffer_bytes(model, batch, width) + (0 if shared else engine.buffer_bytes(model, batch, width, buffer_dtype))
+    engine.check_fits(model, need, method)
     n = 0
     has_clean = any(a == 1.0 for a in alphas)
     order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
@@ -73,20 +74,26 @@ def gradient_attribution(
         batch = batch.to(model.device)
         corrupted = removed_values(model, batch, ctx.intervention)
         assert corrupted is not None
-        delta = torch.empty_like(corrupted, dtype=buffer_dtype)
+        corrupted_input = corrupted[0].clone()  # the interpolation's start, kept apart from the buffer
         if not has_clean:
             clean = engine.run_sources(model, batch.clean).sources
             delta = (clean - corrupted).to(buffer_dtype)
+            del clean
+        elif shared:
+            delta = corrupted  # one buffer: it becomes clean - corrupted during the clean pass
+        else:
+            delta = torch.empty_like(corrupted, dtype=buffer_dtype)
         for a in order:
             if a == 1.0:
                 engine.gradient_pass(
                     model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons
                 )
             else:
-                emb = corrupted[0] + a * delta[0].to(corrupted.dtype)
+                emb = corrupted_input + a * delta[0].to(corrupted_input.dtype)
                 engine.gradient_pass(
                     model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons
                 )
+        del corrupted, delta
         n += len(batch)
     out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
     if level == "node":

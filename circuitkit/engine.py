@@ -101,6 +101,63 @@ def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
             del b.forward
 
 
+@contextlib.contextmanager
+def attention_modes(model: CircuitModel, modes: dict[int, tuple[bool, bool]]) -> Iterator[None]:
+    """Per layer ``{layer: (split_qkv_input, attn_result)}``: turn the bridge's per-head q/k/v inputs and
+    per-head outputs off where a pass hooks neither (they cost about half of a forward pass).
+
+    The values are the same either way (up to float rounding in the order of sums); whether that holds
+    for this model is checked once, and if not, nothing is changed.
+    """
+    if not modes or not _plain_attention_is_close(model):
+        yield
+        return
+    with _attention_configs(model, modes):
+        yield
+
+
+@contextlib.contextmanager
+def _attention_configs(model: CircuitModel, modes: dict[int, tuple[bool, bool]]) -> Iterator[None]:
+    import copy
+
+    changed = []
+    for layer, (split, result) in modes.items():
+        attn = model.bridge.blocks[layer].attn
+        cfg = getattr(attn, "config", None)
+        if cfg is None:
+            continue
+        new = copy.copy(cfg)
+        object.__setattr__(new, "use_split_qkv_input", bool(split))
+        object.__setattr__(new, "use_attn_result", bool(result))
+        attn.config = new
+        changed.append((attn, cfg))
+    try:
+        yield
+    finally:
+        for attn, cfg in changed:
+            attn.config = cfg
+
+
+def _plain_attention_is_close(model: CircuitModel) -> bool:
+    ok = getattr(model, "_plain_attention_ok", None)
+    if ok is None:
+        ok = False
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
+        try:
+            with torch.no_grad():
+                full = _forward(model, tokens, [])
+                with _attention_configs(model, {layer: (False, False) for layer in range(model.graph.n_layers)}):
+                    plain = _forward(model, tokens, [])
+            scale = float(full.abs().max()) or 1.0
+            tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
+            ok = bool(torch.isfinite(plain).all()) and float((plain - full).abs().max()) <= tol * scale
+        except Exception:  # noqa: BLE001 - any failure means: keep the bridge's settings
+            ok = False
+        model._plain_attention_ok = ok  # type: ignore[attr-defined]
+    return bool(ok)
+
+
 def _skipping_is_exact(model: CircuitModel) -> bool:
     ok = getattr(model, "_skip_blocks_ok", None)
     if ok is None:
@@ -261,7 +318,8 @@ def gradient_pass(
         fill_from: the corrupted source outputs ``[n_sources, batch, pos, d]``: this (clean) pass writes
             ``clean - corrupted`` into ``delta`` during the forward, so the contraction in the backward
             sees the full difference (rounded once to ``delta``'s dtype).
-            This saves a separate clean forward. Only valid without ``input_override``.
+            This saves a separate clean forward. Only valid without ``input_override``. ``fill_from`` may
+            be ``delta`` itself: each output is then overwritten in place by its difference.
         neuron_scores: ``[n_sources, d]`` float64 accumulator: when given, also adds
             ``weight * sum over batch and positions of delta[u] * d(sum of metric)/d(out_u)`` per output
             dimension of every source ``u`` (neuron-level scores; their sum over dimensions is the sum of
@@ -583,7 +641,11 @@ def single_edge_metric(
             hooks.append((model.mlp_in_hook(layer), h))
     final_add = add_one(g.dst_logits)
     assert clean.resid is not None
-    with torch.no_grad():
+    # Per-head q/k/v inputs only where a copy's edge enters a head; per-head outputs nowhere.
+    per_layer = 3 * g.n_heads + 1
+    head_dst = {v // per_layer for v in dst_l if v != g.dst_logits and v % per_layer < 3 * g.n_heads}
+    modes = {layer: (layer in head_dst, False) for layer in range(g.n_layers)}
+    with torch.no_grad(), attention_modes(model, modes):
         start = clean.resid[start_layer].repeat(c, 1, 1)
         final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer)
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)
@@ -660,7 +722,9 @@ def single_unit_metric(
             if h is not None:
                 hooks.append((name, h))
     rep = batch.repeat(c).to(model.device)
-    with torch.no_grad():
+    unit_layers = {(u - 1) // (g.n_heads + 1) for u in unit_l if u != 0 and (u - 1) % (g.n_heads + 1) < g.n_heads}
+    modes = {layer: (False, layer in unit_layers) for layer in range(g.n_layers)}
+    with torch.no_grad(), attention_modes(model, modes):
         if start_layer == 0:
             final = _forward(model, batch.clean.to(model.device).repeat(c, 1), hooks)
         else:
