@@ -150,6 +150,11 @@ class FaithfulnessCurve(Evaluator):
         scores = ctx.scores if ctx.scores is not None else circuit.scores
         if scores is None:
             raise ConfigError(f"Evaluator '{name}' needs edge scores: run it after attribution, or pass a circuit that has scores.")
+        if scores.level != "edge":
+            raise ConfigError(
+                f"Evaluator '{name}' ranks edges, but the scores are {scores.level}-level (method.level={scores.level}); "
+                "use evaluator=[faithfulness] for node- or neuron-level circuits, or method.level=edge for the curve."
+            )
         g = scores.graph
         total = g.n_edges
         budgets = self._check(total)

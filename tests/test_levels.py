@@ -204,3 +204,12 @@ def test_level_errors_are_clear(tiny_model64, data):
     edge_scores = ck.build("methods", "eap").attribute(tiny_model64, TASK, data, ctx())
     with pytest.raises(ck.CircuitkitError, match="method.level=node"):
         ck.build("selectors", "top_n", n_nodes=3).select(edge_scores)
+
+
+def test_faithfulness_curve_refuses_node_level_scores_clearly(tiny_model64, data):
+    scores = ck.build("methods", "eap", level="node").attribute(tiny_model64, TASK, data, ctx())
+    circuit = ck.build("selectors", "top_n", n_nodes=3).select(scores)
+    c = ctx()
+    c.scores = scores
+    with pytest.raises(ck.CircuitkitError, match="ranks edges, but the scores are node-level"):
+        ck.build("evaluators", "faithfulness_curve").evaluate(tiny_model64, TASK, data, circuit, c)
