@@ -11,6 +11,7 @@ forward/backward passes per batch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from circuitkit import hookimpl
@@ -43,6 +44,12 @@ class EAPIG(Attributor):
         check_level(config.level, config.name or "eap_ig")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
+        if getattr(ctx.intervention, "kind", "patching") == "zero":
+            logging.getLogger("circuitkit").warning(
+                "eap_ig with intervention=zero interpolates the input embeddings from 0: the first LayerNorm is "
+                "scale-invariant, so the model barely changes along that path and the input's integrated gradients "
+                "nearly vanish. Prefer intervention=patching or mean with eap_ig."
+            )
         m = self.config.ig_steps
         alphas = [k / m for k in range(1, m + 1)]
         return gradient_attribution(

@@ -164,3 +164,11 @@ def test_mean_positional_refuses_prompts_longer_than_the_reference(tiny_model64)
 def test_unknown_intervention_is_a_config_error(tiny_model64):
     with pytest.raises(ck.CircuitkitError, match="intervention must be one of patching, zero, mean, mean_positional"):
         build_intervention(tiny_model64, None, "resample")
+
+
+def test_eap_ig_with_zero_ablation_warns(tiny_model64, caplog):
+    model = tiny_model64
+    data = tokenize_examples("hand", EXAMPLES[:2], model.tokenizer)
+    with caplog.at_level("WARNING", logger="circuitkit"):
+        ck.build("methods", "eap_ig", ig_steps=2).attribute(model, TASK, data, run_ctx(model, data, "zero"))
+    assert "scale-invariant" in caplog.text
