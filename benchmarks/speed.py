@@ -153,7 +153,7 @@ def main() -> None:
         # Exact patching: batched vs one full evaluation per edge.
         picks = torch.randperm(g.n_edges, generator=gen)[: args.patch_edges]
         t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=32), 1)
-        single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:4]])
+        single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:16]])
         t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], 1) / len(single)
         print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
               f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
