@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from circuitkit.data import Batch
+from circuitkit.data import Batch, Example
+from circuitkit.interfaces import Task, TaskConfig
 from circuitkit.model import CircuitModel
 
 
@@ -106,3 +107,28 @@ def input_gradient_scores(model: CircuitModel, batch: Batch, metric, alpha: floa
         names = list(inputs)
         grads = torch.autograd.grad(m, [inputs[n] for n in names], allow_unused=True)
     return {n: (gr if gr is not None else torch.zeros_like(inputs[n])) for n, gr in zip(names, grads)}
+
+
+# A few hand-written examples (single-token answers for GPT-2's tokenizer) and a task serving them.
+HAND_EXAMPLES = [
+    Example(
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Anne gave a drink to",
+        (" Mary",),
+        (" John",),
+    ),
+    Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
+    Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
+    Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
+]
+
+
+class HandTask(Task):
+    """Serves ``HAND_EXAMPLES`` (or the examples given)."""
+
+    def __init__(self, config: TaskConfig, examples: list[Example] | None = None) -> None:
+        super().__init__(config)
+        self.examples = list(examples or HAND_EXAMPLES)
+
+    def generate(self, tokenizer, split):  # noqa: ANN001, ANN201
+        return iter(self.examples)

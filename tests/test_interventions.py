@@ -3,34 +3,17 @@
 import numpy as np
 import pytest
 import torch
-from helpers import capture, patched_metric, source_hook
+from helpers import HAND_EXAMPLES, HandTask, capture, patched_metric, source_hook
 
 import circuitkit as ck
-from circuitkit.data import Example, tokenize_examples
+from circuitkit.data import tokenize_examples
 from circuitkit.evaluation import evaluate_keeps
 from circuitkit.interventions import build_intervention
 from circuitkit.metrics import logit_diff
 from circuitkit.results import Circuit
 
-EXAMPLES = [
-    Example(
-        "When Mary and John went to the store, John gave a drink to",
-        "When Mary and John went to the store, Anne gave a drink to",
-        (" Mary",),
-        (" John",),
-    ),
-    Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
-    Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
-    Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
-]
-
-
-class _Task(ck.Task):
-    def generate(self, tokenizer, split):
-        return iter(EXAMPLES)
-
-
-TASK = _Task(ck.TaskConfig(name="hand", metric="logit_diff"))
+EXAMPLES = HAND_EXAMPLES
+TASK = HandTask(ck.TaskConfig(name="hand", metric="logit_diff"))
 
 
 def run_ctx(model, data, kind):

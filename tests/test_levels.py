@@ -2,33 +2,16 @@
 
 import pytest
 import torch
-from helpers import capture, source_hook
+from helpers import HAND_EXAMPLES, HandTask, capture, source_hook
 
 import circuitkit as ck
-from circuitkit.data import Example, tokenize_examples
+from circuitkit.data import tokenize_examples
 from circuitkit.evaluation import evaluate_keeps
 from circuitkit.metrics import logit_diff
 from circuitkit.nodes import node_circuit
 
-EXAMPLES = [
-    Example(
-        "When Mary and John went to the store, John gave a drink to",
-        "When Mary and John went to the store, Anne gave a drink to",
-        (" Mary",),
-        (" John",),
-    ),
-    Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
-    Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
-    Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
-]
-
-
-class _Task(ck.Task):
-    def generate(self, tokenizer, split):
-        return iter(EXAMPLES)
-
-
-TASK = _Task(ck.TaskConfig(name="hand", metric="logit_diff"))
+EXAMPLES = HAND_EXAMPLES
+TASK = HandTask(ck.TaskConfig(name="hand", metric="logit_diff"))
 
 
 def ctx():
