@@ -610,7 +610,9 @@ def single_edge_metric(
             return None
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            t = t.clone().reshape(c, b, p, width, d)
+            # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and
+            # not a view: add in place then; otherwise (an expanded view) copy first.
+            t = (t if t._base is None and t.is_contiguous() else t.clone()).reshape(c, b, p, width, d)
             for k, h in todo:
                 t[k, :, :, h] += delta[src_l[k]]
             return t.reshape(c * b, p, width, d)
