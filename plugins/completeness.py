@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from circuitkit import hookimpl
+from circuitkit.errors import ConfigError
 from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult
@@ -41,6 +42,11 @@ class Completeness(Evaluator):
     config: CompletenessConfig
 
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
+        if circuit.neurons is not None:
+            raise ConfigError(
+                f"Evaluator '{self.config.name or 'completeness'}' compares a circuit with the rest of the model edge by "
+                "edge; a neuron-level circuit has no edge complement. Use evaluator=[faithfulness], or method.level=node."
+            )
         keeps = torch.stack([circuit.keep_dense(), complement(circuit).keep_dense()])
         ev = evaluate_keeps(model, task, data, keeps, ctx, desc="completeness")
         f = ev.faithfulness(ev.circuits[0])

@@ -196,3 +196,10 @@ def test_faithfulness_curve_refuses_node_level_scores_clearly(tiny_model64, data
     c.scores = scores
     with pytest.raises(ck.CircuitkitError, match="ranks edges, but the scores are node-level"):
         ck.build("evaluators", "faithfulness_curve").evaluate(tiny_model64, TASK, data, circuit, c)
+
+
+def test_completeness_refuses_neuron_circuits_clearly(tiny_model64, data):
+    scores = ck.build("methods", "eap", level="neuron").attribute(tiny_model64, TASK, data, ctx())
+    circuit = ck.build("selectors", "top_n", n_neurons=10).select(scores)
+    with pytest.raises(ck.CircuitkitError, match="no edge complement"):
+        ck.build("evaluators", "completeness").evaluate(tiny_model64, TASK, data, circuit, ctx())
