@@ -42,7 +42,12 @@ class Run:
 
 
 def _forward(
-    model: CircuitModel, tokens: torch.Tensor, hooks: list, final_hook: Callable | None = None, start_at_layer: int | None = None
+    model: CircuitModel,
+    tokens: torch.Tensor,
+    hooks: list,
+    final_hook: Callable | None = None,
+    start_at_layer: int | None = None,
+    skip_early: bool = True,
 ) -> torch.Tensor:
     """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``.
 
@@ -55,14 +60,16 @@ def _forward(
         box["final"] = t
         raise _StopForward
 
-    if start_at_layer:
-        _skipping_is_exact(model)  # checked (once) outside this pass's hooks
+    # The bridge's ``start_at_layer`` still runs the earlier blocks and discards their output, so starting
+    # late would save nothing: those blocks are made identities when that is exact for this model
+    # (checked once, outside this pass's hooks).
+    skip = bool(start_at_layer) and skip_early and _skipping_is_exact(model)
     try:
         with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]):
             if start_at_layer is None:
                 model.bridge(tokens)
             else:
-                with _skipped_blocks(model, start_at_layer):
+                with _identity_blocks(model, start_at_layer) if skip else contextlib.nullcontext():
                     model.bridge(tokens, start_at_layer=start_at_layer)
     except _StopForward:
         pass
@@ -70,23 +77,8 @@ def _forward(
 
 
 @contextlib.contextmanager
-def _skipped_blocks(model: CircuitModel, start_at_layer: int) -> Iterator[None]:
-    """Make blocks ``0 .. start_at_layer - 1`` return their input unchanged during a forward.
-
-    The bridge's ``start_at_layer`` still runs the earlier blocks and discards their output (the start
-    block swaps the given residual back in), so without this, starting late saves nothing. Whether
-    skipping is exact for this model is checked once (same final residual with and without it); if
-    not, blocks run as the bridge runs them.
-    """
-    if start_at_layer <= 0 or not _skipping_is_exact(model):
-        yield
-        return
-    with _identity_blocks(model, start_at_layer):
-        yield
-
-
-@contextlib.contextmanager
 def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
+    """Blocks ``0 .. n - 1`` return their input unchanged during the context."""
     blocks = [model.bridge.blocks[i].original_component for i in range(n)]
 
     def identity(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -138,59 +130,45 @@ def _attention_configs(model: CircuitModel, modes: dict[int, tuple[bool, bool]])
             attn.config = cfg
 
 
-def _plain_attention_is_close(model: CircuitModel) -> bool:
-    ok = getattr(model, "_plain_attention_ok", None)
+def _checked_once(model: CircuitModel, attr: str, check: Callable[[], bool]) -> bool:
+    """``check()`` run once per model and remembered as ``model.<attr>``; an exception counts as False."""
+    ok = getattr(model, attr, None)
     if ok is None:
-        ok = False
-        gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
         try:
             with torch.no_grad():
-                full = _forward(model, tokens, [])
-                with _attention_configs(model, {layer: (False, False) for layer in range(model.graph.n_layers)}):
-                    plain = _forward(model, tokens, [])
-            scale = float(full.abs().max()) or 1.0
-            tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
-            ok = bool(torch.isfinite(plain).all()) and float((plain - full).abs().max()) <= tol * scale
-        except Exception:  # noqa: BLE001 - any failure means: keep the bridge's settings
+                ok = bool(check())
+        except Exception:  # noqa: BLE001 - any failure means: keep the bridge's own behaviour
             ok = False
-        model._plain_attention_ok = ok  # type: ignore[attr-defined]
+        setattr(model, attr, ok)
     return bool(ok)
+
+
+def _plain_attention_is_close(model: CircuitModel) -> bool:
+    def check() -> bool:
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
+        full = _forward(model, tokens, [])
+        with _attention_configs(model, {layer: (False, False) for layer in range(model.graph.n_layers)}):
+            plain = _forward(model, tokens, [])
+        tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
+        return bool(torch.isfinite(plain).all()) and float((plain - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+
+    return _checked_once(model, "_plain_attention_ok", check)
 
 
 def _skipping_is_exact(model: CircuitModel) -> bool:
-    ok = getattr(model, "_skip_blocks_ok", None)
-    if ok is None:
-        ok = False
-        if model.graph.n_layers > 1:
-            gen = torch.Generator().manual_seed(0)
-            resid = torch.randn(2, 3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
-            start = model.graph.n_layers - 1
-            try:
-                with torch.no_grad():
-                    full = _forward_plain(model, resid, start)
-                    with _identity_blocks(model, start):
-                        skipped = _forward_plain(model, resid, start)
-                ok = bool(torch.equal(full, skipped))
-            except Exception:  # noqa: BLE001 - any failure means: do not skip
-                ok = False
-        model._skip_blocks_ok = ok  # type: ignore[attr-defined]
-    return bool(ok)
+    def check() -> bool:
+        if model.graph.n_layers < 2:
+            return False
+        gen = torch.Generator().manual_seed(0)
+        resid = torch.randn(2, 3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
+        start = model.graph.n_layers - 1
+        full = _forward(model, resid, [], start_at_layer=start, skip_early=False)
+        with _identity_blocks(model, start):
+            skipped = _forward(model, resid, [], start_at_layer=start, skip_early=False)
+        return torch.equal(full, skipped)
 
-
-def _forward_plain(model: CircuitModel, resid: torch.Tensor, start: int) -> torch.Tensor:
-    box: dict[str, torch.Tensor] = {}
-
-    def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
-        box["final"] = t
-        raise _StopForward
-
-    try:
-        with model.bridge.hooks(fwd_hooks=[(model.LOGITS_HOOK, stop)]):
-            model.bridge(resid, start_at_layer=start)
-    except _StopForward:
-        pass
-    return box["final"]
+    return _checked_once(model, "_skip_blocks_ok", check)
 
 
 def answer_logits(model: CircuitModel, final: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -559,6 +537,26 @@ def masked_metric(
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))
 
 
+def _per_copy_hook(
+    shape: tuple[int, ...], edits: list[tuple[int, int | None]], apply: Callable, *, reuse_fresh: bool = False
+) -> Callable | None:
+    """A hook that edits single copies of a stacked pass: the tensor is seen as ``shape``
+    (``[copies, batch, pos, (heads,) d]``) and ``apply(view, k)`` is called on copy ``k`` (head ``h``
+    when given) for each ``(k, h)`` of ``edits``. The tensor is copied first unless ``reuse_fresh``
+    and it is contiguous and not a view. None when there is nothing to edit."""
+    if not edits:
+        return None
+    flat = (shape[0] * shape[1], *shape[2:])
+
+    def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+        x = (t if reuse_fresh and t._base is None and t.is_contiguous() else t.clone()).reshape(shape)
+        for k, h in edits:
+            apply(x[k] if h is None else x[k, :, :, h], k)
+        return x.reshape(flat)
+
+    return hook
+
+
 def single_edge_metric(
     model: CircuitModel,
     batch: Batch,
@@ -604,43 +602,23 @@ def single_edge_metric(
     for k, v in enumerate(dst_l):
         by_dst.setdefault(v, []).append(k)
 
-    def add_heads(dst0: int, width: int) -> Callable | None:
-        todo = [(k, v - dst0) for v in range(dst0, dst0 + width) for k in by_dst.get(v, ())]
-        if not todo:
-            return None
+    def add(view: torch.Tensor, k: int) -> None:
+        view += delta[src_l[k]]
 
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and
-            # not a view: add in place then; otherwise (an expanded view) copy first.
-            t = (t if t._base is None and t.is_contiguous() else t.clone()).reshape(c, b, p, width, d)
-            for k, h in todo:
-                t[k, :, :, h] += delta[src_l[k]]
-            return t.reshape(c * b, p, width, d)
-
-        return hook
+    def add_heads(dst0: int) -> Callable | None:
+        # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and not a
+        # view: added to in place then; an MLP input is the residual stream itself and is copied first.
+        edits = [(k, v - dst0) for v in range(dst0, dst0 + g.n_heads) for k in by_dst.get(v, ())]
+        return _per_copy_hook((c, b, p, g.n_heads, d), edits, add, reuse_fresh=True)
 
     def add_one(dst_: int) -> Callable | None:
-        todo = by_dst.get(dst_, [])
-        if not todo:
-            return None
-
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            t = t.clone().reshape(c, b, p, d)  # the MLP-input hook sees the residual stream itself
-            for k in todo:
-                t[k] += delta[src_l[k]]
-            return t.reshape(c * b, p, d)
-
-        return hook
+        return _per_copy_hook((c, b, p, d), [(k, None) for k in by_dst.get(dst_, ())], add)
 
     hooks: list = []
     for layer in range(start_layer, g.n_layers):
-        for x in ("q", "k", "v"):
-            h = add_heads(g.dst_head(layer, x, 0), g.n_heads)
-            if h is not None:
-                hooks.append((model.head_in_hook(layer, x), h))
-        h = add_one(g.dst_mlp(layer))
-        if h is not None:
-            hooks.append((model.mlp_in_hook(layer), h))
+        hooks += [(model.head_in_hook(layer, x), add_heads(g.dst_head(layer, x, 0))) for x in ("q", "k", "v")]
+        hooks.append((model.mlp_in_hook(layer), add_one(g.dst_mlp(layer))))
+    hooks = [(name, h) for name, h in hooks if h is not None]
     final_add = add_one(g.dst_logits)
     assert clean.resid is not None
     # Per-head q/k/v inputs only where a copy's edge enters a head; per-head outputs nowhere.
@@ -683,46 +661,25 @@ def single_unit_metric(
     for k, u in enumerate(unit_l):
         by_unit.setdefault(u, []).append(k)
 
-    def replace(t: torch.Tensor, k: int, u: int, head: int | None) -> None:
-        view = t[k] if head is None else t[k, :, :, head]
+    def replace(view: torch.Tensor, k: int) -> None:
+        u = unit_l[k]
         if dim_l[k] is None:
             view.copy_(removed[u])
         else:
             view[..., dim_l[k]] = removed[u][..., dim_l[k]]
 
     def at_heads(base: int) -> Callable | None:
-        todo = [(k, u) for u in range(base, base + g.n_heads) for k in by_unit.get(u, ())]
-        if not todo:
-            return None
-
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            t = t.clone().reshape(c, b, p, g.n_heads, d)
-            for k, u in todo:
-                replace(t, k, u, u - base)
-            return t.reshape(c * b, p, g.n_heads, d)
-
-        return hook
+        edits = [(k, u - base) for u in range(base, base + g.n_heads) for k in by_unit.get(u, ())]
+        return _per_copy_hook((c, b, p, g.n_heads, d), edits, replace)
 
     def at_one(u: int) -> Callable | None:
-        todo = by_unit.get(u, [])
-        if not todo:
-            return None
+        return _per_copy_hook((c, b, p, d), [(k, None) for k in by_unit.get(u, ())], replace)
 
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            t = t.clone().reshape(c, b, p, d)
-            for k in todo:
-                replace(t, k, u, None)
-            return t.reshape(c * b, p, d)
-
-        return hook
-
-    hooks: list = []
-    if start_layer == 0 and (h := at_one(0)) is not None:
-        hooks.append((model.INPUT_HOOK, h))
+    hooks: list = [(model.INPUT_HOOK, at_one(0))] if start_layer == 0 else []
     for layer in range(start_layer, g.n_layers):
-        for name, h in ((model.head_out_hook(layer), at_heads(g.src_head(layer, 0))), (model.mlp_out_hook(layer), at_one(g.src_mlp(layer)))):
-            if h is not None:
-                hooks.append((name, h))
+        hooks.append((model.head_out_hook(layer), at_heads(g.src_head(layer, 0))))
+        hooks.append((model.mlp_out_hook(layer), at_one(g.src_mlp(layer))))
+    hooks = [(name, h) for name, h in hooks if h is not None]
     rep = batch.repeat(c).to(model.device)
     unit_layers = {(u - 1) // (g.n_heads + 1) for u in unit_l if u != 0 and (u - 1) % (g.n_heads + 1) < g.n_heads}
     modes = {layer: (False, layer in unit_layers) for layer in range(g.n_layers)}
