@@ -144,8 +144,24 @@ def neuron_circuit(graph: Graph, neurons: np.ndarray, scores: Scores | None = No
 
 
 def rank_key(values: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """What selectors rank by: ``|values|`` (or the signed values), NaN last."""
     key = values.abs() if absolute else values
     return torch.nan_to_num(key, nan=-float("inf"))
+
+
+def top_mask(key: torch.Tensor, n: int) -> np.ndarray:
+    """Bool mask (``key``'s shape) of the ``n`` highest keys; ties broken by position."""
+    mask = np.zeros(key.numel(), dtype=bool)
+    mask[torch.argsort(key.reshape(-1), descending=True, stable=True)[:n].numpy()] = True
+    return mask.reshape(tuple(key.shape))
+
+
+def check_count(n: object, key: str, total: int | None = None, what: str = "") -> int:
+    """``n`` as an int, or a :class:`ConfigError` naming ``key`` when it is not an integer in ``0 .. total``."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (total is not None and n > total):
+        bound = f"an integer from 0 to {total}{f' ({what})' if what else ''}" if total is not None else "a non-negative integer"
+        raise ConfigError(f"{key} must be {bound}, got {n!r}.")
+    return n
 
 
 def select_units(
@@ -167,26 +183,12 @@ def select_units(
     if n_neurons is not None or (threshold is not None and scores.level == "neuron"):
         if scores.neurons is None:
             raise ConfigError("selector.n_neurons needs neuron-level scores: run the method with method.level=neuron.")
-        key = rank_key(scores.neurons, absolute).reshape(-1)
+        key = rank_key(scores.neurons, absolute)
         if threshold is not None:
-            flat = (key >= threshold).numpy()
-        else:
-            total = key.numel()
-            if not isinstance(n_neurons, int) or isinstance(n_neurons, bool) or not 0 <= n_neurons <= total:
-                raise ConfigError(
-                    f"selector.n_neurons must be an integer from 0 to {total} (nodes x d_model), got {n_neurons!r}."
-                )
-            flat = np.zeros(total, dtype=bool)
-            flat[torch.argsort(key, descending=True, stable=True)[:n_neurons].numpy()] = True
-        return neuron_circuit(g, flat.reshape(scores.neurons.shape), scores)
+            return neuron_circuit(g, (key >= threshold).numpy(), scores)
+        return neuron_circuit(g, top_mask(key, check_count(n_neurons, "selector.n_neurons", key.numel(), "nodes x d_model")), scores)
     key = rank_key(scores.nodes, absolute)
     if threshold is not None:
-        mask = (key >= threshold).numpy()
-    else:
-        if not isinstance(n_nodes, int) or isinstance(n_nodes, bool) or not 0 <= n_nodes <= g.n_sources:
-            raise ConfigError(
-                f"selector.n_nodes must be an integer from 0 to {g.n_sources} (the graph's nodes besides logits), got {n_nodes!r}."
-            )
-        mask = np.zeros(g.n_sources, dtype=bool)
-        mask[torch.argsort(key, descending=True, stable=True)[:n_nodes].numpy()] = True
-    return node_circuit(g, mask, scores)
+        return node_circuit(g, (key >= threshold).numpy(), scores)
+    n = check_count(n_nodes, "selector.n_nodes", g.n_sources, "the graph's nodes besides logits")
+    return node_circuit(g, top_mask(key, n), scores)

@@ -95,11 +95,7 @@ class Greedy(Selector):
             )
 
     def select(self, scores: Scores) -> Circuit:
-        if scores.level != "edge":
-            raise ConfigError(
-                f"greedy selects edges, but these scores are {scores.level}-level (method.level={scores.level}); "
-                "use selector=top_n selector.n_nodes=<k> or selector=threshold, or method.level=edge."
-            )
+        self.check_level(scores.level)
         return Circuit.from_mask(scores.graph, greedy_mask(scores, self.config.n_edges, self.config.absolute), scores)
 
 

@@ -12,12 +12,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from circuitkit import hookimpl
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.nodes import select_units
+from circuitkit.nodes import rank_key, select_units
 from circuitkit.results import Circuit, Scores
 
 
@@ -37,8 +36,7 @@ class ThresholdConfig(PluginConfig):
 
 def threshold_mask(scores: Scores, threshold: float, absolute: bool) -> np.ndarray:
     """``[n_edges]`` bool: edges whose (absolute) score is at least ``threshold`` (NaN scores never pass)."""
-    key = scores.values.abs() if absolute else scores.values
-    return (torch.nan_to_num(key, nan=-math.inf) >= threshold).numpy()
+    return (rank_key(scores.values, absolute) >= threshold).numpy()
 
 
 class Threshold(Selector):

@@ -19,7 +19,7 @@ import torch
 from circuitkit import hookimpl
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.nodes import select_units
+from circuitkit.nodes import check_count, rank_key, select_units, top_mask
 from circuitkit.results import Circuit, Scores
 
 
@@ -48,16 +48,7 @@ def top_n_mask(scores: Scores, n: int, absolute: bool) -> np.ndarray:
         raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")
     if n > total:
         raise ConfigError(f"selector.n_edges={n} is larger than the graph, which has {total} edges. Use at most {total}.")
-    key = scores.values.abs() if absolute else scores.values
-    key = torch.nan_to_num(key, nan=-float("inf"))
-    idx = torch.argsort(key, descending=True, stable=True)[:n]
-    mask = np.zeros(total, dtype=bool)
-    mask[idx.numpy()] = True
-    return mask
-
-
-def _unit_options(level: str) -> str:
-    return "selector.n_neurons=<k> or selector.n_nodes=<k>." if level == "neuron" else "selector.n_nodes=<k>."
+    return top_mask(rank_key(scores.values, absolute), n)
 
 
 class TopN(Selector):
@@ -67,16 +58,10 @@ class TopN(Selector):
         cfg = self.config
         if cfg.n_nodes is not None and cfg.n_neurons is not None:
             raise ConfigError("set selector.n_nodes or selector.n_neurons, not both.")
-        if cfg.n_nodes is not None and (
-            not isinstance(cfg.n_nodes, int) or isinstance(cfg.n_nodes, bool) or not 0 <= cfg.n_nodes <= graph.n_sources
-        ):
-            raise ConfigError(
-                f"selector.n_nodes must be an integer from 0 to {graph.n_sources} (the graph's nodes besides logits), got {cfg.n_nodes!r}."
-            )
-        if cfg.n_neurons is not None and (
-            not isinstance(cfg.n_neurons, int) or isinstance(cfg.n_neurons, bool) or cfg.n_neurons < 0
-        ):
-            raise ConfigError(f"selector.n_neurons must be a non-negative integer, got {cfg.n_neurons!r}.")
+        if cfg.n_nodes is not None:
+            check_count(cfg.n_nodes, "selector.n_nodes", graph.n_sources, "the graph's nodes besides logits")
+        if cfg.n_neurons is not None:
+            check_count(cfg.n_neurons, "selector.n_neurons")
         if cfg.n_nodes is None and cfg.n_neurons is None:
             top_n_mask(Scores(graph, torch.zeros(graph.n_edges)), cfg.n_edges, cfg.absolute)
 
@@ -87,14 +72,14 @@ class TopN(Selector):
         if level == "node" and cfg.n_neurons is not None:
             raise ConfigError("selector.n_neurons needs neuron-level scores: run the method with method.level=neuron.")
         if level != "edge" and cfg.n_nodes is None and cfg.n_neurons is None:
-            raise ConfigError(f"these scores are {level}-level (method.level={level}): choose " + _unit_options(level))
+            units = "selector.n_neurons=<k> or selector.n_nodes=<k>." if level == "neuron" else "selector.n_nodes=<k>."
+            raise ConfigError(f"these scores are {level}-level (method.level={level}): choose {units}")
 
     def select(self, scores: Scores) -> Circuit:
         cfg = self.config
+        self.check_level(scores.level)
         if cfg.n_nodes is not None or cfg.n_neurons is not None:
             return select_units(scores, n_nodes=cfg.n_nodes, n_neurons=cfg.n_neurons, absolute=cfg.absolute)
-        if scores.level != "edge":
-            raise ConfigError(f"these scores are {scores.level}-level (method.level={scores.level}): choose " + _unit_options(scores.level))
         return Circuit.from_mask(scores.graph, top_n_mask(scores, cfg.n_edges, cfg.absolute), scores)
 
 
