@@ -95,15 +95,12 @@ def gradient_attribution(
                 )
         del corrupted, delta
         n += len(batch)
-    out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {})})
-    if level == "node":
-        out.level, out.nodes = "node", out.dense().sum(1)
-    elif level == "neuron":
-        assert neurons is not None
-        out.level, out.neurons = "neuron", (neurons / n).cpu()
-        out.nodes = out.neurons.sum(1)
-    out.meta["level"] = level
-    return out
+    out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {}), "level": level})
+    if level == "edge":
+        return out
+    # Node scores: the outgoing edge scores summed (neuron level: the neuron scores summed, the same number).
+    nodes = out.dense().sum(1) if neurons is None else None
+    return Scores(g, out.values, out.meta, level, nodes, None if neurons is None else (neurons / n).cpu())
 
 
 def check_level(level: object, method: str) -> None:

@@ -363,12 +363,3 @@ def removed_values(model: CircuitModel, batch: Batch, intervention: Intervention
     """What removed edges carry for ``batch``: the corrupted run's source outputs unless ``intervention``
     says otherwise (see :class:`Intervention`)."""
     return (intervention or Intervention()).values(model, batch)
-
-
-def ablated_sources(model: CircuitModel, batch: Batch, intervention: str, means: torch.Tensor | None = None) -> torch.Tensor:
-    """``[n_sources, batch, pos, d]`` for ``intervention`` given by name (``means`` from
-    :func:`mean_source_outputs` for the mean ablations)."""
-    check_intervention(intervention)
-    if intervention == "zero":
-        return Intervention("zero", bias_shares=head_bias_shares(model)).values(model, batch)
-    return Intervention(intervention, means=means).values(model, batch)
