@@ -127,7 +127,8 @@ def node_circuit(graph: Graph, nodes: np.ndarray | list[str], scores: Scores | N
     else:
         mask = np.asarray(nodes, dtype=bool)
     node_mask = np.append(mask, True)  # logits
-    edges = node_mask[graph.edge_src] & node_mask[graph.dst_node[graph.edge_dst]]
+    # A grouped key/value input is kept when one of the heads it feeds is.
+    edges = node_mask[graph.edge_src] & graph.dst_mask(node_mask)[graph.edge_dst]
     circuit = Circuit.from_mask(graph, edges, scores)
     circuit.level = "node"
     return circuit

@@ -3,7 +3,9 @@
 - :func:`draw_circuit`: the circuit as a graph, nodes placed by layer (``input`` at the bottom, ``logits`` at
   the top, each layer's heads on one row and its MLP on the row above). Edge width grows with ``|score|``,
   colour gives the sign (blue positive, red negative), and line style the destination's input: solid into
-  MLPs and logits, dashed into a head's query, dotted into its key, dash-dotted into its value.
+  MLPs and logits, dashed into a head's query, dotted into its key, dash-dotted into its value. With
+  grouped-query attention an edge into a key/value head's input is drawn into each head of its group that
+  is in the circuit.
 - :func:`plot_curves`: faithfulness against the percentage of edges kept, several methods overlaid.
 
 Both write every path they are given; the format follows the suffix (``.svg``, ``.png``, ``.pdf``).
@@ -81,6 +83,15 @@ def _edge_parts(name: str) -> tuple[str, str, str]:
     return src, dst, qkv
 
 
+def _edge_targets(g: Any, edge: int, node_mask: np.ndarray) -> list[str]:
+    """The node names edge ``edge`` is drawn into: its destination node, or for a grouped key/value input the
+    heads of its group in the circuit (all of them if none is)."""
+    nodes = g.dst_nodes[int(g.edge_dst[edge])]
+    if len(nodes) > 1 and node_mask[nodes].any():
+        nodes = nodes[node_mask[nodes]]
+    return [g.node_names[int(n)] for n in nodes]
+
+
 def draw_circuit(
     circuit: Circuit,
     *paths: str | Path,
@@ -121,26 +132,28 @@ def draw_circuit(
     ax = fig.add_subplot(1, 1, 1)
     ax.set_axis_off()
 
-    in_circuit = dict(zip(g.node_names, circuit.nodes, strict=True))
+    node_mask = circuit.nodes
+    in_circuit = dict(zip(g.node_names, node_mask, strict=True))
     vmax = float(np.abs(shown_vals).max()) if len(shown_vals) else 1.0
     vmax = vmax if vmax > 0 else 1.0
     rads = {"q": 0.12, "k": 0.22, "v": 0.32, "": 0.18}
     for e, v in zip(shown.tolist(), shown_vals.tolist(), strict=True):
-        src, dst, qkv = _edge_parts(g.edge_names[e])
-        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        src, _, qkv = _edge_parts(g.edge_names[e])
         if circuit.scores is None:
             color, lw = UNSCORED, 1.2
         else:
             color = POSITIVE if v >= 0 else NEGATIVE
             lw = 0.4 + 3.6 * abs(v) / vmax
-        # Edges stacked in the middle column (input, MLPs, logits) would hide each other: bend them more.
-        rad = rads[qkv] + (0.25 if x0 == x1 else 0.0)
-        ax.add_patch(
-            FancyArrowPatch(
-                (x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=8,
-                linewidth=lw, linestyle=LINESTYLES[qkv], color=color, alpha=0.75, shrinkA=9, shrinkB=9, zorder=1,
+        for dst in _edge_targets(g, e, node_mask):
+            (x0, y0), (x1, y1) = pos[src], pos[dst]
+            # Edges stacked in the middle column (input, MLPs, logits) would hide each other: bend them more.
+            rad = rads[qkv] + (0.25 if x0 == x1 else 0.0)
+            ax.add_patch(
+                FancyArrowPatch(
+                    (x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=8,
+                    linewidth=lw, linestyle=LINESTYLES[qkv], color=color, alpha=0.75, shrinkA=9, shrinkB=9, zorder=1,
+                )
             )
-        )
     for name, (x, y) in pos.items():
         on = bool(in_circuit[name])
         if not on and not show_all_nodes:

@@ -13,6 +13,9 @@ files)::
      "nodes": {"input": {"in_graph": bool}, "a0.h0": {...}, "m0": {...}, ..., "logits": {"in_graph": true}},
      "edges": {"input->a0.h0<q>": {"score": float, "in_graph": bool}, ...}}
 
+A model with grouped-query attention adds ``"n_kv_heads"`` to ``cfg``, and its key/value edges are per
+key/value head: ``input->a0.kv0<k>``, ``a0.h1->a1.kv1<v>`` (see :mod:`circuitkit.graph`).
+
 Every node and every edge of the graph is listed; ``logits`` is always ``in_graph`` (as in EAP-IG). EAP-IG
 builds its graph from ``cfg`` and needs ``d_model`` there, so it is written whenever it is known
 (:attr:`Circuit.d_model`, or ``d_model`` in the scores' meta). EAP-IG needs a number for every edge's
@@ -313,7 +316,7 @@ class Circuit:
         nodes[-1] = True  # logits: always in the graph, as EAP-IG writes it
         scored = self.scores is not None
         score = self.scores.values.tolist() if self.scores is not None else [0.0] * g.n_edges
-        cfg: dict[str, Any] = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel_attn_mlp}
+        cfg: dict[str, Any] = g.to_dict()  # n_layers, n_heads, parallel_attn_mlp (and n_kv_heads for GQA)
         d_model = (
             self.d_model if self.d_model is not None else (self.scores.meta.get("d_model") if self.scores is not None else None)
         )
@@ -347,7 +350,11 @@ class Circuit:
         """
         try:
             cfg = obj["cfg"]
-            file_graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)))
+            n_kv = cfg.get("n_kv_heads")
+            file_graph = Graph(
+                int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)),
+                None if n_kv is None else int(n_kv),
+            )
             edges = obj["edges"]
             if not isinstance(edges, dict):
                 raise TypeError
@@ -355,10 +362,10 @@ class Circuit:
             raise CircuitkitError(
                 f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'."
             ) from None
-        if graph is not None and (graph.n_layers, graph.n_heads) != (file_graph.n_layers, file_graph.n_heads):
+        if graph is not None and (graph.n_layers, graph.n_heads, graph.n_kv) != (file_graph.n_layers, file_graph.n_heads, file_graph.n_kv):
             raise CircuitkitError(
-                f"{source} is a circuit for a model with {file_graph.n_layers} layers and {file_graph.n_heads} heads, but this "
-                f"model has {graph.n_layers} layers and {graph.n_heads} heads. Use a circuit file made for this model."
+                f"{source} is a circuit for a model with {file_graph.n_layers} layers and {_heads(file_graph)}, but this "
+                f"model has {graph.n_layers} layers and {_heads(graph)}. Use a circuit file made for this model."
             )
         if graph is not None and graph.parallel_attn_mlp != file_graph.parallel_attn_mlp:
             kinds = {True: "parallel attention/MLP blocks", False: "sequential attention/MLP blocks"}
@@ -401,6 +408,10 @@ class Circuit:
     @classmethod
     def load(cls, path: str | os.PathLike, graph: Graph | None = None) -> Circuit:
         return cls.from_json(read_json(path, "Circuit"), graph, source=str(path))
+
+
+def _heads(g: Graph) -> str:
+    return f"{g.n_heads} query heads sharing {g.n_kv} key/value heads" if g.grouped else f"{g.n_heads} heads"
 
 
 @dataclass

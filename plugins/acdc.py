@@ -149,18 +149,19 @@ class ACDC(Attributor):
         def change(value: float, before: float) -> float:
             return value - before if cfg.objective == "kl" else abs(value - before)
 
-        dst_node = g.dst_node
         n_nodes = len(g.node_names)
         live = np.zeros(n_nodes, dtype=bool)  # node reaches logits through kept edges (final once visited)
         live[-1] = True
         rounds = 0
         for dst in progress(range(g.n_destinations - 1, -1, -1), ctx, total=g.n_destinations, desc=f"{name} pruning"):
-            node = int(dst_node[dst])
-            if node != n_nodes - 1:
-                outs = keep[node].bool() & torch.as_tensor(live[dst_node]) & g.valid[node]
-                live[node] = bool(outs.any())
+            nodes = g.dst_nodes[dst]  # one node, or every head of a grouped key/value input's group
+            if nodes[0] != n_nodes - 1:
+                live_dst = torch.as_tensor(g.dst_mask(live))
+                for node in nodes.tolist():
+                    outs = keep[node].bool() & live_dst & g.valid[node]
+                    live[node] = bool(outs.any())
             cands = list(range(int(g.n_upstream[dst]) - 1, -1, -1))
-            if not live[node] and tau > 0:
+            if not live[nodes].any() and tau > 0:
                 keep[cands, dst] = 0  # nothing downstream reads this node: the change is exactly 0
                 continue
             predicted = [True] * len(cands)

@@ -53,15 +53,18 @@ def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
     n = check_n_edges(n, g)
     key = scores.values.abs() if absolute else scores.values
     key = torch.nan_to_num(key, nan=-math.inf).tolist()
-    dst_node = g.dst_node[g.edge_dst]  # node index of each edge's destination
     edge_src = g.edge_src
+    # The edges into each node (a grouped key/value input is an input of every head of its group).
     into: list[list[int]] = [[] for _ in g.node_names]
-    for e, d in enumerate(dst_node.tolist()):
-        into[d].append(e)
+    for e, d in enumerate(g.edge_dst.tolist()):
+        for node in g.dst_nodes[d].tolist():
+            into[node].append(e)
     in_circuit = np.zeros(len(g.node_names), dtype=bool)
     logits = len(g.node_names) - 1
     in_circuit[logits] = True
+    candidate = np.zeros(g.n_edges, dtype=bool)  # already a candidate (an edge can enter several heads)
     heap = [(-key[e], e) for e in into[logits]]
+    candidate[into[logits]] = True
     heapq.heapify(heap)
     order: list[int] = []
     while len(order) < n and heap:
@@ -71,7 +74,9 @@ def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
         if not in_circuit[s]:
             in_circuit[s] = True
             for e2 in into[s]:
-                heapq.heappush(heap, (-key[e2], e2))
+                if not candidate[e2]:
+                    candidate[e2] = True
+                    heapq.heappush(heap, (-key[e2], e2))
     return order
 
 
