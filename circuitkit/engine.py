@@ -310,11 +310,11 @@ def gradient_pass(
     n_heads = g.n_heads
     flat_delta = delta.reshape(delta.shape[0], -1)  # [S, b*p*d]
 
-    def contract_heads(dst0: int, n_up: int) -> Callable:
+    def contract_heads(dst0: int, width: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
-            # grad [b, p, h, d] -> [h, b*p*d]
-            gh = grad.permute(2, 0, 1, 3).reshape(n_heads, -1)
-            scores[:n_up, dst0 : dst0 + n_heads] += weight * _contract(flat_delta, n_up, gh.T)
+            # grad [b, p, h, d] -> [h, b*p*d] (h: query heads for q, key/value heads for k and v)
+            gh = grad.permute(2, 0, 1, 3).reshape(width, -1)
+            scores[:n_up, dst0 : dst0 + width] += weight * _contract(flat_delta, n_up, gh.T)
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             if t.requires_grad:
@@ -389,8 +389,8 @@ def gradient_pass(
             hooks.append((model.mlp_out_hook(layer), grad_at_source(g.src_mlp(layer), False)))
     for layer in range(g.n_layers):
         n_up = g.n_upstream_heads(layer)
-        for x in ("q", "k", "v"):
-            hooks.append((model.head_in_hook(layer, x), contract_heads(g.dst_head(layer, x, 0), n_up)))
+        for x, dst0, width in g.head_inputs(layer):
+            hooks.append((model.head_in_hook(layer, x), contract_heads(dst0, width, n_up)))
         hooks.append((model.mlp_in_hook(layer), contract_one(g.dst_mlp(layer), g.n_upstream_mlp(layer))))
     final_contract = contract_one(g.dst_logits, g.n_sources)
     with torch.enable_grad():
@@ -504,8 +504,8 @@ def masked_forward(
     hooks: list = [(model.INPUT_HOOK, put(0, False))] if start_layer == 0 else []
     for layer in range(start_layer, g.n_layers):
         n_up = g.n_upstream_heads(layer)
-        for x in ("q", "k", "v"):
-            hooks.append((model.head_in_hook(layer, x), patch(g.dst_head(layer, x, 0), g.n_heads, n_up, True)))
+        for x, dst0, width in g.head_inputs(layer):
+            hooks.append((model.head_in_hook(layer, x), patch(dst0, width, n_up, True)))
         hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
         hooks.append((model.mlp_in_hook(layer), patch(g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False)))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
@@ -542,17 +542,16 @@ def _per_copy_hook(
 ) -> Callable | None:
     """A hook that edits single copies of a stacked pass: the tensor is seen as ``shape``
     (``[copies, batch, pos, (heads,) d]``) and ``apply(view, k)`` is called on copy ``k`` (head ``h``
-    when given) for each ``(k, h)`` of ``edits``. The tensor is copied first unless ``reuse_fresh``
-    and it is contiguous and not a view. None when there is nothing to edit."""
+    when given) for each ``(k, h)`` of ``edits`` and returned in its own shape. The tensor is copied first
+    unless ``reuse_fresh`` and it is contiguous and not a view. None when there is nothing to edit."""
     if not edits:
         return None
-    flat = (shape[0] * shape[1], *shape[2:])
 
     def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
         x = (t if reuse_fresh and t._base is None and t.is_contiguous() else t.clone()).reshape(shape)
         for k, h in edits:
             apply(x[k] if h is None else x[k, :, :, h], k)
-        return x.reshape(flat)
+        return x.reshape(t.shape)
 
     return hook
 
@@ -605,30 +604,100 @@ def single_edge_metric(
     def add(view: torch.Tensor, k: int) -> None:
         view += delta[src_l[k]]
 
-    def add_heads(dst0: int) -> Callable | None:
-        # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and not a
-        # view: added to in place then; an MLP input is the residual stream itself and is copied first.
-        edits = [(k, v - dst0) for v in range(dst0, dst0 + g.n_heads) for k in by_dst.get(v, ())]
-        return _per_copy_hook((c, b, p, g.n_heads, d), edits, add, reuse_fresh=True)
-
     def add_one(dst_: int) -> Callable | None:
         return _per_copy_hook((c, b, p, d), [(k, None) for k in by_dst.get(dst_, ())], add)
 
+    assert clean.resid is not None
+    projected = _projected_inputs_ok(model)
     hooks: list = []
     for layer in range(start_layer, g.n_layers):
-        hooks += [(model.head_in_hook(layer, x), add_heads(g.dst_head(layer, x, 0))) for x in ("q", "k", "v")]
+        for x, dst0, width in g.head_inputs(layer):
+            edits = [(k, v - dst0) for v in range(dst0, dst0 + width) for k in by_dst.get(v, ())]
+            if edits:
+                make = _projected_head_hook if projected else _head_input_hook
+                with torch.no_grad():
+                    hooks.append(make(model, clean, delta, src_l, (c, b, p), layer, x, width, edits))
         hooks.append((model.mlp_in_hook(layer), add_one(g.dst_mlp(layer))))
     hooks = [(name, h) for name, h in hooks if h is not None]
     final_add = add_one(g.dst_logits)
-    assert clean.resid is not None
-    # Per-head q/k/v inputs only where a copy's edge enters a head; per-head outputs nowhere.
-    per_layer = 3 * g.n_heads + 1
-    head_dst = {v // per_layer for v in dst_l if v != g.dst_logits and v % per_layer < 3 * g.n_heads}
+    # Per-head q/k/v inputs only where a copy's edge enters a head and its projections are not replaced
+    # directly; per-head outputs nowhere.
+    head_dst = set() if projected else {g.dst_layer(v) for v in dst_l if g.is_head_dst(v)}
     modes = {layer: (layer in head_dst, False) for layer in range(g.n_layers)}
     with torch.no_grad(), attention_modes(model, modes):
         start = clean.resid[start_layer].repeat(c, 1, 1)
         final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer)
         return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)
+
+
+def _head_input_hook(
+    model: CircuitModel, clean: Run, delta: torch.Tensor, src: list[int], cbp: tuple[int, int, int], layer: int,
+    qkv: str, width: int, edits: list[tuple[int, int]],
+) -> tuple[str, Callable | None]:
+    """Copy ``k`` of ``edits`` adds its source's difference to slot ``h`` of the per-head ``qkv`` input
+    (the bridge's split q/k/v inputs must be on in ``layer``)."""
+
+    def add(view: torch.Tensor, k: int) -> None:
+        view += delta[src[k]]
+
+    # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and not a
+    # view: added to in place then.
+    return model.head_in_hook(layer, qkv), _per_copy_hook((*cbp, width, model.d_model), edits, add, reuse_fresh=True)
+
+
+def _projected_head_hook(
+    model: CircuitModel, clean: Run, delta: torch.Tensor, src: list[int], cbp: tuple[int, int, int], layer: int,
+    qkv: str, width: int, edits: list[tuple[int, int]],
+) -> tuple[str, Callable | None]:
+    """The same edit as :func:`_head_input_hook` without per-head inputs: in copy ``k`` only head slot
+    ``h`` reads the changed input, and everything upstream of it is clean, so its projection is
+    ``proj(norm(clean residual + difference))``, computed here for all edited copies in one batch and
+    written into slot ``h`` of the projection's output. The layer then runs with one shared input, which
+    saves the per-head normalisations and copies."""
+    c, b, p = cbp
+    block = model.bridge.blocks[layer]
+    assert clean.resid is not None
+    rows = torch.tensor([src[k] for k, _ in edits], device=delta.device)
+    proj = getattr(block.attn, qkv)(block.ln1(clean.resid[layer][None] + delta[rows]).reshape(len(edits) * b, p, -1))
+    proj = proj.reshape(len(edits), b, p, width, -1)
+    row_of = {k: i for i, (k, _) in enumerate(edits)}
+    slot = {k: h for k, h in edits}
+
+    def put(view: torch.Tensor, k: int) -> None:
+        view.copy_(proj[row_of[k], :, :, slot[k]])
+
+    return model.head_proj_hook(layer, qkv), _per_copy_hook((c, b, p, width, proj.shape[-1]), edits, put, reuse_fresh=True)
+
+
+def _projected_inputs_ok(model: CircuitModel) -> bool:
+    """Whether :func:`_projected_head_hook` gives this model's own per-head-input results (checked once:
+    random differences on every kind of head input of two layers, against the split-input pass)."""
+
+    def check() -> bool:
+        g = model.graph
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
+        clean = run_sources(model, tokens, keep_resid=True)
+        assert clean.sources is not None
+        delta = (torch.randn(clean.sources.shape, generator=gen) * clean.sources.float().std()).to(clean.sources)
+        layer = g.n_layers - 1
+        dst = [first + min(1, width - 1) for _, first, width in g.head_inputs(layer)] + [g.dst_head(layer, "q", 0)]
+        src = [0, int(g.n_upstream[dst[1]]) - 1, 0, 0]
+        finals = []
+        for make in (_head_input_hook, _projected_head_hook):
+            hooks = []
+            for k, v in enumerate(dst):
+                x, first, width = next(h for h in g.head_inputs(layer) if h[1] <= v < h[1] + h[2])
+                hooks.append(make(model, clean, delta, src, (len(dst), 2, 5), layer, x, width, [(k, v - first)]))
+            modes = {layer: (make is _head_input_hook, False)}
+            with torch.no_grad(), attention_modes(model, modes):
+                start = clean.resid[layer].repeat(len(dst), 1, 1)
+                finals.append(_forward(model, start, hooks, start_at_layer=layer))
+        tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
+        scale = float(finals[0].abs().max()) or 1.0
+        return bool(torch.isfinite(finals[1]).all()) and float((finals[1] - finals[0]).abs().max()) <= tol * scale
+
+    return _checked_once(model, "_projected_inputs_ok_", check)
 
 
 def single_unit_metric(

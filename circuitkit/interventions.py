@@ -85,13 +85,13 @@ def stacked_gradient_pass(
         for s, value in items:
             by_source.setdefault(int(s), []).append((copy, value))
 
-    def contract_heads(dst0: int, n_up: int) -> Callable:
+    def contract_heads(dst0: int, width: int, n_up: int) -> Callable:
         r = rows[:, :n_up]  # [c, S]
 
         def on_grad(grad: torch.Tensor) -> None:
-            gh = grad.reshape(c, b, p, n_heads, -1).permute(0, 3, 1, 2, 4).reshape(c * n_heads, -1).to(flat_delta.dtype)
-            full = (flat_delta[:n_up] @ gh.T).reshape(n_up, c, n_heads)
-            scores[:n_up, dst0 : dst0 + n_heads] += weight * torch.einsum("sch,cs->sh", full, r).double()
+            gh = grad.reshape(c, b, p, width, -1).permute(0, 3, 1, 2, 4).reshape(c * width, -1).to(flat_delta.dtype)
+            full = (flat_delta[:n_up] @ gh.T).reshape(n_up, c, width)
+            scores[:n_up, dst0 : dst0 + width] += weight * torch.einsum("sch,cs->sh", full, r).double()
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             if t.requires_grad:
@@ -144,8 +144,8 @@ def stacked_gradient_pass(
     hooks: list = [(model.INPUT_HOOK, input_hook)]
     for layer in range(g.n_layers):
         n_up = g.n_upstream_heads(layer)
-        for x in ("q", "k", "v"):
-            hooks.append((model.head_in_hook(layer, x), contract_heads(g.dst_head(layer, x, 0), n_up)))
+        for x, dst0, width in g.head_inputs(layer):
+            hooks.append((model.head_in_hook(layer, x), contract_heads(dst0, width, n_up)))
         hooks.append((model.head_out_hook(layer), heads_hook(layer)))
         hooks.append((model.mlp_in_hook(layer), contract_one(g.dst_mlp(layer), g.n_upstream_mlp(layer))))
         hooks.append((model.mlp_out_hook(layer), mlp_hook(layer)))
@@ -217,8 +217,8 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
     def read(dst0: int, n_up: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             imp = route_importance(t.detach(), buf[:n_up], last).sum(1)  # [S] or [S, h]
-            if per_head:
-                scores[:n_up, dst0 : dst0 + g.n_heads] += imp.double()
+            if per_head:  # h: query heads for q inputs, key/value heads for k and v inputs
+                scores[:n_up, dst0 : dst0 + imp.shape[1]] += imp.double()
             else:
                 scores[:n_up, dst0] += imp.double()
             return t
@@ -228,8 +228,8 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
     hooks: list = [(model.INPUT_HOOK, put(0, False))]
     for layer in range(g.n_layers):
         n_up = g.n_upstream_heads(layer)
-        for x in ("q", "k", "v"):
-            hooks.append((model.head_in_hook(layer, x), read(g.dst_head(layer, x, 0), n_up, True)))
+        for x, dst0, _ in g.head_inputs(layer):
+            hooks.append((model.head_in_hook(layer, x), read(dst0, n_up, True)))
         hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
         hooks.append((model.mlp_in_hook(layer), read(g.dst_mlp(layer), g.n_upstream_mlp(layer), False)))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))

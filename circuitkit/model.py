@@ -112,6 +112,11 @@ class CircuitModel:
         return f"blocks.{layer}.attn.hook_{qkv}_input"
 
     @staticmethod
+    def head_proj_hook(layer: int, qkv: str) -> str:
+        """The per-head q, k or v projection (before positional rotation, if any)."""
+        return f"blocks.{layer}.attn.{qkv}.hook_out"
+
+    @staticmethod
     def mlp_in_hook(layer: int) -> str:
         return f"blocks.{layer}.hook_mlp_in"
 
@@ -237,17 +242,48 @@ def bridge_model(
     for p in bridge.parameters():
         p.requires_grad_(False)
     cfg = bridge.cfg
+    n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None)
-    graph = Graph(int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "parallel_attn_mlp", False)))
-    if n_kv not in (None, cfg.n_heads):
-        raise ModelLoadError(
-            f"'{name}' uses grouped-query attention ({cfg.n_heads} query heads share {n_kv} key/value heads), "
-            "which circuitkit's edge graph does not support yet: its <k>/<v> edges are per query head. Use a "
-            "model with multi-head attention (GPT-2, Pythia/GPT-NeoX, OPT, ...)."
-        )
+    n_kv = n_heads if n_kv is None else int(n_kv)
+    if n_kv != n_heads:
+        _check_kv_inputs(bridge, name, arch, n_heads, n_kv)
+    graph = Graph(int(cfg.n_layers), n_heads, bool(getattr(cfg, "parallel_attn_mlp", False)), n_kv)
     if tokenizer.bos_token_id is None:
         prepend_bos = False
     return CircuitModel(bridge, tokenizer, graph, name, _weights_hash(hf_model), prepend_bos)
+
+
+class _Seen(Exception):
+    """Stops the shape check once the first attention layer's inputs have been seen."""
+
+
+def _check_kv_inputs(bridge: Any, name: str, arch: str, n_heads: int, n_kv: int) -> None:
+    """Grouped-query attention: the graph has one k and one v input per key/value head, so the bridge's
+    k/v input hooks must have ``n_kv`` head slots (and the q input ``n_heads``). Checked on one token."""
+    slots: dict[str, int] = {}
+
+    def grab(t: torch.Tensor, hook: Any) -> torch.Tensor:
+        slots[hook.name.rsplit("hook_", 1)[1][0]] = int(t.shape[2]) if t.dim() == 4 else -1
+        if len(slots) == 3:
+            raise _Seen
+        return t
+
+    hooks = [(f"blocks.0.attn.hook_{x}_input", grab) for x in "qkv"]
+    dev = next(bridge.parameters()).device
+    try:
+        with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
+            bridge(torch.zeros(1, 1, dtype=torch.long, device=dev))
+    except _Seen:
+        pass
+    want = {"q": n_heads, "k": n_kv, "v": n_kv}
+    if slots != want:
+        got = ", ".join(f"{x}: {slots.get(x, 'none')}" for x in "qkv")
+        raise ModelLoadError(
+            f"'{name}' (architecture {arch}) uses grouped-query attention ({n_heads} query heads share {n_kv} "
+            f"key/value head{'s' if n_kv != 1 else ''}), but the bridge's per-head q/k/v input hooks have {got} head slots; circuitkit needs "
+            f"{n_heads} for q and {n_kv} for k and v (one per key/value head). Use a TransformerLens version whose "
+            "bridge keeps key/value inputs grouped."
+        )
 
 
 @contextlib.contextmanager

@@ -49,3 +49,53 @@ def tiny_gpt2(
         model.save_pretrained(str(save_to))
         tok.save_pretrained(str(save_to))
     return bridge_model(model, tok, name="tiny-gpt2", device="cpu")
+
+
+def tiny_llama(
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_model: int = 32,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Any = None,
+    save_to: str | Path | None = None,
+    init_std: float = 0.1,
+    intermediate_size: int | None = None,
+    **config: Any,
+) -> CircuitModel:
+    """A randomly initialised Llama-architecture model (grouped-query attention: ``n_heads`` query heads
+    share ``n_kv_heads`` key/value heads; RMS norms, rotary positions, gated MLP of width
+    ``intermediate_size``, default ``2 * d_model``) wrapped for circuitkit.
+
+    Weights are drawn with standard deviation ``init_std`` (larger than Hugging Face's 0.02, so attention
+    patterns are far from uniform at this width) and the norms' scales around 1, so tests exercise them.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer or gpt2_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=intermediate_size or 2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=64,
+        initializer_range=init_std,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **config,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    model = model.to(dtype)
+    if save_to is not None:
+        model.save_pretrained(str(save_to))
+        tok.save_pretrained(str(save_to))
+    return bridge_model(model, tok, name="tiny-llama", device="cpu")
