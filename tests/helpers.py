@@ -26,7 +26,8 @@ def dest_hook(model: CircuitModel, name: str) -> tuple[str, int | None]:
         return "ln_final.hook_in", None
     if "<" in name:
         node, qkv = name[:-1].split("<")
-        layer, head = node[1:].split(".h")
+        # a1.h2<q> is query head 2's input; a1.kv0<k> (grouped-query attention) key/value head 0's
+        layer, head = node[1:].split(".kv" if ".kv" in node else ".h")
         return f"blocks.{int(layer)}.attn.hook_{qkv}_input", int(head)
     return f"blocks.{int(name[1:])}.hook_mlp_in", None
 

@@ -201,7 +201,11 @@ def test_model_the_bridge_cannot_use(tmp_path, tokenizer):
         ck.load_model(str(tmp_path), device="cpu")
 
 
-def test_grouped_query_attention_model(tokenizer):
+def test_grouped_query_attention_bridge_without_kv_inputs_per_kv_head(tokenizer, monkeypatch):
+    """A grouped-query model loads with a graph per key/value head; a bridge whose k/v input hooks do not
+    have one slot per key/value head is refused with the slot counts (simulated: the bridge's config
+    claims one key/value head where its hooks have two)."""
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = LlamaForCausalLM(
@@ -215,7 +219,16 @@ def test_grouped_query_attention_model(tokenizer):
             max_position_embeddings=32,
         )
     )
-    with pytest.raises(CircuitkitError, match="grouped-query attention"):
+    assert ck.bridge_model(m, tokenizer, device="cpu").graph == Graph(1, 4, n_kv_heads=2)
+    boot = TransformerBridge.boot_transformers
+
+    def boot_claiming_one_kv_head(*args, **kwargs):
+        bridge = boot(*args, **kwargs)
+        bridge.cfg.n_key_value_heads = 1
+        return bridge
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot_claiming_one_kv_head)
+    with pytest.raises(CircuitkitError, match="grouped-query attention.*q: 4, k: 2, v: 2 head slots.*1 for k and v"):
         ck.bridge_model(m, tokenizer, device="cpu")
 
 
