@@ -1,6 +1,8 @@
 """Speed and memory of attribution relative to the bare model's own passes.
 
-Builds a GPT-2-small-shaped model from a config (random weights, no download) and times, on the same
+Builds a GPT-2-small-shaped model from a config (random weights, no download), or with ``--arch llama`` a
+Llama-shaped one with grouped-query attention (``--kv-heads`` key/value heads, gated MLP of width
+``--intermediate``; its graph has one k and one v input per key/value head), and times, on the same
 batches and in one run:
 
 - bare passes: the Hugging Face model's own corrupted forward + clean forward + backward (EAP's work),
@@ -13,6 +15,7 @@ Prints seconds and ratios. Usage::
 
     python benchmarks/speed.py                      # GPT-2 small shape, 16 prompts x 16 tokens
     python benchmarks/speed.py --layers 4 --heads 8 --d-model 128 --patch-edges 256
+    python benchmarks/speed.py --arch llama         # 12 layers, 12 query heads sharing 4 key/value heads
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2", help="GPT-2 (multi-head) or Llama (grouped-query)")
+    ap.add_argument("--kv-heads", type=int, default=4, help="key/value heads per layer (--arch llama)")
+    ap.add_argument("--intermediate", type=int, default=2048, help="MLP width (--arch llama)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--ig-steps", type=int, default=5)
@@ -65,11 +71,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from circuitkit.testing_models import gpt2_tokenizer, tiny_gpt2
+    from circuitkit.testing_models import gpt2_tokenizer, tiny_gpt2, tiny_llama
 
     tok = gpt2_tokenizer()
-    model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok)
+    if args.arch == "llama":
+        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate)
+    else:
+        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok)
     hf = model.bridge.original_model
+    embed, body = hf.get_input_embeddings(), hf.base_model  # GPT-2: transformer.wte, transformer
     g = model.graph
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (args.prompts, args.tokens), generator=gen)
@@ -83,7 +93,8 @@ def main() -> None:
     task = task_cls(ck.TaskConfig(name="bench"))
     batch = next(data.batches(len(data)))
     ctx = ck.RunContext(batch_size=len(data), progress=False)
-    print(f"model: {args.layers} layers, {args.heads} heads, d_model {args.d_model}; {g.n_edges} edges; "
+    heads = f"{args.heads} heads" if args.arch == "gpt2" else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
+    print(f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
           f"{len(data)} prompts x {batch.clean.shape[1]} tokens; torch threads {torch.get_num_threads()}")
 
     def metric_of(logits):
@@ -94,7 +105,7 @@ def main() -> None:
         with torch.no_grad():
             hf(batch.corrupted)
         for _ in range(m_passes):
-            emb = hf.transformer.wte(batch.clean).detach().requires_grad_(True)
+            emb = embed(batch.clean).detach().requires_grad_(True)
             metric_of(hf(inputs_embeds=emb).logits).backward()
 
     def bare_hf_last(m_passes: int) -> None:
@@ -102,13 +113,13 @@ def main() -> None:
         rows = torch.arange(len(batch))
 
         def last_logits(**kw):
-            h = hf.transformer(**kw).last_hidden_state[rows, batch.last]
+            h = body(**kw).last_hidden_state[rows, batch.last]
             return task.metric(hf.lm_head(h), batch).sum()
 
         with torch.no_grad():
             last_logits(input_ids=batch.corrupted)
         for _ in range(m_passes):
-            emb = hf.transformer.wte(batch.clean).detach().requires_grad_(True)
+            emb = embed(batch.clean).detach().requires_grad_(True)
             last_logits(inputs_embeds=emb).backward()
 
     def bare_bridge(m_passes: int) -> None:
