@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--ig-steps", type=int, default=5)
     ap.add_argument("--patch-edges", type=int, default=64, help="edges to patch exactly (a sample)")
+    ap.add_argument("--edges-per-pass", type=int, default=32, help="exact patching: edges per stacked pass (the method's default)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -163,9 +164,9 @@ def main() -> None:
 
         # Exact patching: batched vs one full evaluation per edge.
         picks = torch.randperm(g.n_edges, generator=gen)[: args.patch_edges]
-        t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=32), 1)
+        t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=args.edges_per_pass), args.repeat)
         single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:16]])
-        t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], 1) / len(single)
+        t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], args.repeat) / len(single)
         print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
               f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
     if not args.no_memory:

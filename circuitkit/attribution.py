@@ -161,11 +161,16 @@ def exact_patching(
     n = 0
     src = torch.as_tensor(g.edge_src)
     dst = torch.as_tensor(g.edge_dst)
-    layer_of = dst // (3 * g.n_heads + 1)  # n_layers for the logits
+    mlp_dst = torch.tensor([g.dst_mlp(layer) for layer in range(g.n_layers)], dtype=torch.long)
+    layer_of = torch.searchsorted(mlp_dst, dst)  # each layer's destinations end with its MLP; logits: n_layers
     groups = []
     for layer in range(g.n_layers + 1):
         sel = todo[layer_of[todo] == layer]
-        groups += [(layer, chunk) for chunk in torch.split(sel, edges_per_pass) if len(chunk)]
+        # Edges into the MLP apart from edges into heads: a pass with no head destination runs the layer's
+        # attention without per-head inputs, which is cheaper.
+        into_mlp = dst[sel] == (g.dst_mlp(layer) if layer < g.n_layers else g.dst_logits)
+        for part in (sel[into_mlp], sel[~into_mlp]):
+            groups += [(layer, chunk) for chunk in torch.split(part, edges_per_pass) if len(chunk)]
     batches = list(data.batches(ctx.batch_size, model.pad_id))
     with progress_bar(ctx, total=len(groups) * len(batches), desc=f"{method} (exact)") as bar:
         for batch in batches:
@@ -174,7 +179,7 @@ def exact_patching(
             assert corrupted is not None
             clean = engine.run_sources(model, batch.clean, keep_resid=True)
             with torch.no_grad():
-                clean_metric = task.metric(engine.answer_logits(model, clean.final, batch.last), batch).double()
+                clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
             delta = corrupted - clean.sources
             for layer, chunk in groups:
                 patched = engine.single_edge_metric(

@@ -177,6 +177,48 @@ def answer_logits(model: CircuitModel, final: torch.Tensor, last: torch.Tensor) 
     return model.unembed(final[rows, last.to(final.device)])
 
 
+def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric: Metric) -> torch.Tensor:
+    """``metric(answer_logits(...), batch)``, the per-example metric ``[batch]`` from the final residual
+    stream.
+
+    When ``metric`` is a task's metric that reads only the answer tokens' logits
+    (:meth:`~circuitkit.interfaces.Task.answer_logits_metric`), only those tokens' columns of the
+    unembedding are computed, with the batch's answer ids renumbered accordingly: the same values for a
+    fraction of the cost (the full unembedding of a 50k vocabulary costs as much as a transformer block
+    when many copies of a batch are evaluated). Used when this model's unembedding is a plain linear map
+    after the final norm (checked once)."""
+    owner = getattr(metric, "__self__", None)
+    on_answers = getattr(owner, "answer_logits_metric", None)
+    fn = on_answers() if callable(on_answers) else None
+    if fn is None or not _unembed_columns_ok(model):
+        return metric(answer_logits(model, final, batch.last), batch)
+    k = batch.correct.numel()
+    ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
+    renumbered = Batch(**{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)})
+    rows = torch.arange(final.shape[0], device=final.device)
+    return fn(_unembed_columns(model, final[rows, batch.last.to(final.device)], ids.to(final.device)), renumbered)
+
+
+def _unembed_columns(model: CircuitModel, resid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the tokens ``ids`` only: ``[batch, len(ids)]``."""
+    linear = model.bridge.unembed.original_component
+    bias = getattr(linear, "bias", None)
+    return torch.nn.functional.linear(model.bridge.ln_final(resid), linear.weight[ids], None if bias is None else bias[ids])
+
+
+def _unembed_columns_ok(model: CircuitModel) -> bool:
+    def check() -> bool:
+        gen = torch.Generator().manual_seed(0)
+        resid = torch.randn(3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
+        ids = torch.tensor([0, 7, int(model.bridge.cfg.d_vocab) - 1], device=model.device)
+        full = model.unembed(resid)[:, ids]
+        part = _unembed_columns(model, resid, ids)
+        tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
+        return part.shape == full.shape and float((part - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+
+    return _checked_once(model, "_unembed_columns_ok", check)
+
+
 def _source_writers(model: CircuitModel, buf: torch.Tensor) -> list:
     """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]``."""
     g = model.graph
@@ -395,7 +437,7 @@ def gradient_pass(
     final_contract = contract_one(g.dst_logits, g.n_sources)
     with torch.enable_grad():
         final = _forward(model, batch.clean.to(model.device), hooks, final_hook=final_contract)
-        values = metric(answer_logits(model, final, batch.last), batch.to(model.device))
+        values = answer_metric(model, final, batch.to(model.device), metric)
         values.sum().backward()
     return values.detach()
 
@@ -534,7 +576,7 @@ def masked_metric(
     final = masked_forward(model, batch.clean, corrupted, keep, start_layer=start_layer, clean=clean, neurons=neurons)
     rep = batch.repeat(c).to(model.device)
     with torch.no_grad():
-        return metric(answer_logits(model, final, rep.last), rep).reshape(c, len(batch))
+        return answer_metric(model, final, rep, metric).reshape(c, len(batch))
 
 
 def _per_copy_hook(
@@ -596,7 +638,7 @@ def single_edge_metric(
         for k in range(c):
             final[k] += delta[src_l[k]]
         with torch.no_grad():
-            return metric(answer_logits(model, final.reshape(c * b, p, d), rep.last), rep).reshape(c, b)
+            return answer_metric(model, final.reshape(c * b, p, d), rep, metric).reshape(c, b)
     by_dst: dict[int, list[int]] = {}
     for k, v in enumerate(dst_l):
         by_dst.setdefault(v, []).append(k)
@@ -627,7 +669,7 @@ def single_edge_metric(
     with torch.no_grad(), attention_modes(model, modes):
         start = clean.resid[start_layer].repeat(c, 1, 1)
         final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer)
-        return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)
+        return answer_metric(model, final, rep, metric).reshape(c, b)
 
 
 def _head_input_hook(
@@ -697,7 +739,7 @@ def _projected_inputs_ok(model: CircuitModel) -> bool:
         scale = float(finals[0].abs().max()) or 1.0
         return bool(torch.isfinite(finals[1]).all()) and float((finals[1] - finals[0]).abs().max()) <= tol * scale
 
-    return _checked_once(model, "_projected_inputs_ok_", check)
+    return _checked_once(model, "_projected_ok", check)
 
 
 def single_unit_metric(
@@ -758,4 +800,4 @@ def single_unit_metric(
         else:
             assert clean is not None and clean.resid is not None
             final = _forward(model, clean.resid[start_layer].repeat(c, 1, 1), hooks, start_at_layer=start_layer)
-        return metric(answer_logits(model, final, rep.last), rep).reshape(c, b)
+        return answer_metric(model, final, rep, metric).reshape(c, b)

@@ -73,7 +73,7 @@ def evaluate_keeps(
                 corr = engine.run_sources(model, batch.corrupted)
                 removed = corr.sources
                 assert removed is not None
-                corrupted_metric = task.metric(engine.answer_logits(model, corr.final, batch.last), batch)
+                corrupted_metric = engine.answer_metric(model, corr.final, batch, task.metric)
             else:
                 # Zero/mean ablation: the baseline is the model with every edge ablated (the empty circuit).
                 removed = iv.values(model, batch)
@@ -81,7 +81,7 @@ def evaluate_keeps(
                 corrupted_metric = engine.masked_metric(model, batch, task.metric, removed, none)[0]
             clean_final = engine._forward(model, batch.clean, [])
             corrupted_sum += float(corrupted_metric.double().sum())
-            clean_sum += float(task.metric(engine.answer_logits(model, clean_final, batch.last), batch).double().sum())
+            clean_sum += float(engine.answer_metric(model, clean_final, batch, task.metric).double().sum())
         for start in range(0, n_c, circuits_per_pass):
             chunk = keeps[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
             dims = (

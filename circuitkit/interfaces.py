@@ -15,13 +15,14 @@ instance is built as ``cls(config)``. Method knobs live in the config, never in 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from circuitkit.data import Batch, Example, TaskData, tokenize_examples
-from circuitkit.metrics import get_metric
+from circuitkit.metrics import ANSWER_LOGITS_ONLY, get_metric
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -132,6 +133,15 @@ class Task(ABC):
     def metric(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example metric ``[batch]`` from the logits at the answer position ``[batch, vocab]``."""
         return get_metric(self.config.metric)(logits, batch)
+
+    def answer_logits_metric(self) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
+        """The metric when it reads only the logits of the batch's answer tokens (``logit_diff``, ``logit``)
+        and this task does not override :meth:`metric`; None otherwise. Such a metric gives the same values on
+        logits restricted to the answer tokens' columns (with the batch's ids renumbered), which saves most
+        of the unembedding when many copies of a batch are evaluated."""
+        if type(self).metric is not Task.metric or self.config.metric not in ANSWER_LOGITS_ONLY:
+            return None
+        return get_metric(self.config.metric)
 
 
 class Attributor(ABC):

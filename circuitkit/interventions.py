@@ -152,7 +152,7 @@ def stacked_gradient_pass(
     rep = batch.repeat(c).to(model.device)
     with torch.enable_grad():
         final = engine._forward(model, rep.clean, hooks, final_hook=contract_one(g.dst_logits, g.n_sources))
-        values = metric(engine.answer_logits(model, final, rep.last), rep)
+        values = engine.answer_metric(model, final, rep, metric)
         values.sum().backward()
     return values.detach().reshape(c, b)
 

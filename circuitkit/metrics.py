@@ -63,6 +63,11 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# Metrics that read only the logits of the batch's answer tokens (no softmax over the vocabulary): for these,
+# the unembedding can be restricted to those tokens' columns (:func:`circuitkit.engine.answer_metric`).
+ANSWER_LOGITS_ONLY: frozenset[str] = frozenset({"logit_diff", "logit"})
+
+
 def get_metric(name: str) -> Metric:
     """Look a metric up by name, with a message listing the choices."""
     try:

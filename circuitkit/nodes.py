@@ -65,7 +65,7 @@ def _exact_unit_patching(model: CircuitModel, task: Task, data: TaskData, ctx: R
         removed = removed_values(model, batch, ctx.intervention)
         clean = engine.run_sources(model, batch.clean, keep_resid=True)
         with torch.no_grad():
-            clean_metric = task.metric(engine.answer_logits(model, clean.final, batch.last), batch).double()
+            clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
         for L, chunk in groups:
             patched = engine.single_unit_metric(
                 model, batch, task.metric, removed, units[chunk], None if dims is None else dims[chunk], start_layer=L, clean=clean

@@ -255,3 +255,50 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     for edge in edges:
         hand = (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
         assert exact[edge] == pytest.approx(hand, rel=1e-7, abs=1e-9), edge
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_exact_patching_shortcuts_leave_scores_unchanged(arch, tokenizer, tiny_model64, task, monkeypatch):
+    """Skipping the blocks before a group's layer, running layers without per-head inputs, replacing
+    single heads' q/k/v projections (instead of per-head inputs) and unembedding only the answer tokens give
+    the scores of the plain computation."""
+    from circuitkit.attribution import exact_patching
+    from circuitkit.testing_models import tiny_llama
+
+    if arch == "gpt2":
+        model = tiny_model64
+    else:
+        model = tiny_llama(n_layers=3, n_heads=4, n_kv_heads=2, d_model=32, dtype=torch.float64, tokenizer=tokenizer)
+    assert engine._projected_inputs_ok(model) and engine._skipping_is_exact(model) and engine._plain_attention_is_close(model)
+    assert engine._unembed_columns_ok(model) and task.answer_logits_metric() is not None
+    data = data_for(model)
+    fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
+    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok"):
+        monkeypatch.setattr(model, attr, False)
+    plain = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
+    assert not torch.isnan(fast).any()
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "logit", "prob_diff", "logprob"])
+def test_answer_metric_equals_the_metric_of_the_full_logits(tiny_model, metric):
+    data = data_for(tiny_model)
+    batch = next(data.batches(8))
+    final = engine.run_sources(tiny_model, batch.clean).final
+    t = _Task(ck.TaskConfig(name="hand", metric=metric))
+    assert (t.answer_logits_metric() is not None) == (metric in ("logit_diff", "logit"))
+    full = t.metric(engine.answer_logits(tiny_model, final, batch.last), batch)
+    assert torch.allclose(engine.answer_metric(tiny_model, final, batch, t.metric), full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_task_with_its_own_metric_gets_the_full_logits(tiny_model):
+    class OwnMetric(_Task):
+        def metric(self, logits, batch):
+            assert logits.shape[1] == tiny_model.bridge.cfg.d_vocab
+            return logits.logsumexp(-1)
+
+    t = OwnMetric(ck.TaskConfig(name="hand", metric="logit_diff"))
+    assert t.answer_logits_metric() is None
+    batch = next(data_for(tiny_model).batches(8))
+    final = engine.run_sources(tiny_model, batch.clean).final
+    assert engine.answer_metric(tiny_model, final, batch, t.metric).shape == (len(batch),)
