@@ -140,7 +140,10 @@ def exact_patching(
     that layer from the clean residual stream (everything before it is the clean run); edges into the
     logits need no layer at all. A copy adds only its edge's removed-minus-clean difference at its
     destination (:func:`circuitkit.engine.single_edge_metric`), so a pass costs little more than the
-    model's own forward from that layer. ``edges`` restricts the computation to a subset of edge indices (the
+    model's own forward from that layer: an edge into a head's q, k or v input replaces only that head's
+    projection, computed for all such copies at once (no per-head inputs), and metrics that read only the
+    answer tokens' logits unembed only those tokens (:func:`circuitkit.engine.answer_metric`). Edges into
+    MLPs and into heads go in separate passes. ``edges`` restricts the computation to a subset of edge indices (the
     others get NaN). ``level="node"`` / ``"neuron"`` measures whole nodes / single output dimensions
     instead (:func:`circuitkit.nodes.exact_node_patching`, :func:`circuitkit.nodes.exact_neuron_patching`).
     """
