@@ -12,6 +12,13 @@ run and the full circuit the clean run.
 
 Buffers are source-major, ``[n_sources, batch, pos, d_model]``, so each contraction is one matrix product.
 Logits are computed only at the answer position (the final norm and unembedding of the bridge).
+
+Devices: a model may be split over several GPUs (a Hugging Face device map); then layer ``l``'s hook
+tensors live on that layer's device while every buffer here (source outputs, differences, clean
+residuals, masks, scores) lives on ``model.device``, the input embedding's. A hook that combines a stored
+tensor with its hook tensor ``t`` brings the stored one to ``t.device`` (:func:`_on`); writes into a
+buffer and gradients contracted with stored differences go to the buffer's device. Per-example metric
+values are returned on ``model.device``. On one device every such move is a no-op.
 """
 
 from __future__ import annotations
@@ -23,9 +30,14 @@ from dataclasses import dataclass
 import torch
 
 from circuitkit.data import Batch
-from circuitkit.model import CircuitModel
+from circuitkit.model import CircuitModel, to_module
 
 Metric = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+def _on(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``t``'s device (``x`` itself when it is already there)."""
+    return x if x.device == t.device else x.to(t.device)
 
 
 class _StopForward(Exception):
@@ -84,13 +96,19 @@ def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
     def identity(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return hidden_states
 
+    # A model dispatched by accelerate has its device-moving wrapper as the instance's ``forward``: it is
+    # put back afterwards, not deleted.
+    saved = [b.__dict__.get("forward") for b in blocks]
     for b in blocks:
         b.forward = identity
     try:
         yield
     finally:
-        for b in blocks:
-            del b.forward
+        for b, f in zip(blocks, saved):
+            if f is None:
+                del b.forward
+            else:
+                b.forward = f
 
 
 @contextlib.contextmanager
@@ -177,9 +195,15 @@ def answer_logits(model: CircuitModel, final: torch.Tensor, last: torch.Tensor) 
     return model.unembed(final[rows, last.to(final.device)])
 
 
+def _metric_on(metric: Metric, logits: torch.Tensor, batch: Batch, home: torch.device) -> torch.Tensor:
+    """``metric(logits, batch)`` with the batch on the logits' device, returned on ``home``."""
+    values = metric(logits, batch if batch.clean.device == logits.device else batch.to(logits.device))
+    return values if values.device == home else values.to(home)
+
+
 def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric: Metric) -> torch.Tensor:
-    """``metric(answer_logits(...), batch)``, the per-example metric ``[batch]`` from the final residual
-    stream.
+    """``metric(answer_logits(...), batch)``, the per-example metric ``[batch]`` (on ``model.device``) from
+    the final residual stream.
 
     When ``metric`` is a task's metric that reads only the answer tokens' logits
     (:meth:`~circuitkit.interfaces.Task.answer_logits_metric`), only those tokens' columns of the
@@ -190,20 +214,24 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
     owner = getattr(metric, "__self__", None)
     on_answers = getattr(owner, "answer_logits_metric", None)
     fn = on_answers() if callable(on_answers) else None
+    home = model.device
     if fn is None or not _unembed_columns_ok(model):
-        return metric(answer_logits(model, final, batch.last), batch)
+        return _metric_on(metric, answer_logits(model, final, batch.last), batch, home)
     k = batch.correct.numel()
     ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
     renumbered = Batch(**{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)})
     rows = torch.arange(final.shape[0], device=final.device)
-    return fn(_unembed_columns(model, final[rows, batch.last.to(final.device)], ids.to(final.device)), renumbered)
+    return _metric_on(fn, _unembed_columns(model, final[rows, batch.last.to(final.device)], ids), renumbered, home)
 
 
 def _unembed_columns(model: CircuitModel, resid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the tokens ``ids`` only: ``[batch, len(ids)]``."""
+    """Logits of the tokens ``ids`` only: ``[batch, len(ids)]`` (on the unembedding's device)."""
     linear = model.bridge.unembed.original_component
     bias = getattr(linear, "bias", None)
-    return torch.nn.functional.linear(model.bridge.ln_final(resid), linear.weight[ids], None if bias is None else bias[ids])
+    w = linear.weight
+    ids = ids.to(w.device)
+    normed = model.bridge.ln_final(to_module(resid, model.bridge.ln_final)).to(w.device)
+    return torch.nn.functional.linear(normed, w[ids], None if bias is None else bias[ids])
 
 
 def _unembed_columns_ok(model: CircuitModel) -> bool:
@@ -211,8 +239,9 @@ def _unembed_columns_ok(model: CircuitModel) -> bool:
         gen = torch.Generator().manual_seed(0)
         resid = torch.randn(3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
         ids = torch.tensor([0, 7, int(model.bridge.cfg.d_vocab) - 1], device=model.device)
-        full = model.unembed(resid)[:, ids]
-        part = _unembed_columns(model, resid, ids)
+        full = model.unembed(resid)
+        full = full[:, ids.to(full.device)]
+        part = _unembed_columns(model, resid, ids).to(full.device)
         tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
         return part.shape == full.shape and float((part - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
 
@@ -220,7 +249,8 @@ def _unembed_columns_ok(model: CircuitModel) -> bool:
 
 
 def _source_writers(model: CircuitModel, buf: torch.Tensor) -> list:
-    """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]``."""
+    """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]`` (from whatever device
+    the hook's layer is on)."""
     g = model.graph
 
     def put(index: int, per_head: bool) -> Callable:
@@ -248,14 +278,15 @@ def new_source_buffer(model: CircuitModel, tokens: torch.Tensor, dtype: torch.dt
 @torch.no_grad()
 def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False) -> Run:
     """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]`` (and, with
-    ``keep_resid``, the residual stream entering every layer)."""
+    ``keep_resid``, the residual stream entering every layer), all on ``model.device``."""
     tokens = tokens.to(model.device)
     buf = new_source_buffer(model, tokens)
     hooks = _source_writers(model, buf)
     resid: list[torch.Tensor] = []
+    home = model.device
     if keep_resid:
         hooks += [
-            (f"blocks.{layer}.hook_resid_pre", lambda t, hook: (resid.append(t.detach()), t)[1])
+            (f"blocks.{layer}.hook_resid_pre", lambda t, hook: (resid.append(t.detach().to(home)), t)[1])
             for layer in range(model.graph.n_layers)
         ]
     final = _forward(model, tokens, hooks)
@@ -355,7 +386,7 @@ def gradient_pass(
     def contract_heads(dst0: int, width: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             # grad [b, p, h, d] -> [h, b*p*d] (h: query heads for q, key/value heads for k and v)
-            gh = grad.permute(2, 0, 1, 3).reshape(width, -1)
+            gh = grad.permute(2, 0, 1, 3).reshape(width, -1).to(flat_delta.device)
             scores[:n_up, dst0 : dst0 + width] += weight * _contract(flat_delta, n_up, gh.T)
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -367,7 +398,7 @@ def gradient_pass(
 
     def contract_one(dst: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
-            scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad.reshape(-1, 1))[:, 0]
+            scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad.reshape(-1, 1).to(flat_delta.device))[:, 0]
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             # The MLP-input hook sees the residual tensor itself; a copy makes the gradient we read the
@@ -382,6 +413,7 @@ def gradient_pass(
     def per_neuron(index: int, per_head: bool) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             assert neuron_scores is not None
+            grad = grad.to(delta.device)
             if per_head:  # grad [b, p, h, d]
                 width = grad.shape[2]
                 d = delta[index : index + width].to(grad.dtype)  # [h, b, p, d]
@@ -393,8 +425,8 @@ def gradient_pass(
 
     def embed_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
         if fill_from is not None:
-            delta[0] = t.detach() - fill_from[0]
-        x = input_override if input_override is not None else t
+            delta[0] = t.detach().to(delta.device) - fill_from[0]
+        x = _on(input_override, t) if input_override is not None else t
         x = x.detach().clone().requires_grad_(True)
         if neuron_scores is not None:
             x.register_hook(per_neuron(0, False))
@@ -410,10 +442,11 @@ def gradient_pass(
 
     def add_source(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            x = t.detach().to(delta.device)
             if per_head:
-                delta[index : index + n_heads] = t.detach().permute(2, 0, 1, 3) - fill_from[index : index + n_heads]
+                delta[index : index + n_heads] = x.permute(2, 0, 1, 3) - fill_from[index : index + n_heads]
             else:
-                delta[index] = t.detach() - fill_from[index]
+                delta[index] = x - fill_from[index]
             return t
 
         return hook
@@ -493,7 +526,7 @@ def masked_forward(
         assert clean is not None and clean.sources is not None
         w = remove[:, :, g.dst_logits]  # [c, S]
         add = torch.einsum("sbpd,cs->cbpd", corrupted - clean.sources, w)
-        return (clean.final.unsqueeze(0) + add).reshape(c * b, p, d)
+        return (clean.final.unsqueeze(0) + _on(add, clean.final)).reshape(c * b, p, d)
     run = torch.zeros(g.n_sources, c, b, p, d, dtype=corrupted.dtype, device=dev)
     if start_layer > 0:
         assert clean is not None and clean.sources is not None
@@ -518,6 +551,7 @@ def masked_forward(
             diff = corrupted[:n_up].unsqueeze(1) - run[:n_up]  # [S, c, b, p, d]
             # per dimension, an edge is removed unless the edge and the dimension are both kept
             add = diff.sum(0)[:, :, :, None, :] - torch.einsum("scbpd,csd,csh->cbphd", diff, dims, kept)
+            add = _on(add, t)
             if per_head:
                 return t + add.reshape(c * b, p, width, d)
             return t + add.reshape(c * b, p, d)
@@ -537,6 +571,7 @@ def masked_forward(
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             diff = corrupted[used].unsqueeze(1) - run[used]  # [s, c, b, p, d]
             add = torch.einsum("scbpd,csh->cbphd", diff, w)
+            add = _on(add, t)
             if per_head:
                 return t + add.reshape(c * b, p, width, d)
             return t + add.reshape(c * b, p, d)
@@ -636,7 +671,7 @@ def single_edge_metric(
     if start_layer >= g.n_layers:  # edges into the logits: no layer to run
         final = clean.final.unsqueeze(0).repeat(c, 1, 1, 1)
         for k in range(c):
-            final[k] += delta[src_l[k]]
+            final[k] += _on(delta[src_l[k]], final)
         with torch.no_grad():
             return answer_metric(model, final.reshape(c * b, p, d), rep, metric).reshape(c, b)
     by_dst: dict[int, list[int]] = {}
@@ -644,7 +679,7 @@ def single_edge_metric(
         by_dst.setdefault(v, []).append(k)
 
     def add(view: torch.Tensor, k: int) -> None:
-        view += delta[src_l[k]]
+        view += _on(delta[src_l[k]], view)
 
     def add_one(dst_: int) -> Callable | None:
         return _per_copy_hook((c, b, p, d), [(k, None) for k in by_dst.get(dst_, ())], add)
@@ -680,7 +715,7 @@ def _head_input_hook(
     (the bridge's split q/k/v inputs must be on in ``layer``)."""
 
     def add(view: torch.Tensor, k: int) -> None:
-        view += delta[src[k]]
+        view += _on(delta[src[k]], view)
 
     # The per-head copy of the residual is the bridge's own fresh tensor when it is contiguous and not a
     # view: added to in place then.
@@ -700,7 +735,10 @@ def _projected_head_hook(
     block = model.bridge.blocks[layer]
     assert clean.resid is not None
     rows = torch.tensor([src[k] for k, _ in edits], device=delta.device)
-    proj = getattr(block.attn, qkv)(block.ln1(clean.resid[layer][None] + delta[rows]).reshape(len(edits) * b, p, -1))
+    # On this layer's device (the model may be split over several).
+    x = to_module(clean.resid[layer][None] + delta[rows], block.ln1)
+    project = getattr(block.attn, qkv)
+    proj = project(to_module(block.ln1(x), project).reshape(len(edits) * b, p, -1))
     proj = proj.reshape(len(edits), b, p, width, -1)
     row_of = {k: i for i, (k, _) in enumerate(edits)}
     slot = {k: h for k, h in edits}
@@ -777,7 +815,7 @@ def single_unit_metric(
         if dim_l[k] is None:
             view.copy_(removed[u])
         else:
-            view[..., dim_l[k]] = removed[u][..., dim_l[k]]
+            view[..., dim_l[k]].copy_(removed[u][..., dim_l[k]])
 
     def at_heads(base: int) -> Callable | None:
         edits = [(k, u - base) for u in range(base, base + g.n_heads) for k in by_unit.get(u, ())]

@@ -89,7 +89,8 @@ def stacked_gradient_pass(
         r = rows[:, :n_up]  # [c, S]
 
         def on_grad(grad: torch.Tensor) -> None:
-            gh = grad.reshape(c, b, p, width, -1).permute(0, 3, 1, 2, 4).reshape(c * width, -1).to(flat_delta.dtype)
+            gh = grad.reshape(c, b, p, width, -1).permute(0, 3, 1, 2, 4).reshape(c * width, -1)
+            gh = gh.to(device=flat_delta.device, dtype=flat_delta.dtype)
             full = (flat_delta[:n_up] @ gh.T).reshape(n_up, c, width)
             scores[:n_up, dst0 : dst0 + width] += weight * torch.einsum("sch,cs->sh", full, r).double()
 
@@ -104,7 +105,7 @@ def stacked_gradient_pass(
         r = rows[:, :n_up]
 
         def on_grad(grad: torch.Tensor) -> None:
-            gc = grad.reshape(c, -1).to(flat_delta.dtype)
+            gc = grad.reshape(c, -1).to(device=flat_delta.device, dtype=flat_delta.dtype)
             full = flat_delta[:n_up] @ gc.T  # [S, c]
             scores[:n_up, dst] += weight * (full * r.T).sum(1).double()
 
@@ -125,9 +126,9 @@ def stacked_gradient_pass(
         for s, (copy, value) in todo:
             rows_ = slice(copy * b, (copy + 1) * b)
             if width > 1:
-                t[rows_, :, s - base] = value.to(t.dtype)
+                t[rows_, :, s - base] = value.to(device=t.device, dtype=t.dtype)
             else:
-                t[rows_] = value.to(t.dtype)
+                t[rows_] = value.to(device=t.device, dtype=t.dtype)
         return t
 
     def input_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -216,7 +217,8 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
 
     def read(dst0: int, n_up: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            imp = route_importance(t.detach(), buf[:n_up], last).sum(1)  # [S] or [S, h]
+            # On the buffer's device (``t`` is on its layer's device when the model is split over several).
+            imp = route_importance(t.detach().to(buf.device), buf[:n_up], last).sum(1)  # [S] or [S, h]
             if per_head:  # h: query heads for q inputs, key/value heads for k and v inputs
                 scores[:n_up, dst0 : dst0 + imp.shape[1]] += imp.double()
             else:
@@ -295,7 +297,7 @@ def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
     ]
     tokens = torch.tensor([[model.pad_id]], device=model.device)
     engine._forward(model, tokens, hooks)
-    return (box["o"] - box["r"].sum(2))[0, 0]
+    return (box["o"] - box["r"].sum(2).to(box["o"].device))[0, 0]
 
 
 @dataclass

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,137 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+#: ``model.device_map`` strategies, as accelerate names them.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_PIP_ACCELERATE = 'pip install "circuitkit[multi-gpu]" (or pip install accelerate)'
+
+
+def _require_accelerate(what: str) -> None:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"{what} places the model with Hugging Face device maps, which need the accelerate package: "
+            f"{_PIP_ACCELERATE}. Or leave model.device_map and model.n_devices unset to load on one device."
+        ) from None
+
+
+def _map_target(value: Any) -> torch.device | str:
+    """One value of a device map as a ``torch.device`` (an int is a CUDA index), or ``"disk"`` / ``"meta"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"model.device_map has the value {value!r}; use a GPU index (0, 1, ...), 'cuda:N' or 'cpu'.")
+    if isinstance(value, int):
+        return torch.device("cuda", value)
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("disk", "meta"):
+        return value.strip().lower()
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            pass
+    raise ConfigError(f"model.device_map has the value {value!r}; use a GPU index (0, 1, ...), 'cuda:N' or 'cpu'.")
+
+
+def _check_targets(targets: list[torch.device | str], what: str) -> None:
+    """Refuse offloaded (disk/meta) targets, CPU mixed with GPUs, and GPUs this machine lacks."""
+    offloaded = sorted({t for t in targets if isinstance(t, str)})
+    if offloaded:
+        raise ConfigError(
+            f"{what} puts modules on {', '.join(offloaded)}: circuitkit reads the weights directly and needs every "
+            "module in memory on a GPU (or all on the CPU). Use GPU indices, 'cuda:N' or 'cpu' only."
+        )
+    devs = [t for t in targets if isinstance(t, torch.device)]
+    if any(d.type == "cpu" for d in devs) and any(d.type != "cpu" for d in devs):
+        raise ConfigError(
+            f"{what} puts some modules on the CPU and others on GPUs; TransformerBridge runs a model split over "
+            "GPUs or entirely on the CPU, not both. Map every module to a GPU (model.n_devices=N spreads the model "
+            "over N GPUs), or use model.device=cpu."
+        )
+    for d in devs:
+        if d.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    f"{what} asks for {d} but CUDA is not available on this machine (torch {torch.__version__}). "
+                    "Leave model.device_map unset (model.device=auto), or map every module to 'cpu'."
+                )
+            if d.index is not None and d.index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"{what} asks for {d}, which does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                    "device(s). Use indices 0 .. N-1."
+                )
+
+
+def resolve_device_map(device: str | None, device_map: Any = None, n_devices: int | None = None) -> tuple[Any, Any]:
+    """``(device_map, max_memory)`` for ``from_pretrained`` from ``model.device_map`` / ``model.n_devices``;
+    ``(None, None)`` when the model is loaded on one device (``device``).
+
+    ``device_map`` is an accelerate strategy (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``), one
+    device (``cpu``, ``cuda:1``) or a mapping module name -> device (GPU index, ``cuda:N`` or ``cpu``).
+    ``n_devices = N > 1`` means ``device_map="balanced"`` over ``cuda:0 .. cuda:N-1`` with ``max_memory``
+    holding each of them at its free memory (and nothing else), as TransformerLens translates its own
+    ``n_devices``. Either is an error together with an explicit (not ``auto``) ``device``, or with the other.
+    Clear :class:`ConfigError` messages for everything this machine cannot do, before any loading.
+    """
+    if n_devices is not None and (isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1):
+        raise ConfigError(f"model.n_devices must be a positive integer (the number of GPUs to split the model over), got {n_devices!r}.")
+    split = n_devices is not None and n_devices > 1
+    if device_map is not None and split:
+        raise ConfigError(
+            f"model.device_map={device_map!r} and model.n_devices={n_devices} both say where the model goes; set one "
+            "of them (n_devices=N is device_map=balanced over the first N GPUs)."
+        )
+    if (device_map is not None or split) and device not in (None, "auto"):
+        which = f"model.device_map={device_map!r}" if device_map is not None else f"model.n_devices={n_devices}"
+        raise ConfigError(
+            f"{which} and model.device={device} both say where the model goes; with a device map the model's "
+            "placement comes from the map. Leave model.device at auto, or unset the map to load on one device."
+        )
+    if device_map is None and not split:
+        return None, None
+    if split:
+        assert n_devices is not None
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"model.n_devices={n_devices} splits the model over {n_devices} GPUs, but CUDA is not available on "
+                f"this machine (torch {torch.__version__}). Leave model.n_devices unset to run on one device."
+            )
+        have = torch.cuda.device_count()
+        if have < n_devices:
+            raise ConfigError(
+                f"model.n_devices={n_devices} splits the model over {n_devices} GPUs, but this machine has {have} "
+                f"CUDA device(s). Use model.n_devices={have} or fewer (CUDA_VISIBLE_DEVICES decides which are visible)."
+            )
+        _require_accelerate(f"model.n_devices={n_devices}")
+        return "balanced", {i: int(torch.cuda.mem_get_info(i)[0]) for i in range(n_devices)}
+    what = f"model.device_map={device_map!r}"
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            try:
+                target = _map_target(device_map)
+            except ConfigError:
+                raise ConfigError(
+                    f"{what} is neither a placement strategy ({', '.join(DEVICE_MAP_STRATEGIES)}) nor a device "
+                    "('cpu', 'cuda:N'), nor a mapping of module names to devices."
+                ) from None
+            _check_targets([target], what)
+        _require_accelerate(what)
+        return device_map, None
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        _check_targets([_map_target(device_map)], what)
+        _require_accelerate(what)
+        return device_map, None
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise ConfigError(
+            f"{what} must be a placement strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), a device, or a non-empty "
+            "mapping of module names to devices, e.g. {transformer.h.0: 0, lm_head: 1}."
+        )
+    _check_targets([_map_target(v) for v in device_map.values()], what)
+    _require_accelerate(what)
+    return {str(k): v for k, v in device_map.items()}, None
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
     try:
         return DTYPES[dtype]
@@ -76,7 +208,24 @@ class CircuitModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
+        """Where token ids go and where circuitkit keeps its buffers: the input embedding's device (with a
+        model split over several GPUs, the other layers may live elsewhere; see :attr:`devices`)."""
+        return self.input_device
+
+    @property
+    def input_device(self) -> torch.device:
+        """The device of the input embedding."""
+        return module_device(getattr(self.bridge, "embed", None)) or next(self.bridge.parameters()).device
+
+    @property
+    def output_device(self) -> torch.device:
+        """The device of the unembedding (where logits are computed)."""
+        return module_device(getattr(self.bridge, "unembed", None)) or self.input_device
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device holding some of the model's parameters (more than one when it is split)."""
+        return list(dict.fromkeys(p.device for p in self.bridge.parameters()))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,8 +270,60 @@ class CircuitModel:
         return f"blocks.{layer}.hook_mlp_in"
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Logits from the final residual stream (the bridge's own final norm and unembedding)."""
-        return self.bridge.unembed(self.bridge.ln_final(resid))
+        """Logits from the final residual stream (the bridge's own final norm and unembedding), on the
+        unembedding's device."""
+        normed = self.bridge.ln_final(to_module(resid, self.bridge.ln_final))
+        return self.bridge.unembed(to_module(normed, self.bridge.unembed))
+
+
+def module_device(module: Any) -> torch.device | None:
+    """The device of ``module``'s first parameter (None for a module without parameters)."""
+    if module is None:
+        return None
+    p = next(module.parameters(), None)
+    return None if p is None else p.device
+
+
+def to_module(x: torch.Tensor, module: Any) -> torch.Tensor:
+    """``x`` on ``module``'s device, for calling a submodule of a model split over several devices (``x``
+    itself when it is already there, or when the module has no parameters)."""
+    dev = module_device(module)
+    return x if dev is None or x.device == dev else x.to(dev)
+
+
+def dispatched_map(hf_model: Any) -> dict[str, Any] | None:
+    """The ``hf_device_map`` of a model that accelerate dispatched over devices (None otherwise)."""
+    return getattr(hf_model, "hf_device_map", None) or None
+
+
+def _short_map(device_map: dict[str, Any], n: int = 4) -> str:
+    items = [f"{k or '(all)'}: {v}" for k, v in device_map.items()]
+    return ", ".join(items[:n]) + (f", ... ({len(items)} modules)" if len(items) > n else "")
+
+
+def _target_name(value: Any) -> str:
+    """A device-map value as a lower-case device name (an int is a CUDA index)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"cuda:{value}"
+    return str(value).strip().lower()
+
+
+def _check_dispatched(hf_model: Any, name: str) -> None:
+    """Refuse a dispatch that offloaded weights (disk, meta, or the CPU beside GPUs), as accelerate does when
+    the model does not fit on the GPUs it was given."""
+    hf_map = {k: _target_name(v) for k, v in (dispatched_map(hf_model) or {}).items()}
+    offloaded = {v for v in hf_map.values() if v in ("disk", "meta")}
+    if "cpu" in hf_map.values() and any(v not in ("cpu", "disk", "meta") for v in hf_map.values()):
+        offloaded.add("cpu")
+    if offloaded:
+        where = sorted(offloaded)
+        mods = [k for k, v in hf_map.items() if v in offloaded]
+        raise ModelLoadError(
+            f"'{name}' does not fit on the GPUs it was given: the device map put {len(mods)} module(s) on "
+            f"{' and '.join(where)} ({', '.join(mods[:3])}{', ...' if len(mods) > 3 else ''}). circuitkit needs every "
+            "module on a GPU (or all on the CPU). Use more GPUs (model.n_devices=N), model.dtype=bfloat16, or a "
+            "smaller model."
+        )
 
 
 def _weights_hash(model: torch.nn.Module) -> str:
@@ -150,9 +351,12 @@ def _tokenizer_from_dir(path: Path) -> Any:
         raise ModelLoadError(f"Could not load the tokenizer in {path}: {e}. Re-save it with tokenizer.save_pretrained(dir).") from e
 
 
-def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    """Load (hf_model, tokenizer, source) from the zoo, a directory or the hub."""
+def _load_hf(name: str, dtype: torch.dtype, placement: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
+    """Load (hf_model, tokenizer, source) from the zoo, a directory or the hub. ``placement``: the
+    ``device_map`` (and ``max_memory``) keyword arguments of ``from_pretrained``, if any."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    placement = placement or {}
 
     if name == BUNDLED_NAME:
         path = ZOO_DIR / "circuitkit-tiny"
@@ -171,14 +375,16 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
             )
         tok = _tokenizer_from_dir(path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, **placement)
         except ValueError as e:
+            if placement and "device" in str(e).lower():
+                raise _placement_error(str(path), placement, e) from e
             raise ModelLoadError(f"{path} holds a model that is not a causal language model Transformers can load: {e}") from e
         return model, tok, str(path)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **placement)
     except (OSError, ConnectionError, TimeoutError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelLoadError(
@@ -188,8 +394,19 @@ def _load_hf(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
             "model.name=/path/to/DIR; or use the bundled model (model=bundled)."
         ) from e
     except ValueError as e:
+        if placement and "device" in str(e).lower():
+            raise _placement_error(name, placement, e) from e
         raise ModelLoadError(f"'{name}' is not a causal language model that Transformers can load: {e}") from e
     return model, tok, name
+
+
+def _placement_error(name: str, placement: dict[str, Any], e: Exception) -> ModelLoadError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ModelLoadError(
+        f"Transformers could not place '{name}' with device_map={placement['device_map']!r}: {first} A mapping "
+        "must name a device for every module of the model (the names of model.named_modules(), e.g. "
+        "model.embed_tokens, model.layers.0, ..., lm_head); or use device_map=auto / model.n_devices=N."
+    )
 
 
 def bridge_model(
@@ -197,10 +414,14 @@ def bridge_model(
     tokenizer: Any,
     *,
     name: str = "custom",
-    device: str = "auto",
+    device: str | None = "auto",
     prepend_bos: bool = True,
 ) -> CircuitModel:
     """Wrap an already-built Hugging Face causal LM in a configured ``TransformerBridge``.
+
+    ``device``: where to move the model; None leaves it where it is. A model dispatched over several
+    devices by accelerate (``from_pretrained(..., device_map=...)``, which sets ``hf_device_map``) is never
+    moved: ``device`` must then be ``auto`` or None.
 
     The tokenizer is round-tripped through a temporary directory, which the bridge requires.
     """
@@ -208,8 +429,22 @@ def bridge_model(
 
     from transformer_lens.model_bridge import TransformerBridge
 
-    dev = resolve_device(device)
-    hf_model = hf_model.to(dev).eval()
+    if dispatched_map(hf_model):
+        if device not in (None, "auto"):
+            raise ConfigError(
+                f"'{name}' is split over devices by a device map ({_short_map(hf_model.hf_device_map)}), so it cannot "
+                f"also be moved to device={device}. Leave the device at auto (or None), or load the model without "
+                "a device map."
+            )
+        _check_dispatched(hf_model, name)
+        dev = None
+        hf_model = hf_model.eval()
+    elif device is None:
+        dev = next(hf_model.parameters()).device
+        hf_model = hf_model.eval()
+    else:
+        dev = resolve_device(device)
+        hf_model = hf_model.to(dev).eval()
     if getattr(hf_model.config, "architectures", None) is None:
         hf_model.config.architectures = [type(hf_model).__name__]
     if not Path(str(getattr(tokenizer, "name_or_path", "") or "")).is_dir():
@@ -222,6 +457,8 @@ def bridge_model(
     try:
         with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
+            # device=None: the bridge takes the placement from the model (for a dispatched model, from its
+            # hf_device_map: cfg.device is the input embedding's device).
             bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=dev)
     except Exception as e:  # noqa: BLE001 - the bridge raises many types for unsupported models
         raise ModelLoadError(
@@ -269,7 +506,7 @@ def _check_kv_inputs(bridge: Any, name: str, arch: str, n_heads: int, n_kv: int)
         return t
 
     hooks = [(f"blocks.0.attn.hook_{x}_input", grab) for x in "qkv"]
-    dev = next(bridge.parameters()).device
+    dev = module_device(getattr(bridge, "embed", None)) or next(bridge.parameters()).device
     try:
         with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
             bridge(torch.zeros(1, 1, dtype=torch.long, device=dev))
@@ -300,7 +537,15 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def load_model(name: str = BUNDLED_NAME, *, device: str = "auto", dtype: str = "float32", prepend_bos: bool = True) -> CircuitModel:
+def load_model(
+    name: str = BUNDLED_NAME,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    prepend_bos: bool = True,
+    device_map: Any = None,
+    n_devices: int | None = None,
+) -> CircuitModel:
     """Load a causal LM for circuit discovery.
 
     Args:
@@ -309,13 +554,22 @@ def load_model(name: str = BUNDLED_NAME, *, device: str = "auto", dtype: str = "
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"float64"``.
         prepend_bos: put the BOS token before every prompt (as TransformerLens does by default).
+        device_map: place the model with a Hugging Face device map (needs ``accelerate``): ``"auto"``,
+            ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, one device, or a mapping module name ->
+            device; passed to ``from_pretrained``. ``device`` must then be ``"auto"``.
+        n_devices: split the model over ``cuda:0 .. cuda:N-1`` (``device_map="balanced"`` limited to those
+            GPUs); 1 or None: one device.
 
     Returns:
         A :class:`CircuitModel`.
     """
     if not name:
         raise ConfigError("model.name is empty. Use model=bundled, model.name=gpt2 or model.name=/path/to/dir.")
-    resolve_device(device)  # fail before a long load
+    # Fail before a long load.
+    hf_map, max_memory = resolve_device_map(device, device_map, n_devices)
+    if hf_map is None:
+        resolve_device(device)
+    placement = {} if hf_map is None else {"device_map": hf_map, **({"max_memory": max_memory} if max_memory else {})}
     torch_dtype = resolve_dtype(dtype)
     try:
         from transformers.utils import logging as hf_logging
@@ -323,5 +577,13 @@ def load_model(name: str = BUNDLED_NAME, *, device: str = "auto", dtype: str = "
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    hf_model, tok, source = _load_hf(name, torch_dtype)
-    return bridge_model(hf_model, tok, name=source if name != BUNDLED_NAME else BUNDLED_NAME, device=device, prepend_bos=prepend_bos)
+    hf_model, tok, source = _load_hf(name, torch_dtype, placement)
+    # With a device map the model stays where it was placed (transformers dispatches it only when the map
+    # names several devices; a map onto one device just loads it there).
+    return bridge_model(
+        hf_model,
+        tok,
+        name=source if name != BUNDLED_NAME else BUNDLED_NAME,
+        device=device if hf_map is None else None,
+        prepend_bos=prepend_bos,
+    )

@@ -36,12 +36,21 @@ class ModelConfig:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         dtype: ``float32``, ``bfloat16``, ``float16`` or ``float64``.
         prepend_bos: put the tokenizer's BOS token before every prompt.
+        device_map: place the model with a Hugging Face device map (needs ``accelerate``; ``device`` stays
+            ``auto``): ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential`` (accelerate's
+            strategies over the visible GPUs), one device, or a mapping module name -> GPU index covering
+            every module, as ``from_pretrained`` takes it (``'{model.embed_tokens:0,model.layers.0:0,...}'``).
+            null: one device (``device``). Multi-GPU runs: see docs/concepts.md, "Large models".
+        n_devices: split the model over ``cuda:0 .. cuda:N-1`` (``device_map=balanced`` limited to those
+            GPUs); null or 1: one device.
     """
 
     name: str = "bundled"
     device: str = "auto"
     dtype: str = "float32"
     prepend_bos: bool = True
+    device_map: Any = None
+    n_devices: int | None = None
 
 
 MODEL_PRESETS = {"bundled": ModelConfig(name="bundled"), "gpt2": ModelConfig(name="gpt2")}
@@ -115,6 +124,8 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
             device=mc.get("device", "auto"),
             dtype=mc.get("dtype", "float32"),
             prepend_bos=mc.get("prepend_bos", True),
+            device_map=mc.get("device_map"),
+            n_devices=mc.get("n_devices"),
         )
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)

@@ -79,6 +79,8 @@ def test_custom_task_from_jsonl(tiny_model_dir, tmp_path):
         (["task=custom"], "task=custom needs a file"),
         (["model.name=/does/not/exist"], "is not a model directory"),
         (["model.device=cuda"] if not __import__("torch").cuda.is_available() else ["model.device=cuda:99"], "cuda"),
+        (["model.n_devices=99"], "model.n_devices=99 splits the model over 99 GPUs"),
+        (["model.device_map=auto", "model.device=cpu"], "both say where the model goes"),
     ],
 )
 def test_bad_input_gets_one_clear_message(tiny_model_dir, tmp_path, args, message):

@@ -21,7 +21,7 @@ import torch
 import circuitkit as ck
 from circuitkit import hookimpl
 from circuitkit.data import Example, tokenize_examples
-from circuitkit.errors import CircuitkitError
+from circuitkit.errors import CircuitkitError, ConfigError, ModelLoadError
 from circuitkit.graph import Graph
 from circuitkit.plugins import build_registry, make_plugin_manager
 from circuitkit.results import Circuit, Scores, write_json
@@ -260,6 +260,107 @@ def test_unknown_dtype():
 
     with pytest.raises(CircuitkitError, match="Unknown dtype 'float8'. Use one of"):
         resolve_dtype("float8")
+
+
+# ----- device maps (tests/test_multi_device.py runs the working cases) ------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
+def test_n_devices_without_cuda():
+    with pytest.raises(
+        ConfigError, match=r"model.n_devices=2 splits the model over 2 GPUs, but CUDA is not available.*Leave model.n_devices unset"
+    ):
+        ck.load_model("bundled", n_devices=2)
+
+
+def test_n_devices_more_than_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"model.n_devices=4 .* this machine has 1 CUDA device\(s\). Use model.n_devices=1 or fewer"):
+        ck.load_model("bundled", n_devices=4)
+
+
+@pytest.mark.parametrize("n", [0, -1, "two", True])
+def test_n_devices_not_a_positive_integer(n):
+    with pytest.raises(ConfigError, match="model.n_devices must be a positive integer"):
+        ck.load_model("bundled", n_devices=n)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device_map": "auto", "device": "cpu"}, r"model.device_map='auto' and model.device=cpu both say where the model goes.*Leave model.device at auto"),
+        ({"n_devices": 2, "device": "cuda:0"}, r"model.n_devices=2 and model.device=cuda:0 both say where the model goes"),
+        ({"device_map": "auto", "n_devices": 2}, r"both say where the model goes; set one of them"),
+    ],
+)
+def test_device_map_together_with_a_device(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ck.load_model("bundled", **kwargs)
+
+
+def test_device_map_without_accelerate(monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate -> ImportError
+    with pytest.raises(ConfigError, match=r"need the accelerate package: pip install \"circuitkit\[multi-gpu\]\""):
+        ck.load_model("bundled", device_map="auto")
+
+
+@pytest.mark.parametrize(
+    "device_map, message",
+    [
+        ("fastest", r"is neither a placement strategy \(auto, balanced, balanced_low_0, sequential\) nor a device"),
+        ({"transformer": 0, "lm_head": "disk"}, r"puts modules on disk: circuitkit reads the weights directly"),
+        ({"transformer": 0, "lm_head": "cpu"}, r"puts some modules on the CPU and others on GPUs"),
+        ({"transformer": "cpu", "lm_head": "tpu"}, r"has the value 'tpu'; use a GPU index"),
+        ([0, 1], r"must be a placement strategy .* or a non-empty mapping"),
+        pytest.param(
+            {"transformer": 0, "lm_head": 1},
+            r"asks for cuda:0 but CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent"),
+        ),
+    ],
+)
+def test_bad_device_map(device_map, message):
+    with pytest.raises(ConfigError, match=message):
+        ck.load_model("bundled", device_map=device_map)
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_dispatched_model_that_did_not_fit_on_the_gpus(tokenizer, offload):
+    """accelerate's ``device_map=auto`` offloads what does not fit on the GPUs (simulated: the map is set by
+    hand, as accelerate records it)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=len(tokenizer)))
+    m.hf_device_map = {"transformer.wte": 0, "transformer.h.0": 0, "transformer.ln_f": offload, "lm_head": offload}
+    with pytest.raises(
+        ModelLoadError, match=rf"does not fit on the GPUs it was given: the device map put 2 module\(s\) on {offload}.*model.n_devices=N"
+    ):
+        ck.bridge_model(m, tokenizer)
+
+
+def test_device_map_that_transformers_cannot_apply(tiny_model_dir, monkeypatch):
+    """With several GPUs, accelerate refuses a mapping that leaves modules out (simulated: that refusal)."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(path, **kwargs):
+        assert kwargs["device_map"] == {"transformer": "cpu"}
+        raise ValueError("The device_map provided does not give any device for the following parameters: lm_head.weight")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    with pytest.raises(
+        ModelLoadError,
+        match=r"Transformers could not place .* with device_map=\{'transformer': 'cpu'\}: The device_map provided does not give "
+        r"any device for the following parameters: lm_head.weight A mapping must name a device for every module",
+    ):
+        ck.load_model(tiny_model_dir, device_map={"transformer": "cpu"})
+
+
+def test_dispatched_model_with_an_explicit_device(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=len(tokenizer)))
+    m.hf_device_map = {"transformer": 0, "lm_head": 1}
+    with pytest.raises(ConfigError, match=r"is split over devices by a device map .* cannot also be moved to device=cpu"):
+        ck.bridge_model(m, tokenizer, device="cpu")
 
 
 # ----- circuits, scores and metrics --------------------------------------------------------------
