@@ -3,7 +3,8 @@
 For each task: the time of ``exact_patching`` over all edges (stacked copies, one edge removed in each), and
 the time of evaluating single all-but-one-edge circuits one by one with ``evaluate_keeps`` (corrupted pass,
 clean pass, masked pass: what a loop over edges without circuitkit's batching costs), on the same examples
-and in the same run. Prints edges/second for both and their ratio. Times are the best of ``--repeat``.
+and in the same run. Prints edges/second for both and their ratio. Times are the best of ``--repeat`` runs after
+an untimed one.
 
 Usage::
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
+from speed import timed  # best of n runs after one untimed call (benchmarks/speed.py)
 
 import circuitkit as ck
 from circuitkit.attribution import exact_patching
@@ -27,24 +28,14 @@ from circuitkit.plugins import get_registry
 from circuitkit.results import Circuit
 
 
-def best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def measure(model, task, data, args, gen) -> tuple[float, float]:  # noqa: ANN001
     """Seconds for exact patching of every edge, and seconds per edge evaluated one by one."""
     g = model.graph
     ctx = ck.RunContext(batch_size=len(data), progress=False)
-    exact_patching(model, task, data, ctx, edges=torch.arange(8), edges_per_pass=args.edges_per_pass)  # warm-up
-    t_all = best_of(lambda: exact_patching(model, task, data, ctx, edges_per_pass=args.edges_per_pass), args.repeat)
+    t_all = timed(lambda: exact_patching(model, task, data, ctx, edges_per_pass=args.edges_per_pass), args.repeat)
     picks = torch.randperm(g.n_edges, generator=gen)[: args.single_edges]
     keeps = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks])
-    t_one = best_of(lambda: [evaluate_keeps(model, task, data, keeps[k : k + 1], ctx) for k in range(len(keeps))], args.repeat)
+    t_one = timed(lambda: [evaluate_keeps(model, task, data, keeps[k : k + 1], ctx) for k in range(len(keeps))], args.repeat)
     return t_all, t_one / len(keeps)
 
 

@@ -60,10 +60,13 @@ def _forward(
     final_hook: Callable | None = None,
     start_at_layer: int | None = None,
     skip_early: bool = True,
+    answer_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``.
 
-    With ``start_at_layer``, ``tokens`` is the residual stream entering that layer."""
+    With ``start_at_layer``, ``tokens`` is the residual stream entering that layer. With ``answer_at``
+    (``[batch]`` positions), only those positions of the result are needed, and the last block's MLP runs
+    there alone (:func:`_last_mlp_at`): the other positions of the result are then meaningless."""
     box: dict[str, torch.Tensor] = {}
 
     def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -77,7 +80,7 @@ def _forward(
     # (checked once, outside this pass's hooks).
     skip = bool(start_at_layer) and skip_early and _skipping_is_exact(model)
     try:
-        with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]):
+        with model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]), _last_mlp_at(model, answer_at):
             if start_at_layer is None:
                 model.bridge(tokens)
             else:
@@ -109,6 +112,58 @@ def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
                 del b.forward
             else:
                 b.forward = f
+
+
+@contextlib.contextmanager
+def _last_mlp_at(model: CircuitModel, last: torch.Tensor | None) -> Iterator[None]:
+    """During the context the last block's MLP computes only at position ``last[i]`` of each row ``i`` (zero
+    elsewhere). In a pass whose result is read only at the answer position that is the same result for
+    less than half of the last block's cost (its MLP at every position is most of it). Used when this
+    model's MLP allows it (checked once); otherwise nothing changes."""
+    if last is None or not _last_mlp_ok(model):
+        yield
+        return
+    with _answer_only_mlp(model, last):
+        yield
+
+
+@contextlib.contextmanager
+def _answer_only_mlp(model: CircuitModel, last: torch.Tensor) -> Iterator[None]:
+    mlp = model.bridge.blocks[model.graph.n_layers - 1].mlp.original_component
+    saved = mlp.__dict__.get("forward")
+    inner = mlp.forward
+
+    def at_answer(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        at = last.to(hidden_states.device)
+        small = inner(hidden_states[rows, at][:, None], *args, **kwargs)
+        out = small.new_zeros((*hidden_states.shape[:-1], small.shape[-1]))
+        out[rows, at] = small[:, 0]
+        return out
+
+    mlp.forward = at_answer
+    try:
+        yield
+    finally:
+        if saved is None:
+            del mlp.forward
+        else:
+            mlp.forward = saved
+
+
+def _last_mlp_ok(model: CircuitModel) -> bool:
+    def check() -> bool:
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (3, 6), generator=gen).to(model.device)
+        last = torch.tensor([5, 2, 0], device=model.device)
+        rows = torch.arange(3, device=model.device)
+        full = _forward(model, tokens, [])[rows, last]
+        with _answer_only_mlp(model, last):
+            part = _forward(model, tokens, [])[rows, last]
+        tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
+        return bool(torch.isfinite(part).all()) and float((part - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+
+    return _checked_once(model, "_last_mlp_ok", check)
 
 
 @contextlib.contextmanager
@@ -703,7 +758,7 @@ def single_edge_metric(
     modes = {layer: (layer in head_dst, False) for layer in range(g.n_layers)}
     with torch.no_grad(), attention_modes(model, modes):
         start = clean.resid[start_layer].repeat(c, 1, 1)
-        final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer)
+        final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer, answer_at=rep.last)
         return answer_metric(model, final, rep, metric).reshape(c, b)
 
 

@@ -260,8 +260,8 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_exact_patching_shortcuts_leave_scores_unchanged(arch, tokenizer, tiny_model64, task, monkeypatch):
     """Skipping the blocks before a group's layer, running layers without per-head inputs, replacing
-    single heads' q/k/v projections (instead of per-head inputs) and unembedding only the answer tokens give
-    the scores of the plain computation."""
+    single heads' q/k/v projections (instead of per-head inputs), unembedding only the answer tokens and
+    running the last MLP only at the answer position give the scores of the plain computation."""
     from circuitkit.attribution import exact_patching
     from circuitkit.testing_models import tiny_llama
 
@@ -270,10 +270,10 @@ def test_exact_patching_shortcuts_leave_scores_unchanged(arch, tokenizer, tiny_m
     else:
         model = tiny_llama(n_layers=3, n_heads=4, n_kv_heads=2, d_model=32, dtype=torch.float64, tokenizer=tokenizer)
     assert engine._projected_inputs_ok(model) and engine._skipping_is_exact(model) and engine._plain_attention_is_close(model)
-    assert engine._unembed_columns_ok(model) and task.answer_logits_metric() is not None
+    assert engine._unembed_columns_ok(model) and task.answer_logits_metric() is not None and engine._last_mlp_ok(model)
     data = data_for(model)
     fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
-    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok"):
+    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok"):
         monkeypatch.setattr(model, attr, False)
     plain = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
     assert not torch.isnan(fast).any()
