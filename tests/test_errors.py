@@ -480,6 +480,9 @@ def test_interrupt_during_attribution(tiny_model_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As from a terminal: a test run started in the background by a non-interactive shell ignores SIGINT,
+        # and the child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:
