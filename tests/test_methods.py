@@ -5,7 +5,7 @@ hand-made tensors, a plain sequential ACDC loop) on tiny float64 models."""
 import numpy as np
 import pytest
 import torch
-from helpers import capture, dest_hook, patched_metric, plain_metric, source_hook
+from helpers import HAND_EXAMPLES, capture, dest_hook, patched_metric, plain_metric, source_hook
 
 import circuitkit as ck
 from circuitkit import engine
@@ -13,17 +13,8 @@ from circuitkit.data import Example, tokenize_examples
 from circuitkit.metrics import logit_diff
 from circuitkit.objectives import BoundTask, KLToClean, bind_objective
 
-EXAMPLES = [
-    Example(
-        "When Mary and John went to the store, John gave a drink to",
-        "When Mary and John went to the store, Anne gave a drink to",
-        (" Mary",),
-        (" John",),
-    ),
-    Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
-    Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
-    Example("The nurse said that", "The pilot said that", (" she",), (" he",)),
-]
+# The first three hand examples (IOI, agreement, IOI) and a pronoun example.
+EXAMPLES = [*HAND_EXAMPLES[:3], Example("The nurse said that", "The pilot said that", (" she",), (" he",))]
 
 
 class _Task(ck.Task):
