@@ -39,6 +39,22 @@ def sinusoidal(positions: int, width: int) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def copying(model, data, pad: int) -> tuple[float, dict[int, float]]:  # noqa: ANN001
+    """The fraction of held-out prompts whose top-1 prediction is one of the prompt's own tokens, and the
+    accuracy by how many tokens of the repeat are shown (1, 2, 3, 4 or more): induction proper is equally
+    accurate at every count, copying from context without locating the continuation is not."""
+    model.eval()
+    in_prompt, hits = [], {}
+    for i, ids in enumerate(data.clean_ids):
+        top = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+        in_prompt.append(top in ids)
+        shown = min(4, data.examples[i].meta["shown"])
+        hits.setdefault(shown, []).append(top == data.correct_ids[i][0])
+    model.train()
+    return sum(in_prompt) / len(in_prompt), {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4000)
@@ -104,7 +120,11 @@ def main() -> None:
     index = torch.zeros(len(tok), dtype=torch.long)
     index[vocab] = torch.arange(len(words))
     rows = _packed(episodes(), ARCH["n_positions"])
-    print(f"{'step':>6s} {'loss':>7s} {'held-out acc':>12s} {'answer logit':>12s} {'s':>6s}", flush=True)
+    print(
+        f"{'step':>6s} {'loss':>7s} {'held-out acc':>12s} {'answer logit':>12s} {'top-1 in prompt':>15s}  "
+        f"{'accuracy with 1 / 2 / 3 / 4+ repeated tokens shown':50s} {'s':>6s}",
+        flush=True,
+    )
     t0, total = time.time(), 0.0
     for step in range(args.steps):
         batch = [(ids, [(pos, answers[0]) for pos, answers in targets]) for ids, targets in (next(rows) for _ in range(args.rows))]
@@ -123,9 +143,12 @@ def main() -> None:
         total += loss.item()
         if (step + 1) % args.eval_every == 0:
             r = evaluate(model, held_out, pad)["induction"]
+            in_prompt, by_shown = copying(model, held_out["induction"][1], pad)
             loss_avg = total / args.eval_every
+            shown = " / ".join(f"{v:.2f}" for v in by_shown.values())
             print(
-                f"{step + 1:6d} {loss_avg:7.3f} {r['accuracy']:12.3f} {r['clean_metric']:12.2f} {time.time() - t0:6.0f}",
+                f"{step + 1:6d} {loss_avg:7.3f} {r['accuracy']:12.3f} {r['clean_metric']:12.2f} {in_prompt:15.2f}  "
+                f"{shown:50s} {time.time() - t0:6.0f}",
                 flush=True,
             )
             total = 0.0
