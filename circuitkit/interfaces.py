@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from circuitkit.data import Batch, Example, TaskData, tokenize_examples
-from circuitkit.metrics import ANSWER_LOGITS_ONLY, get_metric
+from circuitkit.metrics import ANSWER_LOGITS_ONLY, ANSWER_PROBS_ONLY, get_metric
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -140,6 +140,16 @@ class Task(ABC):
         logits restricted to the answer tokens' columns (with the batch's ids renumbered), which saves most
         of the unembedding when many copies of a batch are evaluated."""
         if type(self).metric is not Task.metric or self.config.metric not in ANSWER_LOGITS_ONLY:
+            return None
+        return get_metric(self.config.metric)
+
+    def answer_probs_metric(self) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
+        """The metric when it reads only the answer tokens' probabilities (``prob_diff``, ``logprob``) and
+        this task does not override :meth:`metric`; None otherwise. Such a metric gives the same values on
+        the answer tokens' logits followed by one column holding the log of the probability mass of every
+        other token (with the batch's ids renumbered), which can be computed without writing out the
+        logits of the whole vocabulary."""
+        if type(self).metric is not Task.metric or self.config.metric not in ANSWER_PROBS_ONLY:
             return None
         return get_metric(self.config.metric)
 

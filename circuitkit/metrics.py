@@ -29,6 +29,11 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask.to(values.dtype)).sum(1)
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Float16/bfloat16 logits in float32 for a softmax; float32 and float64 unchanged."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def logit_diff(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean logit of the correct answers minus mean logit of the incorrect ones."""
     good = logits.gather(1, batch.correct)
@@ -38,7 +43,7 @@ def logit_diff(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def prob_diff(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Summed probability of the correct answers minus summed probability of the incorrect ones."""
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(_at_least_float32(logits), dim=-1)
     good = probs.gather(1, batch.correct)
     bad = probs.gather(1, batch.incorrect)
     return _masked_sum(good, batch.correct_mask) - _masked_sum(bad, batch.incorrect_mask)
@@ -51,7 +56,7 @@ def correct_logit(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def correct_logprob(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Log of the summed probability of the correct answers."""
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.correct)
+    logp = torch.log_softmax(_at_least_float32(logits), dim=-1).gather(1, batch.correct)
     return torch.logsumexp(logp.masked_fill(~batch.correct_mask, float("-inf")), dim=1)
 
 
@@ -66,6 +71,12 @@ METRICS: dict[str, Metric] = {
 # Metrics that read only the logits of the batch's answer tokens (no softmax over the vocabulary): for these,
 # the unembedding can be restricted to those tokens' columns (:func:`circuitkit.engine.answer_metric`).
 ANSWER_LOGITS_ONLY: frozenset[str] = frozenset({"logit_diff", "logit"})
+
+# Metrics that read the answer tokens' probabilities: the answer tokens' logits and the softmax normaliser over
+# the whole vocabulary, nothing else. For these, the logits can be given as the answer tokens' columns plus
+# one column holding the log of the probability mass of all other tokens (the same softmax over the answer
+# tokens), which :func:`circuitkit.engine.answer_metric` computes without materialising the full logits.
+ANSWER_PROBS_ONLY: frozenset[str] = frozenset({"prob_diff", "logprob"})
 
 
 def get_metric(name: str) -> Metric:

@@ -257,20 +257,23 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
         assert exact[edge] == pytest.approx(hand, rel=1e-7, abs=1e-9), edge
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_exact_patching_shortcuts_leave_scores_unchanged(arch, tokenizer, tiny_model64, task, monkeypatch):
+@pytest.mark.parametrize(("arch", "metric"), [("gpt2", "logit_diff"), ("llama", "logit_diff"), ("gpt2", "prob_diff")])
+def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer, tiny_model64, monkeypatch):
     """Skipping the blocks before a group's layer, running layers without per-head inputs, replacing
-    single heads' q/k/v projections (instead of per-head inputs), unembedding only the answer tokens and
-    running the last MLP only at the answer position give the scores of the plain computation."""
+    single heads' q/k/v projections (instead of per-head inputs), unembedding only the answer tokens (or
+    accumulating the softmax normaliser over vocabulary chunks) and running the last MLP only at the answer
+    position give the scores of the plain computation."""
     from circuitkit.attribution import exact_patching
     from circuitkit.testing_models import tiny_llama
 
+    task = _Task(ck.TaskConfig(name="hand", metric=metric))
     if arch == "gpt2":
         model = tiny_model64
     else:
         model = tiny_llama(n_layers=3, n_heads=4, n_kv_heads=2, d_model=32, dtype=torch.float64, tokenizer=tokenizer)
     assert engine._projected_inputs_ok(model) and engine._skipping_is_exact(model) and engine._plain_attention_is_close(model)
-    assert engine._unembed_columns_ok(model) and task.answer_logits_metric() is not None and engine._last_mlp_ok(model)
+    shortcut = task.answer_logits_metric() if metric == "logit_diff" else task.answer_probs_metric()
+    assert engine._unembed_columns_ok(model) and shortcut is not None and engine._last_mlp_ok(model)
     data = data_for(model)
     fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
     for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok"):
@@ -287,8 +290,51 @@ def test_answer_metric_equals_the_metric_of_the_full_logits(tiny_model, metric):
     final = engine.run_sources(tiny_model, batch.clean).final
     t = _Task(ck.TaskConfig(name="hand", metric=metric))
     assert (t.answer_logits_metric() is not None) == (metric in ("logit_diff", "logit"))
+    assert (t.answer_probs_metric() is not None) == (metric in ("prob_diff", "logprob"))
     full = t.metric(engine.answer_logits(tiny_model, final, batch.last), batch)
     assert torch.allclose(engine.answer_metric(tiny_model, final, batch, t.metric), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gain", [0.0, 1.0, 30.0, 3000.0])
+@pytest.mark.parametrize("chunk", [7, 1024, 10**6])
+def test_answer_and_rest_logits_give_the_full_softmax(tiny_model, gain, chunk, monkeypatch):
+    """The answer columns plus the other tokens' log-mass give the answers the probabilities and log
+    probabilities of the full softmax: from a flat distribution (final norm gain 0) to one where one answer
+    holds all the mass (gain 3000), with the vocabulary in many chunks, a few, or one."""
+    monkeypatch.setattr(engine, "VOCAB_CHUNK", chunk)
+    ln = tiny_model.bridge.ln_final.original_component
+    gen = torch.Generator().manual_seed(1)
+    resid = torch.randn(5, tiny_model.d_model, generator=gen)
+    saved = ln.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            ln.weight.mul_(gain)
+            full = tiny_model.unembed(resid).double()
+            ids = torch.cat([full.argmax(-1).unique(), torch.tensor([262, 4000, 50256])]).unique()
+            mine = engine._answer_and_rest_logits(tiny_model, resid, ids).double()
+    finally:
+        with torch.no_grad():
+            ln.weight.copy_(saved)
+    assert mine.shape == (5, len(ids) + 1)
+    want_p, got_p = full.softmax(-1)[:, ids], mine.softmax(-1)[:, : len(ids)]
+    assert torch.allclose(got_p, want_p, rtol=1e-5, atol=1e-7)
+    want_logp, got_logp = full.log_softmax(-1)[:, ids], mine.log_softmax(-1)[:, : len(ids)]
+    assert torch.allclose(got_logp, want_logp, rtol=1e-5, atol=1e-4)
+    if gain == 3000.0:  # in some rows the answers hold all the mass: the other tokens' share rounds to 0
+        assert float(want_p.sum(-1).max()) > 1 - 1e-7
+
+
+def test_answer_metric_keeps_the_gradient_of_probability_metrics(tiny_model):
+    """With a gradient wanted, probability metrics use the plain full logits (the chunked normaliser is
+    computed in place, without autograd), and the gradient is that of the full softmax."""
+    batch = next(data_for(tiny_model).batches(8))
+    final = engine.run_sources(tiny_model, batch.clean).final.detach().requires_grad_()
+    t = _Task(ck.TaskConfig(name="hand", metric="prob_diff"))
+    engine.answer_metric(tiny_model, final, batch, t.metric).sum().backward()
+    got = final.grad.clone()
+    final.grad = None
+    t.metric(engine.answer_logits(tiny_model, final, batch.last), batch).sum().backward()
+    assert got.abs().max() > 0 and torch.allclose(got, final.grad, rtol=1e-5, atol=1e-8)
 
 
 def test_a_task_with_its_own_metric_gets_the_full_logits(tiny_model):
