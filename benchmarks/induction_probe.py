@@ -26,7 +26,7 @@ import torch
 from circuitkit_plugins.tasks._common import in_split
 from circuitkit_plugins.tasks.induction import word_tokens
 
-from circuitkit.zoo.train import ARCH, _batch, _packed, answer_logits, build_task, evaluate, load_tokenizer
+from circuitkit.zoo.train import ARCH, _batch, _packed, answer_logits, build_task, evaluate, load_tokenizer, optimizer
 
 
 def sinusoidal(positions: int, width: int) -> torch.Tensor:
@@ -109,13 +109,7 @@ def main() -> None:
             model.transformer.wte.weight.normal_(0.0, args.emb_std)
         if args.pos_init:
             model.transformer.wpe.weight.copy_(sinusoidal(ARCH["n_positions"], ARCH["n_embd"]) * args.pos_init)
-    decay = [q for n, q in model.named_parameters() if q.dim() >= 2 and "wpe" not in n]
-    rest = [q for n, q in model.named_parameters() if q.dim() < 2 or "wpe" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
-    )
+    opt = optimizer(model, args.lr, args.weight_decay)
     vocab = torch.tensor(words)
     index = torch.zeros(len(tok), dtype=torch.long)
     index[vocab] = torch.arange(len(words))

@@ -217,6 +217,15 @@ def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Te
     return model.lm_head(h[torch.arange(x.shape[0]) if row is None else row, last])
 
 
+def optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.98) with weight decay on the matrices and the token embedding only (not on the
+    position embeddings, biases and norm gains)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+
+
 @torch.no_grad()
 def evaluate(model: Any, tasks: dict[str, tuple[Any, TaskData]], pad: int, batch_size: int = 128) -> dict[str, dict[str, float]]:
     """Accuracy and mean clean/corrupted metric of each task (``metrics.accuracy`` and the task's metric)."""
@@ -324,13 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     model = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {n_params / 1e6:.2f}M parameters", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
-    )
+    opt = optimizer(model, args.lr, args.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
