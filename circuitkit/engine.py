@@ -274,8 +274,7 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
     on_logits, on_probs = (getattr(owner, name, None) for name in ("answer_logits_metric", "answer_probs_metric"))
     logits_fn = on_logits() if callable(on_logits) else None
     probs_fn = on_probs() if callable(on_probs) and not (torch.is_grad_enabled() and final.requires_grad) else None
-    fn = logits_fn or probs_fn
-    if fn is None or not _unembed_columns_ok(model):
+    if (logits_fn is None and probs_fn is None) or not _unembed_columns_ok(model):
         return _metric_on(metric, answer_logits(model, final, batch.last), batch, home)
     k = batch.correct.numel()
     ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
@@ -284,7 +283,7 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
     resid = final[rows, batch.last.to(final.device)]
     if logits_fn is not None:
         return _metric_on(logits_fn, _unembed_columns(model, resid, ids), renumbered, home)
-    return _metric_on(fn, _answer_and_rest_logits(model, resid, ids), renumbered, home)
+    return _metric_on(probs_fn, _answer_and_rest_logits(model, resid, ids), renumbered, home)
 
 
 VOCAB_CHUNK = 1024  # vocabulary rows of the unembedding per step of :func:`_answer_and_rest_logits`
@@ -299,39 +298,41 @@ def _answer_and_rest_logits(model: CircuitModel, resid: torch.Tensor, ids: torch
     the ``[batch, vocab]`` logits are never written out: with many copies of a batch and a 50k vocabulary
     that costs about half of the full logits and their softmax, which are bound by memory traffic. Float16
     and bfloat16 logits are accumulated in float32, as the builtin metrics' softmax does."""
-    linear = model.bridge.unembed.original_component
-    w, bias = linear.weight, getattr(linear, "bias", None)
-    normed = model.bridge.ln_final(to_module(resid, model.bridge.ln_final)).to(w.device)
+    normed, w, bias = _final_norm_and_unembedding(model, resid)
 
     def logits(rows: torch.Tensor | slice) -> torch.Tensor:
         out = torch.nn.functional.linear(normed, w[rows], None if bias is None else bias[rows])
         return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
     answer = logits(ids.to(w.device))
-    top = total = None
+    top = torch.full_like(answer[:, 0], float("-inf"))
+    total = torch.zeros_like(top)
     for start in range(0, w.shape[0], VOCAB_CHUNK):
         part = logits(slice(start, start + VOCAB_CHUNK))
-        part_top = part.max(-1).values
-        if top is None or total is None:
-            top, total = part_top, (part - part_top[:, None]).exp_().sum(-1)
-        else:
-            new = torch.maximum(top, part_top)
-            total = total * (top - new).exp() + (part - new[:, None]).exp_().sum(-1)
-            top = new
-    assert top is not None and total is not None
+        new = torch.maximum(top, part.max(-1).values)
+        total = total * (top - new).exp() + (part - new[:, None]).exp_().sum(-1)
+        top = new
     log_norm = top + total.log()
     # The other tokens' share of the probability mass (0 when the answers hold all of it, to rounding).
     rest = (1 - (answer - log_norm[:, None]).exp().sum(-1)).clamp(min=0)
     return torch.cat([answer, (log_norm + rest.log())[:, None]], dim=1)
 
 
+def _final_norm_and_unembedding(
+    model: CircuitModel, resid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The final norm of ``resid`` (on the unembedding's device) and the unembedding's weight and bias,
+    for computing chosen columns of the logits (valid where :func:`_unembed_columns_ok`)."""
+    linear = model.bridge.unembed.original_component
+    w = linear.weight
+    normed = model.bridge.ln_final(to_module(resid, model.bridge.ln_final)).to(w.device)
+    return normed, w, getattr(linear, "bias", None)
+
+
 def _unembed_columns(model: CircuitModel, resid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Logits of the tokens ``ids`` only: ``[batch, len(ids)]`` (on the unembedding's device)."""
-    linear = model.bridge.unembed.original_component
-    bias = getattr(linear, "bias", None)
-    w = linear.weight
+    normed, w, bias = _final_norm_and_unembedding(model, resid)
     ids = ids.to(w.device)
-    normed = model.bridge.ln_final(to_module(resid, model.bridge.ln_final)).to(w.device)
     return torch.nn.functional.linear(normed, w[ids], None if bias is None else bias[ids])
 
 

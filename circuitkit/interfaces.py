@@ -139,9 +139,7 @@ class Task(ABC):
         and this task does not override :meth:`metric`; None otherwise. Such a metric gives the same values on
         logits restricted to the answer tokens' columns (with the batch's ids renumbered), which saves most
         of the unembedding when many copies of a batch are evaluated."""
-        if type(self).metric is not Task.metric or self.config.metric not in ANSWER_LOGITS_ONLY:
-            return None
-        return get_metric(self.config.metric)
+        return self._builtin_metric_in(ANSWER_LOGITS_ONLY)
 
     def answer_probs_metric(self) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
         """The metric when it reads only the answer tokens' probabilities (``prob_diff``, ``logprob``) and
@@ -149,7 +147,11 @@ class Task(ABC):
         the answer tokens' logits followed by one column holding the log of the probability mass of every
         other token (with the batch's ids renumbered), which can be computed without writing out the
         logits of the whole vocabulary."""
-        if type(self).metric is not Task.metric or self.config.metric not in ANSWER_PROBS_ONLY:
+        return self._builtin_metric_in(ANSWER_PROBS_ONLY)
+
+    def _builtin_metric_in(self, names: frozenset[str]) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
+        """The builtin metric ``config.metric`` if it is one of ``names`` and :meth:`metric` is not overridden."""
+        if type(self).metric is not Task.metric or self.config.metric not in names:
             return None
         return get_metric(self.config.metric)
 
