@@ -48,17 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-edges", type=int, default=16, help="edges evaluated one by one for the baseline")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        model = ck.load_model(args.model)
+        model = ck.load_model(args.model, device=args.device)
     except CircuitkitError as e:
         print(f"patching_speed: {e}", file=sys.stderr)
         return 1
     g = model.graph
     registry = get_registry()
     print(f"model: {model.name}, {g.n_edges} edges; {args.n_examples} examples per task; {args.edges_per_pass} edges per pass; "
-          f"torch threads {torch.get_num_threads()}")
+          f"device {model.device}" + ("" if model.device.type == "cuda" else f", torch threads {torch.get_num_threads()}"))
     print(f"{'task':<16}{'metric':<12}{'all edges s':>12}{'edges/s':>9}{'one-by-one edges/s':>20}{'speed-up':>10}")
     gen = torch.Generator().manual_seed(0)
     for name in args.tasks:

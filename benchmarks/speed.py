@@ -11,11 +11,13 @@ batches and in one run:
 - circuitkit's EAP, EAP-IG(5) and clean-corrupted; evaluation of one circuit; and exact patching of a
   sample of edges (edges/second, batched vs one evaluation per edge).
 
-Prints seconds and ratios. Usage::
+Prints seconds and ratios. ``--device auto`` (the default) runs on a GPU when there is one: times then
+wait for the GPU's queued work, and peak memory is torch's peak GPU allocation. Usage::
 
     python benchmarks/speed.py                      # GPT-2 small shape, 16 prompts x 16 tokens
     python benchmarks/speed.py --layers 4 --heads 8 --d-model 128 --patch-edges 256
     python benchmarks/speed.py --arch llama         # 12 layers, 12 query heads sharing 4 key/value heads
+    python benchmarks/speed.py --device cuda --prompts 64 --tokens 128
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ def timed(fn, repeat: int = 3) -> float:
         fn()
     best = float("inf")
     for _ in range(repeat):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that a time covers it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -63,6 +73,7 @@ def main() -> None:
     ap.add_argument("--edges-per-pass", type=int, default=32, help="exact patching: edges per stacked pass (the method's default)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     ap.add_argument("--no-warmup", action="store_true", help="no untimed first call (for big models)")
     ap.add_argument("--methods", default="eap,eap_ig,clean_corrupted", help="which attribution rows to time")
@@ -76,9 +87,10 @@ def main() -> None:
 
     tok = gpt2_tokenizer()
     if args.arch == "llama":
-        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate)
+        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate,
+                           device=args.device, max_position_embeddings=max(64, 2 * args.tokens))
     else:
-        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok)
+        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok, device=args.device, n_positions=max(64, 2 * args.tokens))
     hf = model.bridge.original_model
     embed, body = hf.get_input_embeddings(), hf.base_model  # GPT-2: transformer.wte, transformer
     g = model.graph
@@ -92,14 +104,15 @@ def main() -> None:
     data = tokenize_examples("bench", examples, tok, prepend_bos=False, on_invalid="drop")
     task_cls = type("BenchTask", (ck.Task,), {"generate": lambda self, t, s: iter(examples)})
     task = task_cls(ck.TaskConfig(name="bench"))
-    batch = next(data.batches(len(data)))
+    batch = next(data.batches(len(data))).to(model.device)
     ctx = ck.RunContext(batch_size=len(data), progress=False)
     heads = f"{args.heads} heads" if args.arch == "gpt2" else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
     print(f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
-          f"{len(data)} prompts x {batch.clean.shape[1]} tokens; torch threads {torch.get_num_threads()}")
+          f"{len(data)} prompts x {batch.clean.shape[1]} tokens; device {model.device}"
+          + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else f"; torch threads {torch.get_num_threads()}"))
 
     def metric_of(logits):
-        rows = torch.arange(len(batch))
+        rows = torch.arange(len(batch), device=logits.device)
         return task.metric(logits[rows, batch.last], batch).sum()
 
     def bare_hf(m_passes: int) -> None:
@@ -111,7 +124,7 @@ def main() -> None:
 
     def bare_hf_last(m_passes: int) -> None:
         """The same passes computing logits only at the answer position (as circuitkit does)."""
-        rows = torch.arange(len(batch))
+        rows = torch.arange(len(batch), device=batch.clean.device)
 
         def last_logits(**kw):
             h = body(**kw).last_hidden_state[rows, batch.last]
@@ -169,7 +182,12 @@ def main() -> None:
         t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], args.repeat) / len(single)
         print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
               f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
-    if not args.no_memory:
+    if not args.no_memory and model.device.type == "cuda":
+        print("\npeak GPU memory of the pass above the loaded model and data (torch.cuda.max_memory_allocated):")
+        peaks = {what: _cuda_peak_mb(what, model, task, data, ctx, bare_hf, bare_hf_last, m)
+                 for what in ("bare_hf", "bare_hf_last", "eap", "bare_hf_ig", "eap_ig")}
+        _print_peaks(peaks, m)
+    elif not args.no_memory:
         print("\npeak memory of the pass above the loaded model and data (separate processes; peak RSS counter reset")
         print("just before the pass; allocations of 64 KiB or more mmapped, so freed memory leaves RSS at once):")
         base = [a for a in sys.argv[1:] if a != "--no-memory"]
@@ -179,9 +197,40 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, *base, "--child", what], capture_output=True, text=True, env=env)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")]
             peaks[what] = float(line[0].split()[1]) if line else float("nan")
-        print(f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB")
-        print(f"  EAP: {peaks['eap']:.0f} MB = {peaks['eap'] / peaks['bare_hf']:.2f} x bare HF, {peaks['eap'] / peaks['bare_hf_last']:.2f} x HF@answer")
-        print(f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)")
+        _print_peaks(peaks, m)
+
+
+def _print_peaks(peaks: dict[str, float], m: int) -> None:
+    print(f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB")
+    print(f"  EAP: {peaks['eap']:.0f} MB = {peaks['eap'] / peaks['bare_hf']:.2f} x bare HF, {peaks['eap'] / peaks['bare_hf_last']:.2f} x HF@answer")
+    print(f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)")
+
+
+def _run_pass(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # noqa: ANN001
+    if what == "bare_hf":
+        bare_hf(1)
+    elif what == "bare_hf_last":
+        bare_hf_last(1)
+    elif what == "bare_hf_ig":
+        bare_hf(m)
+    elif what == "eap":
+        ck.build("methods", "eap").attribute(model, task, data, ctx)
+    elif what == "eap_ig":
+        ck.build("methods", "eap_ig", ig_steps=m).attribute(model, task, data, ctx)
+
+
+def _cuda_peak_mb(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> float:  # noqa: ANN001
+    """Peak GPU memory allocated by one pass, above what was allocated before it."""
+    import gc
+
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(model.device)
+    before = torch.cuda.memory_allocated(model.device)
+    _run_pass(what, model, task, data, ctx, bare_hf, bare_hf_last, m)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated(model.device) - before) / 2**20
 
 
 def _status_mb(key: str) -> float:
@@ -202,16 +251,7 @@ def _child(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # n
             f.write("5")
     except OSError:
         pass
-    if what == "bare_hf":
-        bare_hf(1)
-    elif what == "bare_hf_last":
-        bare_hf_last(1)
-    elif what == "bare_hf_ig":
-        bare_hf(m)
-    elif what == "eap":
-        ck.build("methods", "eap").attribute(model, task, data, ctx)
-    elif what == "eap_ig":
-        ck.build("methods", "eap_ig", ig_steps=m).attribute(model, task, data, ctx)
+    _run_pass(what, model, task, data, ctx, bare_hf, bare_hf_last, m)
     peak = _status_mb("VmHWM")
     print(f"PEAK {max(peak - before, 0.0):.1f}")
 

@@ -28,9 +28,11 @@ def tiny_gpt2(
     dtype: torch.dtype = torch.float32,
     tokenizer: Any = None,
     save_to: str | Path | None = None,
+    device: str = "cpu",
     **config: Any,
 ) -> CircuitModel:
-    """A randomly initialised GPT-2-architecture model wrapped for circuitkit.
+    """A randomly initialised GPT-2-architecture model wrapped for circuitkit, on ``device`` (``"cpu"``,
+    ``"auto"``, ``"cuda"``...). Up to 64 positions unless ``n_positions`` is given.
 
     Biases are randomised too (Hugging Face initialises them to zero), so tests exercise them.
     """
@@ -38,7 +40,7 @@ def tiny_gpt2(
 
     tok = tokenizer or gpt2_tokenizer()
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=64, vocab_size=len(tok), **config)
+    cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=len(tok), **{"n_positions": 64, **config})
     model = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -48,7 +50,7 @@ def tiny_gpt2(
     if save_to is not None:
         model.save_pretrained(str(save_to))
         tok.save_pretrained(str(save_to))
-    return bridge_model(model, tok, name="tiny-gpt2", device="cpu")
+    return bridge_model(model, tok, name="tiny-gpt2", device=device)
 
 
 def tiny_llama(
@@ -63,6 +65,7 @@ def tiny_llama(
     save_to: str | Path | None = None,
     init_std: float = 0.1,
     intermediate_size: int | None = None,
+    device: str = "cpu",
     **config: Any,
 ) -> CircuitModel:
     """A randomly initialised Llama-architecture model (grouped-query attention: ``n_heads`` query heads
@@ -71,6 +74,7 @@ def tiny_llama(
 
     Weights are drawn with standard deviation ``init_std`` (larger than Hugging Face's 0.02, so attention
     patterns are far from uniform at this width) and the norms' scales around 1, so tests exercise them.
+    Placed on ``device``; up to 64 positions unless ``max_position_embeddings`` is given.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -83,11 +87,10 @@ def tiny_llama(
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
-        max_position_embeddings=64,
         initializer_range=init_std,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        **config,
+        **{"max_position_embeddings": 64, **config},
     )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
@@ -98,4 +101,4 @@ def tiny_llama(
     if save_to is not None:
         model.save_pretrained(str(save_to))
         tok.save_pretrained(str(save_to))
-    return bridge_model(model, tok, name="tiny-llama", device="cpu")
+    return bridge_model(model, tok, name="tiny-llama", device=device)

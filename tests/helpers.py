@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
+import circuitkit as ck
 from circuitkit.data import Batch, Example
+from circuitkit.evaluation import evaluate_keeps
 from circuitkit.interfaces import Task, TaskConfig
 from circuitkit.model import CircuitModel
 
@@ -133,3 +135,29 @@ class HandTask(Task):
 
     def generate(self, tokenizer, split):  # noqa: ANN001, ANN201
         return iter(self.examples)
+
+
+OUTCOME_METHODS = [
+    ("eap", {}),
+    ("eap_ig", {"ig_steps": 2}),
+    ("patching", {}),
+    ("patching", {"level": "node"}),
+    ("eap_ig_activations", {"ig_steps": 1}),
+    ("information_flow_routes", {}),
+]
+
+
+def outcomes(model: CircuitModel, n_examples: int = 8) -> dict[str, torch.Tensor]:
+    """Scores of several methods and the evaluation of a few circuits: every engine path (gradient passes,
+    stacked passes, exact patching from a later layer, masked forwards, the unembedding)."""
+    task = ck.build("tasks", "greater_than", n_examples=n_examples)
+    data = task.build(model.tokenizer)
+    out = {}
+    for name, options in OUTCOME_METHODS:
+        s = ck.build("methods", name, **options).attribute(model, task, data, ck.RunContext(batch_size=4, progress=False))
+        out[f"{name}{options}"] = s.values if s.nodes is None else s.nodes
+    g = model.graph
+    keeps = (torch.rand(3, g.n_sources, g.n_destinations, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    ev = evaluate_keeps(model, task, data, keeps, ck.RunContext(batch_size=4, progress=False))
+    out["evaluation"] = torch.tensor([ev.clean, ev.corrupted, *ev.circuits])
+    return out

@@ -16,40 +16,12 @@ import sys
 
 import pytest
 import torch
+from helpers import outcomes
 
 import circuitkit as ck
-from circuitkit.evaluation import evaluate_keeps
 from circuitkit.pipeline import run
 
 N_EXAMPLES = 8
-METHODS = [
-    ("eap", {}),
-    ("eap_ig", {"ig_steps": 2}),
-    ("patching", {}),
-    ("patching", {"level": "node"}),
-    ("eap_ig_activations", {"ig_steps": 1}),
-    ("information_flow_routes", {}),
-]
-
-
-def ctx():
-    return ck.RunContext(batch_size=4, progress=False)
-
-
-def outcomes(model):
-    """Scores of several methods and the evaluation of a few circuits: every engine path (gradient passes,
-    stacked passes, exact patching from a later layer, masked forwards, the unembedding)."""
-    task = ck.build("tasks", "greater_than", n_examples=N_EXAMPLES)
-    data = task.build(model.tokenizer)
-    out = {}
-    for name, options in METHODS:
-        s = ck.build("methods", name, **options).attribute(model, task, data, ctx())
-        out[f"{name}{options}"] = s.values if s.nodes is None else s.nodes
-    g = model.graph
-    keeps = (torch.rand(3, g.n_sources, g.n_destinations, generator=torch.Generator().manual_seed(0)) < 0.5).double()
-    ev = evaluate_keeps(model, task, data, keeps, ctx())
-    out["evaluation"] = torch.tensor([ev.clean, ev.corrupted, *ev.circuits])
-    return out
 
 
 def assert_same(a, b):
@@ -102,6 +74,8 @@ def dispatching(monkeypatch):
 
 @pytest.mark.parametrize("device_map", ["auto", "cpu", {"": "cpu"}])
 def test_a_device_map_reaches_from_pretrained_and_changes_nothing(tiny_model_dir, monkeypatch, plain, device_map):
+    if device_map == "auto" and torch.cuda.is_available():
+        pytest.skip("with a GPU, device_map=auto places the model there: tests/test_gpu.py::test_device_map_on_one_gpu")
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained
@@ -161,7 +135,7 @@ def test_pipeline_run_with_a_device_map(tiny_model_dir, dispatching, tmp_path):
     mapped = run(cfg(device_map=device_map), tmp_path / "mapped")
     assert dispatching == [device_map]
     assert mapped.status == "complete" and mapped.meta["config"]["model"]["device_map"] == device_map
-    plain = run(cfg(), tmp_path / "plain")
+    plain = run(cfg(device="cpu"), tmp_path / "plain")
     assert dispatching == [device_map, None]
     torch.testing.assert_close(mapped.scores.values, plain.scores.values, rtol=1e-6, atol=1e-9)
     assert mapped.evals["faithfulness"].values == pytest.approx(plain.evals["faithfulness"].values)
