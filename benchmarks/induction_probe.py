@@ -13,6 +13,7 @@ only (about 6x cheaper per step on one thread; held-out accuracy is still over t
 
     python benchmarks/induction_probe.py --restrict --steps 4000
     python benchmarks/induction_probe.py --restrict --steps 4000 --pos-init 0.5 --emb-std 0.1 --final-gain 3
+    python benchmarks/induction_probe.py --restrict --steps 2400 --prev-head 1 --prev-amplitude 0.1
 """
 
 from __future__ import annotations
@@ -37,6 +38,53 @@ def sinusoidal(positions: int, width: int) -> torch.Tensor:
     out[:, 0::2] = torch.sin(pos / freq)
     out[:, 1::2] = torch.cos(pos / freq)
     return out
+
+
+PREV_FREQS = (0.657, 0.898, 1.075, 1.374, 1.451, 1.707, 1.794, 2.959)  # sum of cos(w d) <= 2.6 for 1 <= d <= 64
+
+
+@torch.no_grad()
+def previous_token_prior(model, amplitude: float, gain: float) -> None:  # noqa: ANN001
+    """Initialise layer 0's head 0 as a previous-token head: positions are coded as sines and cosines of
+    eight frequencies in residual dimensions 0-15 (which the token embeddings leave at zero), the head's key
+    reads them as they are and its query rotates them back by one position, so that query ``i`` matches key
+    ``i - 1`` best (the sum of ``cos(w d)`` over the frequencies is 8 at distance 0 and at most 2.6 at other
+    distances up to 64)."""
+    n_pos, d = model.config.n_positions, model.config.n_embd
+    hd = d // model.config.n_head
+    w = torch.tensor(PREV_FREQS)
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    wpe = torch.zeros(n_pos, d)
+    wpe[:, 0:16:2] = amplitude * torch.sin(pos * w)
+    wpe[:, 1:16:2] = amplitude * torch.cos(pos * w)
+    model.transformer.wpe.weight.copy_(wpe)
+    model.transformer.wte.weight[:, :16] = 0.0
+    rot = torch.zeros(16, 16)
+    for f, om in enumerate(PREV_FREQS):
+        c, s_ = math.cos(om), math.sin(om)
+        rot[2 * f : 2 * f + 2, 2 * f : 2 * f + 2] = torch.tensor([[c, s_], [-s_, c]])
+    attn = model.transformer.h[0].attn
+    w_qkv, b_qkv = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ W, W [d, 3d]
+    for block in (0, 1):  # query, key of head 0
+        w_qkv[:, block * d : block * d + hd] = 0.0
+        b_qkv[block * d : block * d + hd] = 0.0
+    w_qkv[:16, 0:hd] = gain * rot
+    w_qkv[:16, d : d + hd] = torch.eye(16)
+
+
+@torch.no_grad()
+def previous_token_attention(model, x: torch.Tensor) -> float:  # noqa: ANN001
+    """Mean attention of layer 0's head 0 from each position (after the first) to the position before it."""
+    t = model.transformer
+    d, hd = model.config.n_embd, model.config.n_embd // model.config.n_head
+    h = t.h[0].ln_1(t.wte(x) + t.wpe(torch.arange(x.shape[1])))
+    qkv = t.h[0].attn.c_attn(h)
+    q, k = qkv[..., :hd], qkv[..., d : d + hd]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1), float("-inf"))
+    att = scores.softmax(-1)
+    i = torch.arange(1, x.shape[1])
+    return float(att[:, i, i - 1].mean())
 
 
 @torch.no_grad()
@@ -70,6 +118,8 @@ def main() -> None:
     p.add_argument("--pos-init", type=float, default=0.0, help="initialise positions as sinusoids times this (0: GPT-2's)")
     p.add_argument("--emb-std", type=float, default=0.0, help="token embedding init std (0: GPT-2's 0.02)")
     p.add_argument("--final-gain", type=float, default=1.0, help="initial gain of the final LayerNorm")
+    p.add_argument("--prev-head", type=float, default=0.0, help="initialise layer 0 head 0 as a previous-token head with this query gain (0: no)")
+    p.add_argument("--prev-amplitude", type=float, default=0.1, help="amplitude of the position sinusoids with --prev-head")
     p.add_argument("--eval-every", type=int, default=400)
     p.add_argument("--eval-examples", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
@@ -109,6 +159,8 @@ def main() -> None:
             model.transformer.wte.weight.normal_(0.0, args.emb_std)
         if args.pos_init:
             model.transformer.wpe.weight.copy_(sinusoidal(ARCH["n_positions"], ARCH["n_embd"]) * args.pos_init)
+        if args.prev_head:
+            previous_token_prior(model, args.prev_amplitude, args.prev_head)
     opt = optimizer(model, args.lr, args.weight_decay)
     vocab = torch.tensor(words)
     index = torch.zeros(len(tok), dtype=torch.long)
@@ -116,7 +168,7 @@ def main() -> None:
     rows = _packed(episodes(), ARCH["n_positions"])
     print(
         f"{'step':>6s} {'loss':>7s} {'held-out acc':>12s} {'answer logit':>12s} {'top-1 in prompt':>15s}  "
-        f"{'accuracy with 1 / 2 / 3 / 4+ repeated tokens shown':50s} {'s':>6s}",
+        f"{'accuracy with 1 / 2 / 3 / 4+ repeated tokens shown':50s} {'prev':>5s} {'s':>6s}",
         flush=True,
     )
     t0, total = time.time(), 0.0
@@ -142,7 +194,7 @@ def main() -> None:
             shown = " / ".join(f"{v:.2f}" for v in by_shown.values())
             print(
                 f"{step + 1:6d} {loss_avg:7.3f} {r['accuracy']:12.3f} {r['clean_metric']:12.2f} {in_prompt:15.2f}  "
-                f"{shown:50s} {time.time() - t0:6.0f}",
+                f"{shown:50s} {previous_token_attention(model, x):5.2f} {time.time() - t0:6.0f}",
                 flush=True,
             )
             total = 0.0
