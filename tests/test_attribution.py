@@ -261,8 +261,8 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
 def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer, tiny_model64, monkeypatch):
     """Skipping the blocks before a group's layer, running layers without per-head inputs, replacing
     single heads' q/k/v projections (instead of per-head inputs), unembedding only the answer tokens (or
-    accumulating the softmax normaliser over vocabulary chunks) and running the last MLP only at the answer
-    position give the scores of the plain computation."""
+    accumulating the softmax normaliser over vocabulary chunks), running the last MLP only at the answer
+    position and GPT-2's GELU as a fused kernel give the scores of the plain computation."""
     from circuitkit.attribution import exact_patching
     from circuitkit.testing_models import tiny_llama
 
@@ -276,11 +276,51 @@ def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer
     assert engine._unembed_columns_ok(model) and shortcut is not None and engine._last_mlp_ok(model)
     data = data_for(model)
     fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
-    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok"):
-        monkeypatch.setattr(model, attr, False)
+    assert engine._fused_gelu_ok(model) == (arch == "gpt2")  # GPT-2's gelu_new; Llama's SiLU is fused already
+    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok", "_fused_gelu_ok"):
+        monkeypatch.setattr(model, attr, False, raising=False)
     plain = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
     assert not torch.isnan(fast).any()
     assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_fused_gelu_leaves_gradient_and_patching_scores_unchanged_and_is_undone(tokenizer, task, monkeypatch):
+    """GPT-2's ``gelu_new`` (eight elementwise operations) run as PyTorch's fused tanh GELU in every pass:
+    float32 EAP, EAP-IG and exact patching scores stay within 1e-5 of the unfused ones, and the modules
+    are back to their own forward after each pass, also one that fails."""
+    from circuitkit.attribution import exact_patching
+    from circuitkit.testing_models import tiny_gpt2
+
+    model = tiny_gpt2(tokenizer=tokenizer, seed=3)
+    mods = engine._tanh_gelu_modules(model)
+    assert len(mods) == 2 and all(type(m).__name__ == "NewGELUActivation" for m in mods)
+    assert engine._fused_gelu_ok(model)
+    data = data_for(model)
+    calls = []
+    fused_gelu = engine._fused_tanh_gelu
+    monkeypatch.setattr(engine, "_fused_tanh_gelu", lambda x: calls.append(1) or fused_gelu(x))
+    runs = {}
+    for fused in (True, False):
+        model._fused_gelu_ok = fused
+        calls.clear()
+        runs[fused] = [
+            ck.build("methods", "eap").attribute(model, task, data, ctx()).values,
+            ck.build("methods", "eap_ig", ig_steps=3).attribute(model, task, data, ctx()).values,
+            exact_patching(model, task, data, ctx(), edges_per_pass=5).values,
+        ]
+        assert bool(calls) == fused
+    for fast, plain in zip(runs[True], runs[False]):
+        assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
+    assert all("forward" not in m.__dict__ for m in mods)
+
+    model._fused_gelu_ok = True
+
+    def fail(t, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        engine._forward(model, torch.tensor([list(data.clean_ids[0])]), [("blocks.1.hook_resid_pre", fail)])
+    assert all("forward" not in m.__dict__ for m in mods)
 
 
 @pytest.mark.parametrize("metric", ["logit_diff", "logit", "prob_diff", "logprob"])
