@@ -100,26 +100,30 @@ def _forward(
 
 
 @contextlib.contextmanager
-def _identity_blocks(model: CircuitModel, n: int) -> Iterator[None]:
+def _forwards_replaced(modules: list[torch.nn.Module], forward: Callable) -> Iterator[None]:
+    """During the context each of ``modules`` runs ``forward`` instead of its own. A model dispatched by
+    accelerate has its device-moving wrapper as the instance's ``forward``: it is put back afterwards, not
+    deleted."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    for m in modules:
+        m.forward = forward
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            if f is None:
+                del m.forward
+            else:
+                m.forward = f
+
+
+def _identity_blocks(model: CircuitModel, n: int) -> contextlib.AbstractContextManager[None]:
     """Blocks ``0 .. n - 1`` return their input unchanged during the context."""
-    blocks = [model.bridge.blocks[i].original_component for i in range(n)]
 
     def identity(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return hidden_states
 
-    # A model dispatched by accelerate has its device-moving wrapper as the instance's ``forward``: it is
-    # put back afterwards, not deleted.
-    saved = [b.__dict__.get("forward") for b in blocks]
-    for b in blocks:
-        b.forward = identity
-    try:
-        yield
-    finally:
-        for b, f in zip(blocks, saved):
-            if f is None:
-                del b.forward
-            else:
-                b.forward = f
+    return _forwards_replaced([model.bridge.blocks[i].original_component for i in range(n)], identity)
 
 
 @contextlib.contextmanager
@@ -135,10 +139,8 @@ def _last_mlp_at(model: CircuitModel, last: torch.Tensor | None) -> Iterator[Non
         yield
 
 
-@contextlib.contextmanager
-def _answer_only_mlp(model: CircuitModel, last: torch.Tensor) -> Iterator[None]:
+def _answer_only_mlp(model: CircuitModel, last: torch.Tensor) -> contextlib.AbstractContextManager[None]:
     mlp = model.bridge.blocks[model.graph.n_layers - 1].mlp.original_component
-    saved = mlp.__dict__.get("forward")
     inner = mlp.forward
 
     def at_answer(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -149,14 +151,7 @@ def _answer_only_mlp(model: CircuitModel, last: torch.Tensor) -> Iterator[None]:
         out[rows, at] = small[:, 0]
         return out
 
-    mlp.forward = at_answer
-    try:
-        yield
-    finally:
-        if saved is None:
-            del mlp.forward
-        else:
-            mlp.forward = saved
+    return _forwards_replaced([mlp], at_answer)
 
 
 def _last_mlp_ok(model: CircuitModel) -> bool:
@@ -196,22 +191,11 @@ def _fused_tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x, approximate="tanh")
 
 
-@contextlib.contextmanager
-def _fused_tanh_gelus(mods: list[torch.nn.Module]) -> Iterator[None]:
+def _fused_tanh_gelus(mods: list[torch.nn.Module]) -> contextlib.AbstractContextManager[None]:
     """During the context the modules ``mods`` compute their GELU with PyTorch's fused kernel: one pass over
     the activations instead of eight (forward) and far fewer backward, the largest elementwise cost of a
     GPT-2 pass on a CPU. The result differs from the unfused operations by float rounding only."""
-    saved = [m.__dict__.get("forward") for m in mods]
-    for m in mods:
-        m.forward = _fused_tanh_gelu
-    try:
-        yield
-    finally:
-        for m, f in zip(mods, saved):
-            if f is None:
-                del m.forward
-            else:
-                m.forward = f
+    return _forwards_replaced(mods, lambda x: _fused_tanh_gelu(x))
 
 
 def _fused_gelu_ok(model: CircuitModel) -> bool:
