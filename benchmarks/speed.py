@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--positions-per-pass", type=int, default=None, help="attribution: positions of the difference buffer per pass (default: all)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     ap.add_argument("--no-warmup", action="store_true", help="no untimed first call (for big models)")
     ap.add_argument("--methods", default="eap,eap_ig,clean_corrupted", help="which attribution rows to time")
@@ -106,9 +107,11 @@ def main() -> None:
     task = task_cls(ck.TaskConfig(name="bench"))
     batch = next(data.batches(len(data))).to(model.device)
     ctx = ck.RunContext(batch_size=len(data), progress=False)
+    if args.positions_per_pass:
+        ctx.extra["positions_per_pass"] = args.positions_per_pass
     heads = f"{args.heads} heads" if args.arch == "gpt2" else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
     print(f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
-          f"{len(data)} prompts x {batch.clean.shape[1]} tokens; device {model.device}"
+          f"{len(data)} prompts x {batch.clean.shape[1]} tokens; positions per pass {args.positions_per_pass or 'all'}; device {model.device}"
           + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else f"; torch threads {torch.get_num_threads()}"))
 
     def metric_of(logits):

@@ -19,7 +19,7 @@ from circuitkit import engine
 from circuitkit.data import TaskData
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import RunContext, Task
-from circuitkit.interventions import removed_values
+from circuitkit.interventions import Intervention, removed_values
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress, progress_bar
 from circuitkit.results import Scores
@@ -48,7 +48,9 @@ def gradient_attribution(
             output, ``(out_clean - out_corrupted)[d] * grad[d]`` summed over examples and positions.
 
     Cost per batch: one corrupted forward without autograd, then one forward/backward per alpha (the
-    ``alpha == 1`` pass also collects the clean source outputs).
+    ``alpha == 1`` pass also collects the clean source outputs). With ``ctx.extra["positions_per_pass"] = k``
+    the difference buffer holds ``k`` positions at a time and these passes run once per group of ``k``
+    positions (memory divided, time multiplied by the number of groups; the scores are the same sums).
     """
     if not alphas:
         raise ConfigError(f"{method}: at least one interpolation point is needed.")
@@ -58,11 +60,12 @@ def gradient_attribution(
     neurons = torch.zeros(g.n_sources, model.d_model, dtype=torch.float64, device=model.device) if level == "neuron" else None
     buffer_dtype = resolve_buffer_dtype(ctx, model)
     width = max((len(x) for x in data.clean_ids), default=1)
+    span = resolve_positions_per_pass(ctx, width)
     batch = min(ctx.batch_size, max(len(data), 1))
     # The corrupted outputs and the difference buffer are the peak. In the model's precision they share
     # one buffer: the clean pass overwrites each corrupted output with clean - corrupted in place.
     shared = buffer_dtype == model.dtype
-    need = engine.buffer_bytes(model, batch, width) + (0 if shared else engine.buffer_bytes(model, batch, width, buffer_dtype))
+    need = engine.buffer_bytes(model, batch, span) + (0 if shared else engine.buffer_bytes(model, batch, span, buffer_dtype))
     engine.check_fits(model, need, method)
     n = 0
     has_clean = any(a == 1.0 for a in alphas)
@@ -72,28 +75,40 @@ def gradient_attribution(
         data.batches(ctx.batch_size, model.pad_id), ctx, total=_n_batches(data, ctx), desc=f"{method} attribution"
     ):
         batch = batch.to(model.device)
-        corrupted = removed_values(model, batch, ctx.intervention)
-        assert corrupted is not None
-        corrupted_input = corrupted[0].clone()  # the interpolation's start, kept apart from the buffer
-        if not has_clean:
-            clean = engine.run_sources(model, batch.clean).sources
-            delta = (clean - corrupted).to(buffer_dtype)
-            del clean
-        elif shared:
-            delta = corrupted  # one buffer: it becomes clean - corrupted during the clean pass
-        else:
-            delta = torch.empty_like(corrupted, dtype=buffer_dtype)
-        for a in order:
-            if a == 1.0:
-                engine.gradient_pass(
-                    model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons
-                )
+        p = batch.clean.shape[1]
+        groups = [None] if span >= p else [slice(s, min(s + span, p)) for s in range(0, p, span)]
+        inputs = None
+        if groups[0] is not None and order != [1.0]:
+            # The interpolated inputs need the input node's clean and removed values at every position.
+            start = (ctx.intervention or Intervention()).input_values(model, batch)
+            inputs = (start, engine.input_embeddings(model, batch.clean) - start)
+        for at in groups:
+            corrupted = removed_values(model, batch, ctx.intervention, positions=at)
+            assert corrupted is not None
+            if inputs is None:
+                inputs = (corrupted[0].clone(), None)  # the interpolation's start, kept apart from the buffer
+            if not has_clean:
+                clean = engine.run_sources(model, batch.clean, positions=at).sources
+                delta = (clean - corrupted).to(buffer_dtype)
+                del clean
+            elif shared:
+                delta = corrupted  # one buffer: it becomes clean - corrupted during the clean pass
             else:
-                emb = corrupted_input + a * delta[0].to(corrupted_input.dtype)
-                engine.gradient_pass(
-                    model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons
-                )
-        del corrupted, delta
+                delta = torch.empty_like(corrupted, dtype=buffer_dtype)
+            for a in order:
+                if a == 1.0:
+                    engine.gradient_pass(
+                        model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons,
+                        positions=at,
+                    )
+                else:
+                    start, diff = inputs
+                    emb = start + a * (diff if diff is not None else delta[0].to(start.dtype))
+                    engine.gradient_pass(
+                        model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons,
+                        positions=at,
+                    )
+            del corrupted, delta
         n += len(batch)
     out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {}), "level": level})
     if level == "edge":
@@ -116,6 +131,16 @@ def resolve_buffer_dtype(ctx: RunContext, model: CircuitModel) -> torch.dtype:
 
     name = ctx.extra.get("buffer_dtype")
     return resolve_dtype(name) if name else model.dtype
+
+
+def resolve_positions_per_pass(ctx: RunContext, width: int) -> int:
+    """Positions per gradient pass: ``ctx.extra["positions_per_pass"]`` (None: all ``width``)."""
+    k = ctx.extra.get("positions_per_pass")
+    if k is None:
+        return width
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"positions_per_pass must be a positive integer or null (all positions), got {k!r}.")
+    return min(k, width)
 
 
 def _n_batches(data: TaskData, ctx: RunContext) -> int:

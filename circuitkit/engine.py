@@ -400,17 +400,18 @@ def _unembed_columns_ok(model: CircuitModel) -> bool:
     return _checked_once(model, "_unembed_columns_ok", check)
 
 
-def _source_writers(model: CircuitModel, buf: torch.Tensor) -> list:
+def _source_writers(model: CircuitModel, buf: torch.Tensor, positions: slice | None = None) -> list:
     """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]`` (from whatever device
-    the hook's layer is on)."""
+    the hook's layer is on); with ``positions``, only those positions (``buf`` is then that wide)."""
     g = model.graph
+    at = positions or slice(None)
 
     def put(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             if per_head:
-                buf[index : index + g.n_heads] = t.detach().permute(2, 0, 1, 3)
+                buf[index : index + g.n_heads] = t.detach()[:, at].permute(2, 0, 1, 3)
             else:
-                buf[index] = t.detach()
+                buf[index] = t.detach()[:, at]
             return t
 
         return hook
@@ -422,18 +423,22 @@ def _source_writers(model: CircuitModel, buf: torch.Tensor) -> list:
     return hooks
 
 
-def new_source_buffer(model: CircuitModel, tokens: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def new_source_buffer(
+    model: CircuitModel, tokens: torch.Tensor, dtype: torch.dtype | None = None, positions: slice | None = None
+) -> torch.Tensor:
     b, p = tokens.shape
+    p = len(range(p)[positions]) if positions is not None else p
     return torch.zeros(model.graph.n_sources, b, p, model.d_model, dtype=dtype or model.dtype, device=model.device)
 
 
 @torch.no_grad()
-def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False) -> Run:
+def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False, positions: slice | None = None) -> Run:
     """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]`` (and, with
-    ``keep_resid``, the residual stream entering every layer), all on ``model.device``."""
+    ``keep_resid``, the residual stream entering every layer), all on ``model.device``. With ``positions``
+    the source outputs are kept at those positions only."""
     tokens = tokens.to(model.device)
-    buf = new_source_buffer(model, tokens)
-    hooks = _source_writers(model, buf)
+    buf = new_source_buffer(model, tokens, positions=positions)
+    hooks = _source_writers(model, buf, positions)
     resid: list[torch.Tensor] = []
     home = model.device
     if keep_resid:
@@ -443,6 +448,24 @@ def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool =
         ]
     final = _forward(model, tokens, hooks)
     return Run(final=final, sources=buf, resid=resid if keep_resid else None)
+
+
+@torch.no_grad()
+def input_embeddings(model: CircuitModel, tokens: torch.Tensor) -> torch.Tensor:
+    """The input node's output (token and position embeddings) ``[batch, pos, d]`` for ``tokens``; the rest
+    of the model does not run."""
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(t: torch.Tensor, hook: object) -> torch.Tensor:
+        box["x"] = t.detach().to(model.device)
+        raise _StopForward
+
+    try:
+        with model.bridge.hooks(fwd_hooks=[(model.INPUT_HOOK, grab)]):
+            model.bridge(tokens.to(model.device))
+    except _StopForward:
+        pass
+    return box["x"]
 
 
 #: Sources converted at a time when the difference buffer is stored in a lower precision.
@@ -491,7 +514,7 @@ def check_fits(model: CircuitModel, needed: int, what: str) -> None:
         raise CircuitkitError(
             f"{what} needs about {needed / 2**30:.2f} GiB of activation buffers on {model.device}, but only "
             f"{free / 2**30:.2f} GiB is free. Lower batch_size (scores do not depend on it), use "
-            "buffer_dtype=bfloat16, or shorter prompts."
+            "buffer_dtype=bfloat16, positions_per_pass=<k> (k positions per pass; more passes), or shorter prompts."
         )
 
 
@@ -506,6 +529,7 @@ def gradient_pass(
     weight: float = 1.0,
     fill_from: torch.Tensor | None = None,
     neuron_scores: torch.Tensor | None = None,
+    positions: slice | None = None,
 ) -> torch.Tensor:
     """One forward/backward that adds ``weight * delta . d(sum of metric)/d(input of dst)`` to ``scores``.
 
@@ -527,18 +551,21 @@ def gradient_pass(
             ``weight * sum over batch and positions of delta[u] * d(sum of metric)/d(out_u)`` per output
             dimension of every source ``u`` (neuron-level scores; their sum over dimensions is the sum of
             ``u``'s outgoing edge scores, since every reader's input contains ``out_u``).
+        positions: ``delta`` (and ``fill_from``) hold these positions only, and only they contribute: the
+            scores of all positions are the sum over a partition of them into such passes.
 
     Returns:
         The per-example metric of this pass ``[batch]`` (detached).
     """
     g = model.graph
     n_heads = g.n_heads
+    at = positions or slice(None)
     flat_delta = delta.reshape(delta.shape[0], -1)  # [S, b*p*d]
 
     def contract_heads(dst0: int, width: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             # grad [b, p, h, d] -> [h, b*p*d] (h: query heads for q, key/value heads for k and v)
-            gh = grad.permute(2, 0, 1, 3).reshape(width, -1).to(flat_delta.device)
+            gh = grad[:, at].permute(2, 0, 1, 3).reshape(width, -1).to(flat_delta.device)
             scores[:n_up, dst0 : dst0 + width] += weight * _contract(flat_delta, n_up, gh.T)
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -550,7 +577,7 @@ def gradient_pass(
 
     def contract_one(dst: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
-            scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad.reshape(-1, 1).to(flat_delta.device))[:, 0]
+            scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad[:, at].reshape(-1, 1).to(flat_delta.device))[:, 0]
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             # The MLP-input hook sees the residual tensor itself; a copy makes the gradient we read the
@@ -565,7 +592,7 @@ def gradient_pass(
     def per_neuron(index: int, per_head: bool) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             assert neuron_scores is not None
-            grad = grad.to(delta.device)
+            grad = grad[:, at].to(delta.device)
             if per_head:  # grad [b, p, h, d]
                 width = grad.shape[2]
                 d = delta[index : index + width].to(grad.dtype)  # [h, b, p, d]
@@ -577,7 +604,7 @@ def gradient_pass(
 
     def embed_hook(t: torch.Tensor, hook: object) -> torch.Tensor:
         if fill_from is not None:
-            delta[0] = t.detach().to(delta.device) - fill_from[0]
+            delta[0] = t.detach()[:, at].to(delta.device) - fill_from[0]
         x = _on(input_override, t) if input_override is not None else t
         x = x.detach().clone().requires_grad_(True)
         if neuron_scores is not None:
@@ -594,7 +621,7 @@ def gradient_pass(
 
     def add_source(index: int, per_head: bool) -> Callable:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            x = t.detach().to(delta.device)
+            x = t.detach()[:, at].to(delta.device)
             if per_head:
                 delta[index : index + n_heads] = x.permute(2, 0, 1, 3) - fill_from[index : index + n_heads]
             else:

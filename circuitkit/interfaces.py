@@ -71,7 +71,7 @@ class RunContext:
         intervention: what a removed edge carries in attribution and evaluation
             (:class:`circuitkit.interventions.Intervention`; None: the corrupted run, i.e. patching).
         extra: run-level settings components may read (part of the attribution cache key), e.g.
-            ``buffer_dtype`` and the intervention's name.
+            ``buffer_dtype``, ``positions_per_pass`` and the intervention's name.
     """
 
     batch_size: int = 16

@@ -17,6 +17,7 @@ it (its other uses are unaffected), exactly as when a hook returns a new tensor.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -322,27 +323,42 @@ class Intervention:
     def uses_corrupted(self) -> bool:
         return self.kind == "patching"
 
-    def values(self, model: CircuitModel, batch: Batch) -> torch.Tensor:
-        """``[n_sources, batch, pos, d]``: the value of every source's output on a removed edge."""
+    def values(self, model: CircuitModel, batch: Batch, positions: slice | None = None) -> torch.Tensor:
+        """``[n_sources, batch, pos, d]``: the value of every source's output on a removed edge (with
+        ``positions``, at those positions only)."""
         if self.kind == "patching":
-            out = engine.run_sources(model, batch.corrupted).sources
+            out = engine.run_sources(model, batch.corrupted, positions=positions).sources
             assert out is not None
             return out
+        return self._constant(model, batch, slice(None), positions)
+
+    def input_values(self, model: CircuitModel, batch: Batch) -> torch.Tensor:
+        """``[batch, pos, d]``: the input node's value on a removed edge, at every position (without
+        running the model past its embeddings)."""
+        if type(self).values is not Intervention.values:  # a subclass's own values
+            return self.values(model, batch)[0]
+        if self.kind == "patching":
+            return engine.input_embeddings(model, batch.corrupted)
+        return self._constant(model, batch, slice(0, 1), None)[0]
+
+    def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
+        """The zero or mean values of the sources ``sources`` at ``positions``."""
         b, p = batch.clean.shape
-        shape = (model.graph.n_sources, b, p, model.d_model)
+        at = range(p)[positions] if positions is not None else range(p)
+        shape = (len(range(model.graph.n_sources)[sources]), b, len(at), model.d_model)
         if self.kind == "zero":
-            shares = self.bias_shares if self.bias_shares is not None else torch.zeros(shape[0], shape[3])
-            return (-shares.to(device=model.device, dtype=model.dtype))[:, None, None, :].expand(shape).contiguous()
+            shares = self.bias_shares if self.bias_shares is not None else torch.zeros(model.graph.n_sources, shape[3])
+            return (-shares[sources].to(device=model.device, dtype=model.dtype))[:, None, None, :].expand(shape).contiguous()
         if self.means is None:
             raise ValueError(f"{self.kind} ablation needs the means (mean_source_outputs)")
-        m = self.means
+        m = self.means[sources]
         if m.shape[2] != 1:
             if m.shape[2] < p:
                 raise CircuitkitError(
                     f"mean_positional ablation has means for {m.shape[2]} positions but this batch has {p}; "
                     "the reference prompts must be at least as long as the prompts evaluated."
                 )
-            m = m[:, :, :p]
+            m = m[:, :, at.start : at.stop]
         return m.to(device=model.device, dtype=model.dtype).expand(shape).contiguous()
 
 
@@ -361,7 +377,17 @@ def check_intervention(kind: object, key: str = "intervention") -> None:
         raise ConfigError(f"{key} must be one of {', '.join(INTERVENTIONS)}, got {kind!r}.")
 
 
-def removed_values(model: CircuitModel, batch: Batch, intervention: Intervention | None) -> torch.Tensor:
+def removed_values(
+    model: CircuitModel, batch: Batch, intervention: Intervention | None, positions: slice | None = None
+) -> torch.Tensor:
     """What removed edges carry for ``batch``: the corrupted run's source outputs unless ``intervention``
-    says otherwise (see :class:`Intervention`)."""
-    return (intervention or Intervention()).values(model, batch)
+    says otherwise (see :class:`Intervention`); with ``positions``, at those positions only."""
+    iv = intervention or Intervention()
+    if positions is None:
+        return iv.values(model, batch)  # an Intervention subclass may define values(model, batch) alone
+    if "positions" not in inspect.signature(iv.values).parameters:
+        raise ConfigError(
+            f"positions_per_pass needs the intervention's values(model, batch, positions), but "
+            f"{type(iv).__name__}.values takes no positions. Leave positions_per_pass unset for this intervention."
+        )
+    return iv.values(model, batch, positions)

@@ -96,6 +96,8 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
     )
     ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
+    if cfg.get("positions_per_pass") is not None:
+        ctx.extra["positions_per_pass"] = cfg.get("positions_per_pass")
     intervention = cfg.get("intervention") or "patching"
     check_intervention(intervention)
     ctx.extra["intervention"] = intervention

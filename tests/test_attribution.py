@@ -229,6 +229,51 @@ def test_memory_estimate_refuses_runs_that_cannot_fit(tiny_model, task, monkeypa
         ck.build("methods", "eap").attribute(tiny_model, task, data_for(tiny_model), ctx())
 
 
+@pytest.mark.parametrize("intervention", ["patching", "zero", "mean_positional"])
+@pytest.mark.parametrize(("method", "options"), [("eap", {}), ("eap_ig", {"ig_steps": 3}), ("clean_corrupted", {})])
+def test_positions_per_pass_gives_the_same_scores(tiny_model64, task, method, options, intervention):
+    """Attribution with the difference buffer holding 1, 2 or 3 positions at a time (the passes repeated per
+    group) equals the one-pass scores: edge and neuron level (EAP, EAP-IG), every intervention."""
+    from circuitkit.interventions import build_intervention
+
+    data = data_for(tiny_model64)
+    iv = build_intervention(tiny_model64, data, intervention)
+
+    def run(k, level):
+        c = ctx(batch_size=4)
+        c.intervention = iv
+        if k is not None:
+            c.extra["positions_per_pass"] = k
+        s = ck.build("methods", method, **options, **({"level": level} if level != "edge" else {})).attribute(tiny_model64, task, data, c)
+        return s.values if level == "edge" else s.neurons
+
+    for level in ("edge", "neuron") if method != "clean_corrupted" else ("edge",):
+        full = run(None, level)
+        assert full.abs().max() > 0
+        for k in (1, 2, 3):
+            chunked = run(k, level)
+            assert torch.allclose(chunked, full, rtol=1e-9, atol=1e-12 * float(full.abs().max())), (level, k)
+
+
+def test_positions_per_pass_divides_the_memory_estimate_and_is_checked(tiny_model, task, monkeypatch):
+    data = data_for(tiny_model)
+    width = max(len(x) for x in data.clean_ids)
+    full = engine.buffer_bytes(tiny_model, 8, width)
+    monkeypatch.setattr(engine, "available_bytes", lambda device: full // 2)
+    with pytest.raises(ck.CircuitkitError, match="positions_per_pass"):
+        ck.build("methods", "eap").attribute(tiny_model, task, data, ctx())
+    c = ctx()
+    c.extra["positions_per_pass"] = 2
+    low = ck.build("methods", "eap").attribute(tiny_model, task, data, c).values
+    monkeypatch.undo()
+    plain = ck.build("methods", "eap").attribute(tiny_model, task, data, ctx()).values
+    assert torch.allclose(low, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
+    for bad in (0, -1, 1.5, "two", True):
+        c.extra["positions_per_pass"] = bad
+        with pytest.raises(ck.CircuitkitError, match="positions_per_pass must be a positive integer"):
+            ck.build("methods", "eap").attribute(tiny_model, task, data, c)
+
+
 def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     """GPT-NeoX/Pythia blocks read attention and MLP from the same residual: the graph has no
     same-layer head->MLP edges, EAP matches finite differences and the evaluation endpoints hold."""
@@ -388,3 +433,24 @@ def test_a_task_with_its_own_metric_gets_the_full_logits(tiny_model):
     batch = next(data_for(tiny_model).batches(8))
     final = engine.run_sources(tiny_model, batch.clean).final
     assert engine.answer_metric(tiny_model, final, batch, t.metric).shape == (len(batch),)
+
+
+def test_positions_per_pass_from_the_run_config(tiny_model_dir, tmp_path):
+    from circuitkit.pipeline import run
+
+    def cfg(**extra):
+        return {
+            "model": {"name": tiny_model_dir, "device": "cpu"},
+            "method": {"name": "eap_ig", "ig_steps": 2},
+            "task": {"name": "greater_than", "n_examples": 8},
+            "selector": {"name": "top_n", "n_edges": 20},
+            "evaluator": {"faithfulness": {}},
+            "progress": False,
+            "cache": False,
+            **extra,
+        }
+
+    chunked = run(cfg(positions_per_pass=3), tmp_path / "chunked")
+    plain = run(cfg(), tmp_path / "plain")
+    assert chunked.status == plain.status == "complete" and chunked.meta["config"]["positions_per_pass"] == 3
+    torch.testing.assert_close(chunked.scores.values, plain.scores.values, rtol=1e-5, atol=1e-6 * float(plain.scores.values.abs().max()))

@@ -255,6 +255,13 @@ def test_eap_is_the_derivative_of_exact_patching(llama, data):
     torch.testing.assert_close(eap, (up - down) / 2, rtol=1e-4, atol=1e-12)
 
 
+def test_an_intervention_without_positions_refuses_position_groups_clearly(llama, data):
+    c = ctx(intervention=_Toward(eps=0.5))
+    c.extra["positions_per_pass"] = 2
+    with pytest.raises(ck.CircuitkitError, match=r"positions_per_pass needs the intervention's values\(model, batch, positions\)"):
+        ck.build("methods", "eap").attribute(llama, TASK, data, c)
+
+
 def test_exact_patching_of_kv_edges_equals_masked_evaluation_and_hand_written_patches(llama, data):
     g = llama.graph
     picks = [g.index_of(e) for e in NAMED]
