@@ -68,8 +68,10 @@ def previous_token_prior(model, amplitude: float, gain: float) -> None:  # noqa:
     for block in (0, 1):  # query, key of head 0
         w_qkv[:, block * d : block * d + hd] = 0.0
         b_qkv[block * d : block * d + hd] = 0.0
-    w_qkv[:16, 0:hd] = gain * rot
-    w_qkv[:16, d : d + hd] = torch.eye(16)
+    if hd < 16:
+        raise SystemExit(f"--prev-head needs heads of at least 16 dimensions (these have {hd})")
+    w_qkv[:16, 0:16] = gain * rot
+    w_qkv[:16, d : d + 16] = torch.eye(16)
 
 
 @torch.no_grad()

@@ -69,6 +69,7 @@ def gradient_attribution(
     engine.check_fits(model, need, method)
     n = 0
     has_clean = any(a == 1.0 for a in alphas)
+    interpolates = any(a != 1.0 for a in alphas)
     order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
     weight = 1.0 / len(alphas)
     for batch in progress(
@@ -77,16 +78,17 @@ def gradient_attribution(
         batch = batch.to(model.device)
         p = batch.clean.shape[1]
         groups = [None] if span >= p else [slice(s, min(s + span, p)) for s in range(0, p, span)]
-        inputs = None
-        if groups[0] is not None and order != [1.0]:
-            # The interpolated inputs need the input node's clean and removed values at every position.
-            start = (ctx.intervention or Intervention()).input_values(model, batch)
-            inputs = (start, engine.input_embeddings(model, batch.clean) - start)
+        # The interpolated inputs are ig_start + a * ig_diff at every position. In one group they come from
+        # the buffer (ig_diff None: delta[0]); in several, the buffer holds only some positions.
+        ig_start, ig_diff = None, None
+        if interpolates and groups[0] is not None:
+            ig_start = (ctx.intervention or Intervention()).input_values(model, batch)
+            ig_diff = engine.input_embeddings(model, batch.clean) - ig_start
         for at in groups:
             corrupted = removed_values(model, batch, ctx.intervention, positions=at)
             assert corrupted is not None
-            if inputs is None:
-                inputs = (corrupted[0].clone(), None)  # the interpolation's start, kept apart from the buffer
+            if interpolates and ig_start is None:
+                ig_start = corrupted[0].clone()  # kept apart from the buffer, which the clean pass overwrites
             if not has_clean:
                 clean = engine.run_sources(model, batch.clean, positions=at).sources
                 delta = (clean - corrupted).to(buffer_dtype)
@@ -102,8 +104,7 @@ def gradient_attribution(
                         positions=at,
                     )
                 else:
-                    start, diff = inputs
-                    emb = start + a * (diff if diff is not None else delta[0].to(start.dtype))
+                    emb = ig_start + a * (ig_diff if ig_diff is not None else delta[0].to(ig_start.dtype))
                     engine.gradient_pass(
                         model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons,
                         positions=at,
