@@ -27,7 +27,18 @@ import torch
 from circuitkit_plugins.tasks._common import in_split
 from circuitkit_plugins.tasks.induction import word_tokens
 
-from circuitkit.zoo.train import ARCH, _batch, _packed, answer_logits, build_task, evaluate, load_tokenizer, optimizer
+from circuitkit.zoo.train import (
+    ARCH,
+    _batch,
+    _packed,
+    answer_logits,
+    build_task,
+    evaluate,
+    load_tokenizer,
+    optimizer,
+    position_code,
+    shift_rotation,
+)
 
 
 def sinusoidal(positions: int, width: int) -> torch.Tensor:
@@ -40,38 +51,65 @@ def sinusoidal(positions: int, width: int) -> torch.Tensor:
     return out
 
 
-PREV_FREQS = (0.657, 0.898, 1.075, 1.374, 1.451, 1.707, 1.794, 2.959)  # sum of cos(w d) <= 2.6 for 1 <= d <= 64
-
-
 @torch.no_grad()
 def previous_token_prior(model, amplitude: float, gain: float) -> None:  # noqa: ANN001
-    """Initialise layer 0's head 0 as a previous-token head: positions are coded as sines and cosines of
-    eight frequencies in residual dimensions 0-15 (which the token embeddings leave at zero), the head's key
-    reads them as they are and its query rotates them back by one position, so that query ``i`` matches key
-    ``i - 1`` best (the sum of ``cos(w d)`` over the frequencies is 8 at distance 0 and at most 2.6 at other
-    distances up to 64)."""
+    """Initialise layer 0's head 0 as a previous-token head: positions are coded as ``position_code`` in
+    residual dimensions 0-15 (which the token embeddings leave at zero), the head's key reads them as they
+    are and its query is ``shift_rotation(gain)``, so that query ``i`` matches key ``i - 1`` best. (The
+    training script's ``init_induction_circuit`` builds the same head and the induction heads reading it.)"""
     n_pos, d = model.config.n_positions, model.config.n_embd
     hd = d // model.config.n_head
-    w = torch.tensor(PREV_FREQS)
-    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    if hd < 16:
+        raise SystemExit(f"--prev-head needs heads of at least 16 dimensions (these have {hd})")
     wpe = torch.zeros(n_pos, d)
-    wpe[:, 0:16:2] = amplitude * torch.sin(pos * w)
-    wpe[:, 1:16:2] = amplitude * torch.cos(pos * w)
+    wpe[:, :16] = position_code(n_pos, amplitude)
     model.transformer.wpe.weight.copy_(wpe)
     model.transformer.wte.weight[:, :16] = 0.0
-    rot = torch.zeros(16, 16)
-    for f, om in enumerate(PREV_FREQS):
-        c, s_ = math.cos(om), math.sin(om)
-        rot[2 * f : 2 * f + 2, 2 * f : 2 * f + 2] = torch.tensor([[c, s_], [-s_, c]])
     attn = model.transformer.h[0].attn
     w_qkv, b_qkv = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ W, W [d, 3d]
     for block in (0, 1):  # query, key of head 0
         w_qkv[:, block * d : block * d + hd] = 0.0
         b_qkv[block * d : block * d + hd] = 0.0
-    if hd < 16:
-        raise SystemExit(f"--prev-head needs heads of at least 16 dimensions (these have {hd})")
-    w_qkv[:16, 0:16] = gain * rot
+    w_qkv[:16, 0:16] = shift_rotation(gain)
     w_qkv[:16, d : d + 16] = torch.eye(16)
+
+
+def pinned_previous_token_head(model) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    """What ``--freeze-prev`` holds at its initial values: the position embeddings, the token embeddings'
+    dimensions 0-15, layer 0's first LayerNorm on those dimensions and the query and key of layer 0's head 0.
+    Returned as ``(parameter, mask, values)``; ``restore`` writes the values back after each step (a zero
+    gradient is not enough: AdamW's weight decay would still shrink them)."""
+    d = model.config.n_embd
+    hd = d // model.config.n_head
+    t = model.transformer
+    out = []
+
+    def pin(param: torch.Tensor, mask: torch.Tensor) -> None:
+        out.append((param, mask, param.detach().clone()))
+
+    pin(t.wpe.weight, torch.ones_like(t.wpe.weight, dtype=torch.bool))
+    emb = torch.zeros_like(t.wte.weight, dtype=torch.bool)
+    emb[:, :16] = True
+    pin(t.wte.weight, emb)
+    for param in (t.h[0].ln_1.weight, t.h[0].ln_1.bias):
+        m = torch.zeros_like(param, dtype=torch.bool)
+        m[:16] = True
+        pin(param, m)
+    attn = t.h[0].attn
+    m = torch.zeros_like(attn.c_attn.weight, dtype=torch.bool)
+    mb = torch.zeros_like(attn.c_attn.bias, dtype=torch.bool)
+    for block in (0, 1):
+        m[:, block * d : block * d + hd] = True
+        mb[block * d : block * d + hd] = True
+    pin(attn.c_attn.weight, m)
+    pin(attn.c_attn.bias, mb)
+    return out
+
+
+@torch.no_grad()
+def restore(pinned: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    for param, mask, values in pinned:
+        param[mask] = values[mask]
 
 
 @torch.no_grad()
@@ -120,8 +158,16 @@ def main() -> None:
     p.add_argument("--pos-init", type=float, default=0.0, help="initialise positions as sinusoids times this (0: GPT-2's)")
     p.add_argument("--emb-std", type=float, default=0.0, help="token embedding init std (0: GPT-2's 0.02)")
     p.add_argument("--final-gain", type=float, default=1.0, help="initial gain of the final LayerNorm")
-    p.add_argument("--prev-head", type=float, default=0.0, help="initialise layer 0 head 0 as a previous-token head with this query gain (0: no)")
+    p.add_argument(
+        "--prev-head",
+        type=float,
+        default=0.0,
+        help="initialise layer 0 head 0 as a previous-token head with this query gain (0: no)",
+    )
     p.add_argument("--prev-amplitude", type=float, default=0.1, help="amplitude of the position sinusoids with --prev-head")
+    p.add_argument(
+        "--freeze-prev", action="store_true", help="with --prev-head: hold the previous-token head fixed during training"
+    )
     p.add_argument("--eval-every", type=int, default=400)
     p.add_argument("--eval-examples", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
@@ -163,6 +209,9 @@ def main() -> None:
             model.transformer.wpe.weight.copy_(sinusoidal(ARCH["n_positions"], ARCH["n_embd"]) * args.pos_init)
         if args.prev_head:
             previous_token_prior(model, args.prev_amplitude, args.prev_head)
+    if args.freeze_prev and not args.prev_head:
+        raise SystemExit("--freeze-prev needs --prev-head")
+    pinned = pinned_previous_token_head(model) if args.freeze_prev else []
     opt = optimizer(model, args.lr, args.weight_decay)
     vocab = torch.tensor(words)
     index = torch.zeros(len(tok), dtype=torch.long)
@@ -175,7 +224,9 @@ def main() -> None:
     )
     t0, total = time.time(), 0.0
     for step in range(args.steps):
-        batch = [(ids, [(pos, answers[0]) for pos, answers in targets]) for ids, targets in (next(rows) for _ in range(args.rows))]
+        batch = [
+            (ids, [(pos, answers[0]) for pos, answers in targets]) for ids, targets in (next(rows) for _ in range(args.rows))
+        ]
         x, row, pos, y = _batch(batch, pad)
         if args.restrict:
             h = model.transformer(input_ids=x).last_hidden_state[row, pos]
@@ -188,6 +239,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        restore(pinned)
         total += loss.item()
         if (step + 1) % args.eval_every == 0:
             r = evaluate(model, held_out, pad)["induction"]

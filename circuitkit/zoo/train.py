@@ -217,6 +217,89 @@ def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Te
     return model.lm_head(h[torch.arange(x.shape[0]) if row is None else row, last])
 
 
+# Eight frequencies for the position code: sum of cos(w d) is 8 at d = 0 and at most 2.6 for 1 <= d <= 64.
+POSITION_FREQS = (0.657, 0.898, 1.075, 1.374, 1.451, 1.707, 1.794, 2.959)
+INDUCTION_INIT = {"amplitude": 0.3, "prev_gain": 3.0, "emb_std": 0.1, "match_gain": 3.0, "copy_gain": 3.0, "heads": 6}
+
+
+def position_code(n_positions: int, amplitude: float) -> torch.Tensor:
+    """``[n_positions, 16]``: sines and cosines of ``POSITION_FREQS`` times ``amplitude``."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None] * torch.tensor(POSITION_FREQS)
+    out = torch.empty(n_positions, 16)
+    out[:, 0::2], out[:, 1::2] = amplitude * pos.sin(), amplitude * pos.cos()
+    return out
+
+
+def shift_rotation(gain: float) -> torch.Tensor:
+    """``[16, 16]`` map taking the position code of ``i`` to ``gain`` times that of ``i - 1`` (read as a
+    query against keys that read the code as it is, position ``i`` matches ``i - 1`` best)."""
+    rot = torch.zeros(16, 16)
+    for f, w in enumerate(POSITION_FREQS):
+        c, s = math.cos(w), math.sin(w)
+        rot[2 * f : 2 * f + 2, 2 * f : 2 * f + 2] = torch.tensor([[c, s], [-s, c]])
+    return gain * rot
+
+
+def _set_head(attn: Any, head: int, q: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor, o: torch.Tensor) -> None:
+    """Overwrite one head of a GPT-2 attention block (Conv1D: ``x @ W + b``). ``q``, ``k``, ``v`` are
+    ``[d_model, d_head]`` (all-zero where None), ``o`` is ``[d_head, d_model]``; the head's biases become 0."""
+    d = attn.c_proj.weight.shape[1]
+    hd = v.shape[1]
+    for block, w in enumerate((q, k, v)):
+        cols = slice(block * d + head * hd, block * d + (head + 1) * hd)
+        attn.c_attn.weight[:, cols] = 0.0 if w is None else w
+        attn.c_attn.bias[cols] = 0.0
+    attn.c_proj.weight[head * hd : (head + 1) * hd] = o
+
+
+@torch.no_grad()
+def init_induction_circuit(
+    model: Any, seed: int, *, amplitude: float, prev_gain: float, emb_std: float, match_gain: float, copy_gain: float, heads: int
+) -> None:
+    """Start the model with an induction circuit (the construction of Elhage et al. 2021): training then
+    adjusts it with everything else. Attention-only induction does not form in this model within the CPU
+    training budget (docs/model-card.md), so it is built in rather than waited for.
+
+    Residual layout at initialisation (the token embeddings are zero outside dims 32+, the position
+    embeddings zero outside dims 0-15; training may use every dimension afterwards):
+
+    - dims 0-15: positions, as ``position_code``;
+    - layer 0 head 0, a previous-token head: query ``shift_rotation(prev_gain)`` and key the identity on
+      dims 0-15, value a random 16-dim projection ``A`` of the token dims, output into dims 16-31;
+    - layer 1 heads ``0..heads-1``, induction heads: query ``match_gain * A`` on the token dims, key the
+      identity on dims 16-31 (so a position attends to the one *after* an earlier occurrence of its own
+      token), value and output ``copy_gain``-scaled orthonormal 16-dim blocks ``B_h`` of the token dims, so
+      that the heads together copy the attended token's embedding (``sum_h B_h^T B_h`` is the identity on
+      the token dims when ``heads * 16`` covers them);
+    - token embeddings ``N(0, emb_std)`` on dims 32+.
+    """
+    cfg = model.config
+    d, hd = cfg.n_embd, cfg.n_embd // cfg.n_head
+    if hd != 16 or d < 48 or cfg.n_layer < 2 or heads > cfg.n_head or heads * 16 > d - 32:
+        raise ValueError(
+            f"the induction initialisation needs 16-dim heads, 2+ layers and {heads} heads of 16 token dims; got {cfg}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    t = model.transformer
+    t.wpe.weight.zero_()
+    t.wpe.weight[:, :16] = position_code(cfg.n_positions, amplitude)
+    t.wte.weight.normal_(0.0, emb_std, generator=g)
+    t.wte.weight[:, :32] = 0.0
+    n_tok = d - 32
+    basis = torch.linalg.qr(torch.randn(n_tok, n_tok, generator=g))[0]  # orthonormal columns
+    match = torch.zeros(d, hd)
+    match[32:] = basis[:, :16]  # A^T
+    pos_q, pos_k, prev_o = torch.zeros(d, hd), torch.zeros(d, hd), torch.zeros(hd, d)
+    pos_q[:16], pos_k[:16], prev_o[:, 16:32] = shift_rotation(prev_gain), torch.eye(16), torch.eye(16)
+    _set_head(t.h[0].attn, 0, pos_q, pos_k, match, prev_o)
+    prev_k = torch.zeros(d, hd)
+    prev_k[16:32] = torch.eye(16)
+    for h in range(heads):
+        block = torch.zeros(d, hd)
+        block[32:] = basis[:, 16 * h : 16 * (h + 1)]  # B_h^T
+        _set_head(t.h[1].attn, h, match_gain * match, prev_k, block, copy_gain * block.T)
+
+
 def optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW (betas 0.9/0.98) with weight decay on the matrices and the token embedding only (not on the
     position embeddings, biases and norm gains)."""
@@ -266,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--induction-max-len", type=int, default=16, help="longest repeated sequence in training (test: 12)")
     p.add_argument(
         "--induction-vocab", type=int, default=None, help="word tokens of induction, training and held-out (default: the task's)"
+    )
+    p.add_argument(
+        "--no-induction-init", action="store_true", help="GPT-2's initialisation throughout (no built-in induction circuit)"
     )
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to train on (default: all)")
     p.add_argument("--eval-every", type=int, default=500)
@@ -331,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
+    if not args.no_induction_init:
+        init_induction_circuit(model, args.seed, **INDUCTION_INIT)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {n_params / 1e6:.2f}M parameters", flush=True)
     opt = optimizer(model, args.lr, args.weight_decay)
