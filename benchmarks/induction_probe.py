@@ -14,6 +14,7 @@ only (about 6x cheaper per step on one thread; held-out accuracy is still over t
     python benchmarks/induction_probe.py --restrict --steps 4000
     python benchmarks/induction_probe.py --restrict --steps 4000 --pos-init 0.5 --emb-std 0.1 --final-gain 3
     python benchmarks/induction_probe.py --restrict --steps 2400 --prev-head 1 --prev-amplitude 0.1
+    python benchmarks/induction_probe.py --restrict --steps 2400 --prev-head 1 --prev-amplitude 0.1 --freeze-prev
 """
 
 from __future__ import annotations
