@@ -161,3 +161,13 @@ def outcomes(model: CircuitModel, n_examples: int = 8) -> dict[str, torch.Tensor
     ev = evaluate_keeps(model, task, data, keeps, ck.RunContext(batch_size=4, progress=False))
     out["evaluation"] = torch.tensor([ev.clean, ev.corrupted, *ev.circuits])
     return out
+
+
+def float_tol(model: CircuitModel, scale: float | torch.Tensor) -> float:
+    """Absolute tolerance for two computations of the same value of magnitude ``scale`` in this model's dtype
+    that differ in kernels or order of summation: each layer's sums over ``d_model`` terms may round by up to
+    ``d_model * eps`` relative, so ``n_layers * d_model * eps * scale`` (eps of the model's dtype). It holds
+    on any CPU's kernels, and a real error (a wrong edge, a missing term) is orders of magnitude larger on
+    these tiny models."""
+    eps = torch.finfo(model.dtype).eps
+    return float(model.graph.n_layers * model.d_model * eps * max(float(scale), eps))
