@@ -5,10 +5,13 @@ Usage::
     python -m circuitkit.compare multirun/2025-01-31/12-00-00          # every run under a sweep dir
     python -m circuitkit.compare outputs/run_a outputs/run_b --out cmp.png
     python -m circuitkit.compare multirun/... --csv runs.csv --sort faithfulness
+    python -m circuitkit.compare --html outputs/eap_run outputs/eap_ig_run        # compare.html
 
 Each argument is a run directory (one holding ``results.json``) or any directory above run directories
-(a Hydra multirun sweep dir); run directories are found recursively. The plot needs matplotlib
-(``pip install 'circuitkit[plots]'``); without it only the table is printed.
+(a Hydra multirun sweep dir); run directories are found recursively. The plot needs matplotlib; without it
+only the table is printed. ``--html`` also writes ``compare.html``, an interactive explorer of the runs'
+circuits (:mod:`circuitkit.explorer`): any two of them side by side, shared and unique edges coloured, their
+overlap (edge and node IoU, shared fractions), and a top-n slider re-selecting both.
 """
 
 from __future__ import annotations
@@ -267,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", help="also write the table to this CSV file")
     parser.add_argument("--sort", help="sort by this column (e.g. faithfulness, seconds, edges)")
     parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write an interactive explorer of the runs' circuits (shared and unique edges, overlap): compare.html",
+    )
+    parser.add_argument("--html-out", help="file for the --html explorer (default: compare.html in the runs' common directory)")
+    parser.add_argument(
         "--x",
         help="x axis of the curve plot: a curve table column (default: n_edges; fraction compares models of different sizes)",
     )
@@ -299,12 +308,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.writerow(header)
             w.writerows([["" if v is None else v for v in row] for row in rows])
         print(f"table written to {args.csv}")
+    if args.html or args.html_out:
+        from circuitkit import explorer
+
+        page = Path(args.html_out) if args.html_out else (root or Path.cwd()) / "compare.html"
+        try:
+            explorer.for_run_dirs(dirs, page, labels=[f"{r.method} / {r.task} ({_label(r, root)})" for r in runs])
+        except CircuitkitError as e:
+            print(f"circuitkit.compare: error: {e}", file=sys.stderr)
+            return 1
+        print(f"circuit explorer written to {page}")
     if not args.no_plot:
         out = Path(args.out) if args.out else (root or Path.cwd()) / "compare.png"
         try:
             written = plot_curves(runs, out, root, args.x)
         except ImportError:
-            print("no plot: matplotlib is not installed (pip install 'circuitkit[plots]').", file=sys.stderr)
+            print("no plot: matplotlib cannot be imported (pip install matplotlib).", file=sys.stderr)
         else:
             if written is None:
                 print("no plot: no run has a faithfulness curve (add a curve evaluator, e.g. evaluator=[faithfulness_curve]).")

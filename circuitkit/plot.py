@@ -27,7 +27,7 @@ from circuitkit.results import Circuit
 
 log = logging.getLogger("circuitkit")
 
-INSTALL_HINT = "matplotlib is not installed (pip install 'circuitkit[plots]')"
+INSTALL_HINT = "matplotlib cannot be imported (pip install matplotlib)"
 
 #: line style of an edge by its destination input
 LINESTYLES = {"q": (0, (5, 2)), "k": (0, (1, 1.5)), "v": (0, (6, 2, 1, 2)), "": "solid"}

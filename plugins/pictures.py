@@ -1,9 +1,17 @@
-"""Pictures reporter: ``reporter=[pictures]`` draws the run's circuit and faithfulness curves.
+"""Pictures reporter: the run's circuit and faithfulness curve as files, written by every run by default.
 
-Writes ``circuit.<fmt>`` (the circuit as a graph, see :func:`circuitkit.plot.draw_circuit`) and, when an
-evaluator produced a ``curve`` table (``faithfulness_curve``), ``curve.<fmt>`` (faithfulness against the
-percentage of edges, see :func:`circuitkit.plot.plot_curves`) into the run directory. Needs matplotlib
-(``pip install 'circuitkit[plots]'``); without it the reporter logs one line and draws nothing.
+Writes into the run directory:
+
+- ``circuit.html``: the interactive explorer (:mod:`circuitkit.explorer`; one self-contained file, no
+  dependency beyond circuitkit itself);
+- ``circuit.<fmt>``: the circuit as a graph (:func:`circuitkit.plot.draw_circuit`);
+- ``curve.<fmt>``: faithfulness against the percentage of edges, when an evaluator produced a ``curve``
+  table (``faithfulness_curve``; :func:`circuitkit.plot.plot_curves`).
+
+The pipeline adds this reporter to every run (``pictures=false`` turns it off); list it as
+``reporter=[pictures]`` to set its options. The static pictures need matplotlib (a base dependency); where it
+cannot be imported the reporter logs one warning, still writes ``circuit.html``, and the run's result files
+are complete.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ class PicturesConfig(PluginConfig):
         curve: draw the faithfulness curve(s), when an evaluator measured one.
         max_edges: draw at most this many circuit edges (largest ``|score|`` first).
         dpi: resolution of PNG files.
+        html: write ``circuit.html``, the interactive explorer.
+        html_max_edges: ranked edges stored in ``circuit.html`` for its top-n slider (the strongest; every
+            edge of GPT-2 small by default).
+        html_max_draw: edges the explorer draws at once (the strongest of its selection).
     """
 
     formats: list[str] = field(default_factory=lambda: ["svg", "png"])
@@ -39,6 +51,9 @@ class PicturesConfig(PluginConfig):
     curve: bool = True
     max_edges: int = 300
     dpi: int = 150
+    html: bool = True
+    html_max_edges: int = 50_000
+    html_max_draw: int = 1500
 
 
 class Pictures(Reporter):
@@ -48,22 +63,38 @@ class Pictures(Reporter):
         super().__init__(config)
         bad = [f for f in config.formats if f not in FORMATS]
         if bad or not config.formats:
-            raise ConfigError(f"reporter.pictures.formats must be a non-empty list of {', '.join(FORMATS)}; got {list(config.formats)}.")
-        if config.max_edges < 1:
-            raise ConfigError(f"reporter.pictures.max_edges must be at least 1, got {config.max_edges}.")
+            raise ConfigError(
+                f"reporter.pictures.formats must be a non-empty list of {', '.join(FORMATS)}; got {list(config.formats)}."
+            )
+        for key in ("max_edges", "html_max_edges", "html_max_draw"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"reporter.pictures.{key} must be at least 1, got {getattr(config, key)}.")
 
     def report(self, run: RunResult, run_dir: str) -> None:
-        from circuitkit import plot
+        from circuitkit import explorer, plot
 
-        if not plot.available():
-            log.info("pictures: %s; no pictures drawn.", plot.INSTALL_HINT)
-            return
         out = Path(run_dir)
-        fmts = list(self.config.formats)
         written = []
+        if self.config.html and run.circuit is not None:
+            page = explorer.for_run(
+                run, out / "circuit.html", max_stored=self.config.html_max_edges, max_draw=self.config.html_max_draw
+            )
+            written += [page] if page is not None else []
+        if not plot.available():
+            log.warning("pictures: %s; no circuit.svg/png or curve.png drawn (the result files are complete).", plot.INSTALL_HINT)
+            if written:
+                log.info("pictures: wrote %s", ", ".join(p.name for p in written))
+            return
+        fmts = list(self.config.formats)
         if self.config.circuit and run.circuit is not None:
             title = f"{run.meta.get('method', '?')} on {run.meta.get('task', '?')}: {run.circuit.n_edges} edges"
-            written += plot.draw_circuit(run.circuit, *[out / f"circuit.{f}" for f in fmts], max_edges=self.config.max_edges, title=title, dpi=self.config.dpi)
+            written += plot.draw_circuit(
+                run.circuit,
+                *[out / f"circuit.{f}" for f in fmts],
+                max_edges=self.config.max_edges,
+                title=title,
+                dpi=self.config.dpi,
+            )
         if self.config.curve:
             curves = {}
             target = None
@@ -75,7 +106,13 @@ class Pictures(Reporter):
                         curves[label + suffix] = ev.tables[table]
                 target = target if target is not None else ev.values.get("target")
             if curves:
-                written += plot.plot_curves(curves, *[out / f"curve.{f}" for f in fmts], target=target, title=f"{method} on {run.meta.get('task', '?')}", dpi=self.config.dpi)
+                written += plot.plot_curves(
+                    curves,
+                    *[out / f"curve.{f}" for f in fmts],
+                    target=target,
+                    title=f"{method} on {run.meta.get('task', '?')}",
+                    dpi=self.config.dpi,
+                )
         if written:
             log.info("pictures: wrote %s", ", ".join(p.name for p in written))
 
