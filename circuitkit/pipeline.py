@@ -79,6 +79,15 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
+def _reporters(cfg: dict[str, Any], registry: Registry) -> list[Any]:
+    """The reporters chosen in ``reporter=[...]``, plus ``pictures`` (circuit.svg/png, curve.png,
+    circuit.html) unless listed there already or turned off with ``pictures=false``."""
+    chosen = _selected(cfg, "reporter")
+    if cfg.get("pictures", True) and "pictures" not in [n for n, _ in chosen] and "pictures" in registry.reporters.names():
+        chosen = [("pictures", {}), *chosen]
+    return [registry.reporters.build(n, o) for n, o in chosen]
+
+
 def _selected(cfg: dict[str, Any], group: str) -> list[tuple[str, dict[str, Any]]]:
     """``[(name, options)]`` chosen for a combinable group (a mapping name -> options, or None)."""
     node = cfg.get(group) or {}
@@ -111,7 +120,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
     task = registry.tasks.build(task_name, cfg["task"])
     selector = registry.selectors.build(selector_name, cfg["selector"])
     evaluators = [registry.evaluators.build(n, o) for n, o in _selected(cfg, "evaluator")]
-    reporters = [registry.reporters.build(n, o) for n, o in _selected(cfg, "reporter")]
+    reporters = _reporters(cfg, registry)
     level = getattr(attributor.config, "level", None)
     if isinstance(level, str):  # node/neuron-level methods need a selector that chooses nodes/neurons
         selector.check_level(level)
