@@ -6,7 +6,8 @@
 - :func:`exact_patching`: the true effect of corrupting each edge alone, several edges per pass.
 
 Scores are summed over examples and divided by the number of examples at the end (float64), so they do
-not depend on the batch size.
+not depend on the batch size. Both also keep each example's score (same passes), which gives every edge's
+standard error (``Scores.stderr``) and the bootstrap of circuits over examples (:mod:`circuitkit.uncertainty`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from circuitkit.interventions import Intervention, removed_values
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress, progress_bar
 from circuitkit.results import Scores
+from circuitkit.uncertainty import PerExampleScores
 
 
 def gradient_attribution(
@@ -35,6 +37,7 @@ def gradient_attribution(
     method: str,
     meta: dict | None = None,
     level: str = "edge",
+    stderr: bool = True,
 ) -> Scores:
     """Score every edge by ``(out_clean - out_corrupted) . mean_alpha grad(alpha)``.
 
@@ -46,6 +49,9 @@ def gradient_attribution(
         level: ``edge``; ``node`` adds node scores (each node's outgoing edge scores summed, which is
             exactly the node-level attribution); ``neuron`` adds per-dimension scores of every node's
             output, ``(out_clean - out_corrupted)[d] * grad[d]`` summed over examples and positions.
+        stderr: also contract per example in the same passes (summed over positions and interpolation
+            points) and give the scores their standard errors (``Scores.stderr``) and per-example values
+            (``Scores.per_example``, while they fit in memory; see :mod:`circuitkit.uncertainty`).
 
     Cost per batch: one corrupted forward without autograd, then one forward/backward per alpha (the
     ``alpha == 1`` pass also collects the clean source outputs). With ``ctx.extra["positions_per_pass"] = k``
@@ -68,6 +74,7 @@ def gradient_attribution(
     need = engine.buffer_bytes(model, batch, span) + (0 if shared else engine.buffer_bytes(model, batch, span, buffer_dtype))
     engine.check_fits(model, need, method)
     n = 0
+    acc = PerExampleScores(g.n_edges) if stderr else None
     has_clean = any(a == 1.0 for a in alphas)
     interpolates = any(a != 1.0 for a in alphas)
     order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
@@ -77,6 +84,7 @@ def gradient_attribution(
     ):
         batch = batch.to(model.device)
         p = batch.clean.shape[1]
+        pe = None if acc is None else torch.zeros(g.n_sources, g.n_destinations, len(batch), dtype=torch.float64, device=model.device)
         groups = [None] if span >= p else [slice(s, min(s + span, p)) for s in range(0, p, span)]
         # The interpolated inputs are ig_start + a * ig_diff at every position. In one group they come from
         # the buffer (ig_diff None: delta[0]); in several, the buffer holds only some positions.
@@ -101,22 +109,28 @@ def gradient_attribution(
                 if a == 1.0:
                     engine.gradient_pass(
                         model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons,
-                        positions=at,
+                        positions=at, per_example=pe,
                     )
                 else:
                     emb = ig_start + a * (ig_diff if ig_diff is not None else delta[0].to(ig_start.dtype))
                     engine.gradient_pass(
                         model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons,
-                        positions=at,
+                        positions=at, per_example=pe,
                     )
             del corrupted, delta
+        if acc is not None and pe is not None:
+            acc.add(g.to_flat(pe.permute(2, 0, 1)))
         n += len(batch)
     out = Scores.from_dense(g, scores / n, {"method": method, "n_examples": n, **(meta or {}), "level": level})
+    if acc is not None:
+        out.stderr, out.per_example = acc.stderr(), acc.matrix()
     if level == "edge":
         return out
     # Node scores: the outgoing edge scores summed (neuron level: the neuron scores summed, the same number).
     nodes = out.dense().sum(1) if neurons is None else None
-    return Scores(g, out.values, out.meta, level, nodes, None if neurons is None else (neurons / n).cpu())
+    res = Scores(g, out.values, out.meta, level, nodes, None if neurons is None else (neurons / n).cpu())
+    res.stderr, res.per_example = out.stderr, out.per_example
+    return res
 
 
 def check_level(level: object, method: str) -> None:
@@ -188,6 +202,7 @@ def exact_patching(
     todo = torch.arange(g.n_edges) if edges is None else torch.as_tensor(edges, dtype=torch.long)
     total = torch.zeros(g.n_edges, dtype=torch.float64)
     n = 0
+    acc = PerExampleScores(g.n_edges)
     src = torch.as_tensor(g.edge_src)
     dst = torch.as_tensor(g.edge_dst)
     mlp_dst = torch.tensor([g.dst_mlp(layer) for layer in range(g.n_layers)], dtype=torch.long)
@@ -210,16 +225,26 @@ def exact_patching(
             with torch.no_grad():
                 clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
             delta = corrupted - clean.sources
+            pe = torch.zeros(len(batch), g.n_edges, dtype=torch.float64)
             for layer, chunk in groups:
                 patched = engine.single_edge_metric(
                     model, batch, task.metric, delta, src[chunk], dst[chunk], start_layer=layer, clean=clean
                 ).double()
-                total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
+                drop = (clean_metric[None, :] - patched).cpu()  # [edges, batch]
+                total[chunk] += drop.sum(1)
+                pe[:, chunk] = drop.T
                 bar.update(1)
+            acc.add(pe)
             n += len(batch)
     out = total / n
     if edges is not None:
         mask = torch.ones(g.n_edges, dtype=torch.bool)
         mask[todo] = False
         out[mask] = float("nan")
-    return Scores(g, out, {"method": method, "n_examples": n, "edges_per_pass": edges_per_pass, "level": "edge"})
+    res = Scores(g, out, {"method": method, "n_examples": n, "edges_per_pass": edges_per_pass, "level": "edge"})
+    res.stderr = acc.stderr()
+    res.per_example = acc.matrix()
+    if edges is not None:
+        res.stderr[mask] = float("nan")
+        res.per_example = None
+    return res

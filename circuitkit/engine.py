@@ -484,6 +484,23 @@ def _contract(flat_delta: torch.Tensor, n_up: int, grad: torch.Tensor) -> torch.
     return out
 
 
+def _contract_per_example(delta: torch.Tensor, n_up: int, grad: torch.Tensor) -> torch.Tensor:
+    """Per-example contraction: ``delta [S, b, k]`` (sources, examples, positions*width) with ``grad
+    [b, w, k]`` as float64 ``[n_up, w, b]`` (summed over positions only). One matrix product per example
+    on strided views of the buffer (no copy of it); a bf16/fp16 buffer is converted a few sources at a time."""
+    b = grad.shape[0]
+    out = torch.empty(n_up, grad.shape[1], b, dtype=torch.float64, device=grad.device)
+    for i in range(b):
+        g = grad[i].T  # [k, w]
+        if delta.dtype == grad.dtype:
+            out[:, :, i] = (delta[:n_up, i] @ g).double()
+        else:
+            for s in range(0, n_up, CONTRACT_CHUNK):
+                e = min(s + CONTRACT_CHUNK, n_up)
+                out[s:e, :, i] = (delta[s:e, i].to(grad.dtype) @ g).double()
+    return out
+
+
 def buffer_bytes(model: CircuitModel, batch: int, positions: int, dtype: torch.dtype | None = None, copies: int = 1) -> int:
     """Bytes of one source buffer ``[n_sources, copies * batch, positions, d_model]``."""
     itemsize = torch.empty((), dtype=dtype or model.dtype).element_size()
@@ -530,6 +547,7 @@ def gradient_pass(
     fill_from: torch.Tensor | None = None,
     neuron_scores: torch.Tensor | None = None,
     positions: slice | None = None,
+    per_example: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward/backward that adds ``weight * delta . d(sum of metric)/d(input of dst)`` to ``scores``.
 
@@ -553,6 +571,10 @@ def gradient_pass(
             ``u``'s outgoing edge scores, since every reader's input contains ``out_u``).
         positions: ``delta`` (and ``fill_from``) hold these positions only, and only they contribute: the
             scores of all positions are the sum over a partition of them into such passes.
+        per_example: ``[n_sources, n_destinations, batch]`` float64 accumulator: when given, the
+            contraction is done per example (summed over positions only) and ``weight`` times each
+            example's contribution is added here as well as (summed over the batch) to ``scores`` — the
+            per-example scores behind the standard errors, from the same pass.
 
     Returns:
         The per-example metric of this pass ``[batch]`` (detached).
@@ -565,6 +587,13 @@ def gradient_pass(
     def contract_heads(dst0: int, width: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
             # grad [b, p, h, d] -> [h, b*p*d] (h: query heads for q, key/value heads for k and v)
+            if per_example is not None:
+                b = grad.shape[0]
+                gb = grad[:, at].permute(0, 2, 1, 3).reshape(b, width, -1).to(flat_delta.device)
+                pe = _contract_per_example(delta.reshape(delta.shape[0], b, -1), n_up, gb)
+                per_example[:n_up, dst0 : dst0 + width] += weight * pe
+                scores[:n_up, dst0 : dst0 + width] += weight * pe.sum(-1)
+                return
             gh = grad[:, at].permute(2, 0, 1, 3).reshape(width, -1).to(flat_delta.device)
             scores[:n_up, dst0 : dst0 + width] += weight * _contract(flat_delta, n_up, gh.T)
 
@@ -577,6 +606,13 @@ def gradient_pass(
 
     def contract_one(dst: int, n_up: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:
+            if per_example is not None:
+                b = grad.shape[0]
+                gb = grad[:, at].reshape(b, 1, -1).to(flat_delta.device)
+                pe = _contract_per_example(delta.reshape(delta.shape[0], b, -1), n_up, gb)[:, 0]
+                per_example[:n_up, dst] += weight * pe
+                scores[:n_up, dst] += weight * pe.sum(-1)
+                return
             scores[:n_up, dst] += weight * _contract(flat_delta, n_up, grad[:, at].reshape(-1, 1).to(flat_delta.device))[:, 0]
 
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:

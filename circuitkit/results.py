@@ -116,6 +116,12 @@ class Scores(Mapping[str, float]):
     neurons. ``values`` still holds edge scores where the method measured them (gradient methods);
     otherwise (exact node/neuron patching) each edge carries its source node's score and
     ``meta["edge_values"]`` says ``"source node score"``.
+
+    ``stderr`` ``[n_edges]`` is each edge score's standard error over the examples (sample standard
+    deviation of the per-example scores / sqrt(n); gradient methods and exact patching compute it in the
+    same pass), written to ``scores.json`` as ``"stderr"`` parallel to ``"edges"``. ``per_example``
+    ``[n_examples, n_edges]`` holds the per-example scores themselves, in memory only (not written), for
+    resampling the examples (:mod:`circuitkit.uncertainty`).
     """
 
     graph: Graph
@@ -124,6 +130,8 @@ class Scores(Mapping[str, float]):
     level: str = "edge"
     nodes: torch.Tensor | None = None
     neurons: torch.Tensor | None = None
+    stderr: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    per_example: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.values = torch.as_tensor(self.values, dtype=torch.float64).detach().cpu()
@@ -143,6 +151,10 @@ class Scores(Mapping[str, float]):
             raise CircuitkitError(f"{self.level}-level scores need node scores.")
         if self.level == "neuron" and self.neurons is None:
             raise CircuitkitError("neuron-level scores need neuron scores [n_sources, d_model].")
+        if self.stderr is not None:
+            self.stderr = torch.as_tensor(self.stderr, dtype=torch.float64).detach().cpu()
+            if self.stderr.shape != (self.graph.n_edges,):
+                raise CircuitkitError(f"Score standard errors have shape {tuple(self.stderr.shape)}, expected ({self.graph.n_edges},).")
 
     @classmethod
     def for_nodes(
@@ -207,6 +219,9 @@ class Scores(Mapping[str, float]):
             out["nodes"] = dict(zip(self.graph.source_names, self.nodes.tolist()))  # type: ignore[union-attr]
         if self.neurons is not None:
             out["neurons"] = dict(zip(self.graph.source_names, self.neurons.tolist()))
+        if self.stderr is not None:
+            # NaN (fewer than two examples, or an edge not measured) is written as null.
+            out["stderr"] = {n: (v if math.isfinite(v) else None) for n, v in zip(self.graph.edge_names, self.stderr.tolist())}
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -233,7 +248,16 @@ class Scores(Mapping[str, float]):
                 neurons = torch.tensor([obj["neurons"][n] for n in g.source_names], dtype=torch.float64)
         except (KeyError, TypeError, ValueError) as e:
             raise CircuitkitError(f"Scores file {path}: node or neuron scores do not match this graph ({e}).") from None
-        return cls(g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta, level, nodes, neurons)
+        stderr = None
+        if isinstance(obj.get("stderr"), dict):
+            se = obj["stderr"]
+            try:
+                stderr = torch.tensor([math.nan if se.get(n) is None else float(se[n]) for n in g.edge_names], dtype=torch.float64)
+            except (TypeError, ValueError) as e:
+                raise CircuitkitError(f"Scores file {path}: 'stderr' must map edge names to numbers ({e}).") from None
+        return cls(
+            g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta, level, nodes, neurons, stderr=stderr
+        )
 
 
 @dataclass
