@@ -4,6 +4,10 @@ A task produces :class:`Example` objects (strings). :func:`tokenize_examples` tu
 :class:`TaskData` for one tokenizer, checking that the clean and corrupted prompts have the same number of
 tokens and that every answer is a single token. Batches are right-padded, so no attention mask is needed
 with causal attention: the padding comes after the position the metric reads.
+
+Every candidate that is not kept is counted by reason (:attr:`TaskData.drop_counts`): those the core rejects
+(different lengths, answers that are not single tokens, unknown tokens, identical pairs) and those a
+generator rejects itself by yielding a :class:`Rejected` instead of an :class:`Example`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,21 @@ class Example:
     correct: tuple[str, ...]
     incorrect: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A candidate a task generator rejected itself, yielded in place of an :class:`Example` so that it is
+    counted (:attr:`TaskData.drop_counts`) and named in messages.
+
+    Attributes:
+        reason: what was wrong, the same text for every candidate rejected for that reason (it is the key
+            the candidates are counted under), e.g. ``"subject has no other-gender word of the same token length"``.
+        detail: this candidate's specifics, shown as an example of the reason (e.g. ``"' hairdresser' is 3 tokens"``).
+    """
+
+    reason: str
+    detail: str = ""
 
 
 @dataclass
@@ -81,7 +100,13 @@ class TaskData:
         examples: the kept examples.
         clean_ids, corrupted_ids: token ids per example (same length within a pair).
         correct_ids, incorrect_ids: answer token ids per example.
-        dropped: ``(example, reason)`` for every example that was filtered out.
+        dropped: ``(example, reason)`` for every example that the core filtered out.
+        drop_counts: how many candidates were not kept, by reason: those in ``dropped`` and those the
+            generator rejected itself (:class:`Rejected`).
+        drop_details: one example of each reason in ``drop_counts`` (the first candidate's specifics).
+        info: what the data means for this tokenizer, when the task says (greater_than: how the tokenizer
+            splits a year, what the answer tokens are and what the metric measures); written to
+            ``results.json`` as ``meta.task_info``.
     """
 
     task: str
@@ -91,9 +116,35 @@ class TaskData:
     correct_ids: list[list[int]]
     incorrect_ids: list[list[int]]
     dropped: list[tuple[Example, str]] = field(default_factory=list)
+    drop_counts: dict[str, int] = field(default_factory=dict)
+    drop_details: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @property
+    def n_dropped(self) -> int:
+        """How many candidates were not kept, for every reason."""
+        return sum(self.drop_counts.values())
+
+    def count_drop(self, reason: str, detail: str = "") -> None:
+        """Count one candidate that was not kept because of ``reason`` (``detail``: its specifics)."""
+        self.drop_counts[reason] = self.drop_counts.get(reason, 0) + 1
+        if detail and reason not in self.drop_details:
+            self.drop_details[reason] = detail
+
+    def drop_summary(self, limit: int = 4) -> str:
+        """The reasons candidates were dropped, most frequent first, with counts and one example each
+        (``"12 x answers that are not single tokens of this tokenizer (e.g. ...)"``); "" when none were."""
+        ranked = sorted(self.drop_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts = []
+        for reason, n in ranked[:limit]:
+            detail = self.drop_details.get(reason)
+            parts.append(f"{reason} ({n}{', e.g. ' + detail if detail else ''})")
+        if len(ranked) > limit:
+            parts.append(f"{len(ranked) - limit} more reason(s) ({sum(n for _, n in ranked[limit:])})")
+        return "; ".join(parts)
 
     def subset(self, indices: Sequence[int]) -> TaskData:
         """A new TaskData holding only the examples at ``indices``."""
@@ -105,6 +156,7 @@ class TaskData:
             corrupted_ids=[self.corrupted_ids[i] for i in pick],
             correct_ids=[self.correct_ids[i] for i in pick],
             incorrect_ids=[self.incorrect_ids[i] for i in pick],
+            info=dict(self.info),
         )
 
     def batches(self, batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
@@ -164,9 +216,24 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def answer_id(tokenizer: Any, answer: str) -> int | None:
-    """The single token id of ``answer``, or None if it is not exactly one token or is unknown."""
+def tokens_after(tokenizer: Any, context: str, text: str) -> list[int] | None:
+    """The token ids ``text`` adds when it follows ``context``: the ids of ``context + text`` after those of
+    ``context``, or None when the ids of ``context`` are not a prefix of them (a token spans the join)."""
+    head, full = encode(tokenizer, context), encode(tokenizer, context + text)
+    return full[len(head) :] if full[: len(head)] == head else None
+
+
+def answer_id(tokenizer: Any, answer: str, context: str | None = None) -> int | None:
+    """The single token id of ``answer``, or None if it is not exactly one token or is unknown.
+
+    ``answer`` is tokenized on its own first. When that is not one token and a ``context`` (the prompt the
+    answer follows) is given, the token the answer adds after the context counts: tokenizers of the older
+    SentencePiece layout, which put a word-boundary marker before every text, encode ``" she"`` on its own
+    as ``["▁", "▁she"]`` but ``"... said that she"`` ends in the one token ``"▁she"``.
+    """
     ids = encode(tokenizer, answer)
+    if len(ids) != 1 and context:
+        ids = tokens_after(tokenizer, context, answer) or []
     if len(ids) != 1:
         return None
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -175,9 +242,28 @@ def answer_id(tokenizer: Any, answer: str) -> int | None:
     return ids[0]
 
 
+def show_tokens(tokenizer: Any, text: str) -> str:
+    """``text`` and its tokens as the tokenizer writes them, for messages: ``' she' -> ['▁', '▁she']``."""
+    ids = encode(tokenizer, text)
+    try:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+    except (AttributeError, TypeError, ValueError):
+        pieces = [tokenizer.decode([i]) for i in ids]
+    return f"{text!r} -> {list(pieces)}"
+
+
+#: Reasons the core drops a generated example (the keys of ``TaskData.drop_counts``).
+EMPTY_PROMPT = "an empty prompt"
+DIFFERENT_LENGTHS = "clean and corrupted prompts tokenize to different lengths"
+NO_CORRECT = "no correct answer"
+NOT_SINGLE_TOKENS = "answers that are not single tokens of this tokenizer"
+UNKNOWN_TOKEN = "a prompt with the tokenizer's unknown token"
+IDENTICAL_PAIR = "clean and corrupted prompts with the same token ids"
+
+
 def tokenize_examples(
     task: str,
-    examples: Iterable[Example],
+    examples: Iterable[Example | Rejected],
     tokenizer: Any,
     *,
     prepend_bos: bool = True,
@@ -188,11 +274,15 @@ def tokenize_examples(
 
     Args:
         task: the task name (for messages and hashes).
-        examples: the examples, in order.
+        examples: the examples, in order; a :class:`Rejected` among them is counted in
+            ``TaskData.drop_counts``.
         tokenizer: a Hugging Face tokenizer.
         prepend_bos: put the tokenizer's BOS token (GPT-2: ``<|endoftext|>``) before every prompt.
         on_invalid: ``"error"`` raises a :class:`DataError` naming the first bad example; ``"drop"`` keeps
-            going and records the example and the reason in ``TaskData.dropped``.
+            going and records the example and the reason in ``TaskData.dropped`` (and counts it in
+            ``TaskData.drop_counts``). Bad means: an empty prompt, clean and corrupted prompts of different
+            token lengths or with the same token ids, a prompt containing the tokenizer's unknown token, no
+            correct answer, or an answer that is not a single token (on its own, or after the clean prompt).
         limit: stop once this many valid examples are kept.
 
     Returns:
@@ -200,34 +290,55 @@ def tokenize_examples(
     """
     bos = getattr(tokenizer, "bos_token_id", None) if prepend_bos else None
     prefix = [bos] if bos is not None else []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unk_text = getattr(tokenizer, "unk_token", None) or "\0"
     data = TaskData(task, [], [], [], [], [])
-    for i, ex in enumerate(examples):
+    i = -1
+    for item in examples:
         if limit is not None and len(data) >= limit:
             break
-        reason = None
-        clean = prefix + encode(tokenizer, ex.clean)
-        corrupted = prefix + encode(tokenizer, ex.corrupted)
-        correct = [answer_id(tokenizer, a) for a in ex.correct]
-        incorrect = [answer_id(tokenizer, a) for a in ex.incorrect]
+        if isinstance(item, Rejected):
+            data.count_drop(item.reason, item.detail)
+            continue
+        i += 1
+        ex = item
+        key = detail = None
+        clean_text, corrupted_text = encode(tokenizer, ex.clean), encode(tokenizer, ex.corrupted)
+        clean, corrupted = prefix + clean_text, prefix + corrupted_text
+        correct = [answer_id(tokenizer, a, ex.clean) for a in ex.correct]
+        incorrect = [answer_id(tokenizer, a, ex.clean) for a in ex.incorrect]
         if not ex.clean or not ex.corrupted:
-            reason = "an empty prompt"
+            key, detail = EMPTY_PROMPT, ""
         elif len(clean) != len(corrupted):
-            reason = (
-                f"clean and corrupted prompts tokenize to different lengths ({len(clean)} vs "
-                f"{len(corrupted)} tokens); write pairs whose differing words are single tokens"
-            )
+            key = DIFFERENT_LENGTHS
+            detail = f"({len(clean)} vs {len(corrupted)} tokens); write pairs whose differing words are single tokens"
         elif not ex.correct:
-            reason = "no correct answer"
+            key, detail = NO_CORRECT, ""
         elif None in correct or None in incorrect:
             bad = [a for a, t in zip(ex.correct + ex.incorrect, correct + incorrect) if t is None]
-            reason = (
-                f"answer(s) {bad} are not single tokens of this tokenizer; use answers that tokenize to one "
-                "token (GPT-2 style tokenizers usually need a leading space, e.g. ' Mary')"
+            key = NOT_SINGLE_TOKENS
+            detail = (
+                f"{show_tokens(tokenizer, bad[0])}; use answers that tokenize to one token (GPT-2 style "
+                "tokenizers usually need a leading space, e.g. ' Mary')"
             )
-        if reason is not None:
+        elif unk is not None and any(
+            unk in ids and unk_text not in text for ids, text in ((clean_text, ex.clean), (corrupted_text, ex.corrupted))
+        ):
+            text = ex.clean if unk in clean_text else ex.corrupted
+            key = UNKNOWN_TOKEN
+            detail = f"{show_tokens(tokenizer, text)}: this tokenizer cannot spell the prompt; use words it has"
+        elif clean == corrupted:
+            key = IDENTICAL_PAIR
+            detail = "the tokenizer does not tell the two prompts apart, so the pair is no counterfactual"
+        if key is not None:
+            if key == NOT_SINGLE_TOKENS:  # the wording of a user's file error
+                reason = f"answer(s) {bad} are not single tokens of this tokenizer; {detail}"
+            else:
+                reason = f"{key} {detail}".rstrip() if detail.startswith("(") else f"{key}{': ' + detail if detail else ''}"
             if on_invalid == "error":
                 raise DataError(f"Task '{task}': {_describe(i, ex)} has {reason}.")
             data.dropped.append((ex, reason))
+            data.count_drop(key, f"{_short(ex)}: {detail}" if detail else _short(ex))
             continue
         data.examples.append(ex)
         data.clean_ids.append(clean)
@@ -235,3 +346,8 @@ def tokenize_examples(
         data.correct_ids.append([t for t in correct if t is not None])
         data.incorrect_ids.append([t for t in incorrect if t is not None])
     return data
+
+
+def _short(ex: Example) -> str:
+    where = ex.meta.get("source")
+    return (f"{where} " if where else "") + f"clean={ex.clean!r}"

@@ -120,15 +120,26 @@ class Task(ABC):
             on_invalid=self.on_invalid,  # type: ignore[arg-type]
             limit=cfg.n_examples,
         )
-        need = min(cfg.min_examples, cfg.n_examples)
+        data.info = dict(self.describe_data(tokenizer))
+        need = max(1, min(cfg.min_examples, cfg.n_examples))  # a run on no examples has no metric
         if len(data) < need:
-            reasons = sorted({r.split(";")[0] for _, r in data.dropped})[:3]
+            if data.n_dropped:
+                why = f"{data.n_dropped} were dropped because of: {data.drop_summary()}."
+            else:
+                why = f"the task generated no candidates for task.split={cfg.split!r}."
+            todo = "Use a model whose tokenizer has the task's words as single tokens"
+            todo += ", or lower task.min_examples." if len(data) else "."
             raise DataError(
-                f"Task '{cfg.name}': only {len(data)} usable examples for this tokenizer (need at least "
-                f"{need}); {len(data.dropped)} were dropped because of: {'; '.join(reasons) or 'nothing'}. "
-                "Use a model whose tokenizer has the task's words as single tokens, or lower task.min_examples."
+                f"Task '{cfg.name}': only {len(data)} usable examples for this tokenizer (need at least {need}); "
+                f"{why} {todo}"
             )
         return data
+
+    def describe_data(self, tokenizer: Any) -> dict[str, Any]:
+        """What this task's data means for ``tokenizer``, where that depends on the tokenizer (greater_than:
+        how it splits a year and what the answers and the metric become); stored in ``TaskData.info`` and
+        written to ``results.json`` (``meta.task_info``). Default: nothing."""
+        return {}
 
     def metric(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-example metric ``[batch]`` from the logits at the answer position ``[batch, vocab]``."""

@@ -9,6 +9,7 @@ The bridge is switched to split q/k/v inputs, per-head results and MLP-input hoo
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -423,7 +424,10 @@ def bridge_model(
     devices by accelerate (``from_pretrained(..., device_map=...)``, which sets ``hf_device_map``) is never
     moved: ``device`` must then be ``auto`` or None.
 
-    The tokenizer is round-tripped through a temporary directory, which the bridge requires.
+    The bridge gets a copy of the tokenizer (round-tripped through a temporary directory when it was not
+    loaded from one, which the bridge requires); the model keeps ``tokenizer`` itself. Prompts start with
+    the BOS token when ``prepend_bos`` and ``tokenizer`` has one (decided before wrapping, which would give a
+    tokenizer without one its EOS token as BOS).
     """
     import tempfile
 
@@ -447,6 +451,13 @@ def bridge_model(
         hf_model = hf_model.to(dev).eval()
     if getattr(hf_model.config, "architectures", None) is None:
         hf_model.config.architectures = [type(hf_model).__name__]
+    # BOS is decided from the tokenizer as it was given: wrapping gives a tokenizer without a BOS token its
+    # EOS token (or an added "<|endoftext|>") as BOS, in place, so the bridge gets a copy and the model keeps
+    # the given tokenizer.
+    given = tokenizer
+    if given.bos_token_id is None:
+        prepend_bos = False
+    tokenizer = copy.deepcopy(given)
     if not Path(str(getattr(tokenizer, "name_or_path", "") or "")).is_dir():
         from transformers import AutoTokenizer
 
@@ -485,9 +496,7 @@ def bridge_model(
     if n_kv != n_heads:
         _check_kv_inputs(bridge, name, arch, n_heads, n_kv)
     graph = Graph(int(cfg.n_layers), n_heads, bool(getattr(cfg, "parallel_attn_mlp", False)), n_kv)
-    if tokenizer.bos_token_id is None:
-        prepend_bos = False
-    return CircuitModel(bridge, tokenizer, graph, name, _weights_hash(hf_model), prepend_bos)
+    return CircuitModel(bridge, given, graph, name, _weights_hash(hf_model), prepend_bos)
 
 
 class _Seen(Exception):

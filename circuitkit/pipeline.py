@@ -96,10 +96,92 @@ def _selected(cfg: dict[str, Any], group: str) -> list[tuple[str, dict[str, Any]
     return [(name, opts or {}) for name, opts in node.items()]
 
 
-def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, registry: Registry | None = None) -> RunResult:
-    """Execute one run described by ``cfg`` (the composed Hydra config, or an equivalent dict)."""
+#: Longest error text recorded in results.json (user data such as a prompt can be megabytes).
+MAX_ERROR_CHARS = 500
+
+
+def run(
+    cfg: Any,
+    run_dir: str | Path,
+    *,
+    model: CircuitModel | None = None,
+    registry: Registry | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> RunResult:
+    """Execute one run described by ``cfg`` (the composed Hydra config, or an equivalent dict).
+
+    The run holds ``run_dir`` for itself while it runs (circuitkit/rundir.py): a directory in use by another
+    run, or holding a complete run (unless ``cfg["overwrite"]``), is refused before anything is written.
+    ``extra_files`` (relative path -> text, e.g. Hydra's ``.hydra/config.yaml``) are written with the results.
+    """
+    from circuitkit.rundir import open_run_dir, terminate_as_interrupt
+
     cfg = _plain(cfg)
-    run_dir = Path(run_dir)
+    option = "output_dir" if cfg.get("output_dir") else "hydra.run.dir"
+    rd = open_run_dir(run_dir, overwrite=bool(cfg.get("overwrite", False)), option=option)
+    try:
+        if rd.replaced is not None and rd.staging is None:
+            log.info("Replacing the earlier run in %s, which did not complete (status %s).", rd.final, rd.replaced)
+        with terminate_as_interrupt():
+            return _run(cfg, rd, model=model, registry=registry, extra_files=extra_files or {})
+    finally:
+        rd.close()
+
+
+def _run(cfg: dict[str, Any], rd: Any, *, model: CircuitModel | None, registry: Registry | None, extra_files: dict[str, str]) -> RunResult:
+    from circuitkit.results import atomic_write_text
+    from circuitkit.rundir import Terminated
+
+    run_dir = rd.out
+    seconds: dict[str, float] = {}
+    result = RunResult(meta={"config": cfg, "versions": versions()}, seconds=seconds, status="running")
+    for rel, text in extra_files.items():
+        atomic_write_text(run_dir / rel, text)
+    _write_results(result, run_dir)
+    try:
+        reporters = _execute(cfg, run_dir, result, model=model, registry=registry)
+    except KeyboardInterrupt as e:
+        result.status = "interrupted"
+        if isinstance(e, Terminated):
+            result.meta["signal"] = signal_name(e.signum)
+        _write_results(result, run_dir)
+        raise
+    except Exception as e:
+        result.status = "failed"
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        result.meta["error"] = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+        _write_results(result, run_dir)
+        raise
+    result.status = "complete"
+    _write_results(result, run_dir)
+    rd.commit()
+    # Reporters that publish the run elsewhere (W&B) run after those that add files to it (pictures).
+    for rep in sorted(reporters, key=lambda r: bool(getattr(r, "publishes", False))):
+        try:
+            rep.report(result, str(rd.final))
+        except Exception as e:  # noqa: BLE001 - a reporter must never lose the run
+            log.warning(
+                "Reporter '%s' failed (%s: %s); the local result files in %s are complete.",
+                rep.config.name,
+                type(e).__name__,
+                e,
+                rd.final,
+            )
+    return result
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return str(signum)
+
+
+def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Any]:
+    """The run's stages, filling ``result`` as they finish (scores.json, circuit.json written on the way);
+    returns the reporters to run once the result files are complete."""
     registry = registry or get_registry(cfg.get("plugins", {}).get("block", []))
     ctx = RunContext(
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
@@ -126,7 +208,7 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         selector.check_level(level)
 
     torch.manual_seed(ctx.seed)
-    seconds: dict[str, float] = {}
+    seconds = result.seconds
     t0 = time.perf_counter()
     if model is None:
         mc = cfg.get("model", {})
@@ -152,7 +234,8 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         t0 = time.perf_counter()
         ctx.intervention = build_intervention(model, data, intervention, ctx.batch_size)
         seconds["intervention"] = time.perf_counter() - t0
-    meta = {
+    meta = result.meta  # the attribution cache adds to it (scores_from_cache)
+    meta.update({
         "method": method_name,
         "task": task_name,
         "selector": selector_name,
@@ -167,62 +250,39 @@ def run(cfg: Any, run_dir: str | Path, *, model: CircuitModel | None = None, reg
         "device": str(model.device),
         "versions": versions(),
         "config": cfg,
-    }
-    result = RunResult(meta=meta, seconds=seconds, status="running")
+    })
+    _write_results(result, run_dir)
     if data.dropped:
         log.info("Task %s: kept %d examples, dropped %d that did not fit the tokenizer.", task_name, len(data), len(data.dropped))
 
-    try:
+    t0 = time.perf_counter()
+    # --- attribution cache (circuitkit/cache.py): same weights, data and method -> reuse scores ---
+    from circuitkit.cache import cached_attribute
+
+    scores = cached_attribute(attributor, model, task, data, ctx, cfg, meta, registry)
+    # --- end attribution cache ---
+    seconds["attribute"] = time.perf_counter() - t0
+    scores.meta.update(
+        {k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")}
+    )
+    scores.check_finite()
+    result.scores = scores
+    scores.save(run_dir / "scores.json")
+    ctx.scores = scores
+
+    t0 = time.perf_counter()
+    circuit = selector.select(scores)
+    seconds["select"] = time.perf_counter() - t0
+    result.circuit = circuit
+    circuit.d_model = model.d_model
+    circuit.save(run_dir / "circuit.json")
+
+    for ev in evaluators:
         t0 = time.perf_counter()
-        # --- attribution cache (circuitkit/cache.py): same weights, data and method -> reuse scores ---
-        from circuitkit.cache import cached_attribute
-
-        scores = cached_attribute(attributor, model, task, data, ctx, cfg, meta, registry)
-        # --- end attribution cache ---
-        seconds["attribute"] = time.perf_counter() - t0
-        scores.meta.update(
-            {k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")}
-        )
-        scores.check_finite()
-        result.scores = scores
-        scores.save(run_dir / "scores.json")
-        ctx.scores = scores
-
-        t0 = time.perf_counter()
-        circuit = selector.select(scores)
-        seconds["select"] = time.perf_counter() - t0
-        result.circuit = circuit
-        circuit.d_model = model.d_model
-        circuit.save(run_dir / "circuit.json")
-
-        for ev in evaluators:
-            t0 = time.perf_counter()
-            res = ev.evaluate(model, task, data, circuit, ctx)
-            seconds[f"evaluate_{res.name}"] = time.perf_counter() - t0
-            result.evals[res.name] = res
-        result.status = "complete"
-    except KeyboardInterrupt:
-        result.status = "interrupted"
-        _write_results(result, run_dir)
-        raise
-    except Exception as e:
-        result.status = "failed"
-        result.meta["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
-        _write_results(result, run_dir)
-        raise
-    _write_results(result, run_dir)
-    for rep in reporters:
-        try:
-            rep.report(result, str(run_dir))
-        except Exception as e:  # noqa: BLE001 - a reporter must never lose the run
-            log.warning(
-                "Reporter '%s' failed (%s: %s); the local result files in %s are complete.",
-                rep.config.name,
-                type(e).__name__,
-                e,
-                run_dir,
-            )
-    return result
+        res = ev.evaluate(model, task, data, circuit, ctx)
+        seconds[f"evaluate_{res.name}"] = time.perf_counter() - t0
+        result.evals[res.name] = res
+    return reporters
 
 
 def _write_results(result: RunResult, run_dir: Path) -> None:

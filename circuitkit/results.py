@@ -55,6 +55,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f"Cannot write {path}: {e.strerror or e}. Choose a writable output directory (hydra.run.dir=...)."
         ) from e
     try:
+        # mkstemp creates the file 0600; result files get the permissions any new file would (the umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -66,6 +68,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise CircuitkitError(
             f"Writing {path} failed: {e.strerror or e} (is the disk full?). Nothing partial was left behind."
         ) from e
+
+
+def _umask() -> int:
+    from circuitkit.rundir import umask
+
+    return umask()
 
 
 class _suppress:

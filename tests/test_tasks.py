@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import circuitkit
-from circuitkit.data import TaskData, tokenize_examples
+from circuitkit.data import Example, TaskData, tokenize_examples
 from circuitkit.errors import ConfigError, DataError
 
 GENERATED = ["ioi", "greater_than", "gender_pronoun", "sva", "hypernymy", "country_capital", "induction"]
@@ -132,7 +132,8 @@ def test_induction_corruption_leaves_nothing_to_copy(gpt2_tok):
 @pytest.mark.parametrize("name", GENERATED)
 def test_filtering_reports_dropped_examples(name, gpt2_tok):
     """Examples that do not fit a tokenizer are dropped, each with its reason."""
-    examples = list(circuitkit.build("tasks", name, n_examples=40).generate(gpt2_tok, "test"))[:40]
+    generated = circuitkit.build("tasks", name, n_examples=40).generate(gpt2_tok, "test")
+    examples = [e for e in generated if isinstance(e, Example)][:40]
     first_answer = gpt2_tok.encode(examples[0].correct[0])[0]
     data = tokenize_examples(name, examples, SplitTokenizer(gpt2_tok, {first_answer}), on_invalid="drop")
     assert data.dropped and data.dropped[0][0] == examples[0]
@@ -145,7 +146,11 @@ def test_filtering_reports_dropped_examples(name, gpt2_tok):
 @pytest.mark.parametrize("name", GENERATED)
 def test_too_few_examples_is_a_clear_error(name, gpt2_tok):
     """A tokenizer without the task's words as single tokens leaves nothing: a DataError that says so."""
-    with pytest.raises(DataError, match=rf"Task '{name}': only 0 usable examples .*need at least 4"):
+    expected = {
+        "greater_than": r"this tokenizer cannot express greater-than: it splits a year as ' 1732' -> \[' 17', ' 17', '32', '32'\]",
+        "induction": r"0 word tokens to draw from",
+    }.get(name, r"only 0 usable examples .*need at least 4\); \d+ were dropped because of: \w")
+    with pytest.raises(DataError, match=rf"Task '{name}': {expected}"):
         build(name, SplitTokenizer(gpt2_tok), n_examples=8)
 
 
@@ -158,7 +163,7 @@ def test_min_examples_larger_than_possible(gpt2_tok):
     with pytest.raises(
         DataError,
         match=r"Task 'ioi': only \d+ usable examples for this tokenizer \(need at least 100\); \d+ were dropped because of: "
-        r"answer\(s\) .* are not single tokens",
+        r"answers that are not single tokens of this tokenizer \(\d+, e\.g\. clean=.*' -> \[.*\]; use answers",
     ):
         build("ioi", SplitTokenizer(gpt2_tok, split), n_examples=100, min_examples=100)
     # A lower min_examples accepts what survives.

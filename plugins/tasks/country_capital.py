@@ -20,7 +20,7 @@ from typing import Any
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
 from circuitkit import hookimpl
-from circuitkit.data import Example
+from circuitkit.data import Example, Rejected
 from circuitkit.interfaces import Task, TaskConfig
 
 # (country, capital). Capitals named like their country (Mexico City, Kuwait...) are left out: the prompt
@@ -70,7 +70,7 @@ class CountryCapitalConfig(TaskConfig):
 class CountryCapital(Task):
     config: CountryCapitalConfig
 
-    def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+    def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         cfg = self.config
         check_split(cfg.name or "country_capital", split)
         rng = random.Random(cfg.seed)
@@ -83,8 +83,13 @@ class CountryCapital(Task):
             if not in_split(split, country, t):
                 continue
             template = TEMPLATES[t]
-            other = lengths.same_length(rng, capital, capitals, at_start=template.startswith("{capital}"))
+            at_start = template.startswith("{capital}")
+            other = lengths.same_length(rng, capital, capitals, at_start=at_start)
             if other is None:
+                yield Rejected(
+                    "capital without another capital of the same token length",
+                    f"{capital!r} is {lengths(capital, at_start)} token(s)",
+                )
                 continue
             yield Example(
                 template.format(capital=capital),

@@ -24,7 +24,7 @@ from typing import Any
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
 from circuitkit import hookimpl
-from circuitkit.data import Example
+from circuitkit.data import Example, Rejected
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Task, TaskConfig
 
@@ -91,7 +91,17 @@ def _phrase(kind: str, word: str, at_start: bool) -> str:
 class GenderPronoun(Task):
     config: GenderPronounConfig
 
-    def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+    def describe_data(self, tokenizer: Any) -> dict[str, Any]:
+        """The subjects that can never be used with this tokenizer: no subject of the other gender (same
+        kind) has as many tokens, in the middle of a prompt."""
+        lengths = Lengths(tokenizer)
+        unused = [
+            w for k in self.config.kinds if k in SUBJECTS for g in (0, 1) for w in SUBJECTS[k][g]
+            if not any(lengths(o) == lengths(w) for o in SUBJECTS[k][1 - g])
+        ]
+        return {"subjects_never_used": unused} if unused else {}
+
+    def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         cfg = self.config
         check_split(cfg.name or "gender_pronoun", split)
         kinds = list(cfg.kinds)
@@ -110,6 +120,10 @@ class GenderPronoun(Task):
             at_start = template.startswith("{subj}") and kind == "names"
             other = lengths.same_length(rng, word, SUBJECTS[kind][1 - gender], at_start=at_start)
             if other is None:
+                yield Rejected(
+                    "subject without an other-gender subject of the same token length",
+                    f"{word!r} is {lengths(word, at_start)} token(s)",
+                )
                 continue
             starts = template.startswith("{subj}")
             yield Example(

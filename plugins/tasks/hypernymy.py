@@ -21,7 +21,7 @@ from typing import Any
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
 from circuitkit import hookimpl
-from circuitkit.data import Example, answer_id
+from circuitkit.data import Example, Rejected, answer_id
 from circuitkit.interfaces import Task, TaskConfig
 
 # category -> (answer words, hyponyms). Answers that are not single tokens of the tokenizer are left out of
@@ -75,12 +75,26 @@ def _slots(template: str) -> int:
 class Hypernymy(Task):
     config: HypernymyConfig
 
-    def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+    def describe_data(self, tokenizer: Any) -> dict[str, Any]:
+        """The answer words left out (not single tokens after "and other") and the categories not used (none
+        of their answer words is)."""
+        info: dict[str, Any] = {}
+        out = [a for c, (ans, _) in CATEGORIES.items() for a in ans if answer_id(tokenizer, a, "and other") is None]
+        if out:
+            info["answers_left_out"] = out
+            unused = [c for c, (ans, _) in CATEGORIES.items() if all(a in out for a in ans)]
+            if unused:
+                info["categories_not_used"] = unused
+        return info
+
+    def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         cfg = self.config
         check_split(cfg.name or "hypernymy", split)
         rng = random.Random(cfg.seed)
         lengths = Lengths(tokenizer)
-        answers = {c: tuple(a for a in ans if answer_id(tokenizer, a) is not None) for c, (ans, _) in CATEGORIES.items()}
+        answers = {
+            c: tuple(a for a in ans if answer_id(tokenizer, a, "and other") is not None) for c, (ans, _) in CATEGORIES.items()
+        }
         categories = [c for c in CATEGORIES if answers[c]]
         if len(categories) < 2:  # nothing fits this tokenizer: yield anyway, the core reports why
             categories = list(CATEGORIES)
@@ -100,6 +114,11 @@ class Hypernymy(Task):
                     break
                 swapped.append(pick)
             if len(swapped) != k:
+                w = words[len(swapped)]
+                yield Rejected(
+                    "hyponym without one of the corrupting category of the same token length",
+                    f"{w!r} ({lengths(w)} token(s)) in {other}",
+                )
                 continue
             yield Example(
                 template.format(*words),

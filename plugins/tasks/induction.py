@@ -6,9 +6,12 @@ first ``k`` tokens of ``s`` again; the answer is ``s[k]``. The prefix length, th
 are random, so the answer cannot be found by position. The corrupted prompt replaces the first occurrence
 of ``s`` by other random tokens, leaving nothing to copy. Metric: the logit of the answer.
 
-Tokens are drawn from the ``vocab_size`` lowest-id tokens of the tokenizer that are a space followed by a
-lower-case ASCII word and re-encode to themselves (for GPT-2's BPE, low ids are the frequent merges).
-Prompts are built by decoding token ids and are kept only when they re-encode to the same ids.
+Tokens are drawn from the ``vocab_size`` lowest-id word tokens of the tokenizer (for GPT-2's BPE, low ids
+are the frequent merges). A word token is found by what it is: its token string is a word-boundary marker
+(byte-level BPE's "Ġ", SentencePiece's "▁"; none for word-level tokenizers) followed by a lower-case ASCII
+word of two letters or more, and that word after a space is this one token. Prompts are built by decoding
+token ids and are kept only when they re-encode to the same ids (the others are counted as dropped). A
+tokenizer with too few word tokens (character-level) cannot express the task: the error says so.
 
 The held-out split holds out sequences (a hash of ``s``), not tokens: every token is used in both splits.
 """
@@ -23,8 +26,8 @@ from typing import Any
 from circuitkit_plugins.tasks._common import attempts, check_split, in_split
 
 from circuitkit import hookimpl
-from circuitkit.data import Example, encode
-from circuitkit.errors import ConfigError
+from circuitkit.data import Example, Rejected, encode, show_tokens
+from circuitkit.errors import ConfigError, DataError
 from circuitkit.interfaces import Task, TaskConfig
 
 
@@ -45,14 +48,24 @@ class InductionConfig(TaskConfig):
     max_prefix_len: int = 10
 
 
+#: Word-boundary markers at the start of a token string: byte-level BPE (GPT-2, Llama-3, Qwen2),
+#: SentencePiece (Llama-2, Gemma) and a plain space (tokenizers that keep it, or a decoded token).
+MARKERS = ("Ġ", "▁", " ")
+
+
 def word_tokens(tokenizer: Any, limit: int) -> list[int]:
-    """The ``limit`` lowest ids that decode to " word" (lower-case ASCII) and re-encode to themselves."""
+    """The ``limit`` lowest ids that are word tokens: a word-boundary marker (or, for tokenizers without one,
+    nothing) and a lower-case ASCII word, which after a space encodes to this one token."""
     out = []
-    for i in range(len(tokenizer)):
-        text = tokenizer.decode([i])
-        word = text[1:]
-        if text[:1] == " " and len(word) >= 2 and word.isascii() and word.isalpha() and word.islower():
-            if encode(tokenizer, text) == [i]:
+    ids = range(len(tokenizer))
+    pieces = _pieces(tokenizer, list(ids))
+    head = encode(tokenizer, "the")
+    for i, piece in zip(ids, pieces):
+        if not isinstance(piece, str):
+            continue
+        word = piece[1:] if piece[:1] in MARKERS else piece
+        if len(word) >= 2 and word.isascii() and word.isalpha() and word.islower():
+            if encode(tokenizer, "the " + word) == head + [i]:
                 out.append(i)
                 if len(out) >= limit:
                     break
@@ -71,13 +84,20 @@ class Induction(Task):
                 f"{cfg.min_seq_len}, {cfg.max_seq_len}, {cfg.max_prefix_len})."
             )
         vocab = word_tokens(tokenizer, cfg.vocab_size)
+        if len(vocab) < cfg.max_prefix_len + 2 * cfg.max_seq_len:
+            raise DataError(
+                f"Task '{cfg.name or 'induction'}': {len(vocab)} word tokens to draw from (task.vocab_size="
+                f"{cfg.vocab_size}; a word token is a word-boundary marker "
+                "such as 'Ġ' or '▁', or none, then a lower-case word of two letters or more, which after a space is "
+                f"this one token: {show_tokens(tokenizer, 'the quick brown fox')}); induction draws prompts of up to "
+                f"task.max_prefix_len + 2 * task.max_seq_len = {cfg.max_prefix_len + 2 * cfg.max_seq_len} different ones. "
+                "Use a model whose tokenizer has whole words as tokens, or lower task.max_seq_len and task.max_prefix_len."
+            )
         rng = random.Random(cfg.seed)
         for _ in range(attempts(cfg.n_examples)):
             n = rng.randint(cfg.min_seq_len, cfg.max_seq_len)
             p = rng.randint(0, cfg.max_prefix_len)
             k = rng.randint(1, n - 1)
-            if len(vocab) < p + 2 * n:
-                return  # too few word tokens: nothing can be generated (the core reports it)
             draw = rng.sample(vocab, p + 2 * n)
             prefix, seq, other = draw[:p], draw[p : p + n], draw[p + n :]
             if not in_split(split, tuple(seq)):
@@ -86,13 +106,26 @@ class Induction(Task):
             corrupted_ids = prefix + other + seq[:k]
             clean, corrupted = tokenizer.decode(clean_ids), tokenizer.decode(corrupted_ids)
             if encode(tokenizer, clean) != clean_ids or encode(tokenizer, corrupted) != corrupted_ids:
+                bad = clean if encode(tokenizer, clean) != clean_ids else corrupted
+                yield Rejected("decoded prompt does not re-encode to the drawn tokens", show_tokens(tokenizer, bad))
                 continue
             yield Example(
                 clean,
                 corrupted,
-                correct=(tokenizer.decode([seq[k]]),),
+                correct=(" " + _word(tokenizer, seq[k]),),
                 meta={"prefix_len": p, "seq_len": n, "shown": k},
             )
+
+
+def _pieces(tokenizer: Any, ids: list[int]) -> list[Any]:
+    """The token strings of ``ids`` (each decoded on its own for a tokenizer without token strings)."""
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    return list(convert(ids)) if convert is not None else [tokenizer.decode([i]) for i in ids]
+
+
+def _word(tokenizer: Any, i: int) -> str:
+    piece = _pieces(tokenizer, [i])[0]
+    return piece[1:] if piece[:1] in MARKERS else piece
 
 
 @hookimpl

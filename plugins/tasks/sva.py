@@ -23,7 +23,7 @@ from typing import Any
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
 from circuitkit import hookimpl
-from circuitkit.data import Example
+from circuitkit.data import Example, Rejected
 from circuitkit.interfaces import Task, TaskConfig
 
 # (singular, plural) subjects.
@@ -76,7 +76,13 @@ class SVAConfig(TaskConfig):
 class SVA(Task):
     config: SVAConfig
 
-    def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+    def describe_data(self, tokenizer: Any) -> dict[str, Any]:
+        """The subjects never used with this tokenizer: singular and plural of different token lengths."""
+        lengths = Lengths(tokenizer)
+        unused = [f"{s}/{p}" for s, p in SUBJECTS if lengths(s) != lengths(p)]
+        return {"subjects_never_used": unused} if unused else {}
+
+    def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         cfg = self.config
         check_split(cfg.name or "sva", split)
         rng = random.Random(cfg.seed)
@@ -92,6 +98,10 @@ class SVA(Task):
             if not in_split(split, subj[0], attr[0], t):
                 continue
             if lengths(subj[0]) != lengths(subj[1]):
+                yield Rejected(
+                    "singular and plural subject of different token lengths",
+                    f"{subj[0]!r} is {lengths(subj[0])} token(s), {subj[1]!r} {lengths(subj[1])}",
+                )
                 continue
             template = TEMPLATES[t]
             yield Example(
