@@ -351,7 +351,7 @@ def _answer_and_rest_logits(model: CircuitModel, resid: torch.Tensor, ids: torch
     normed, w, bias = _final_norm_and_unembedding(model, resid)
 
     def logits(rows: torch.Tensor | slice) -> torch.Tensor:
-        out = torch.nn.functional.linear(normed, w[rows], None if bias is None else bias[rows])
+        out = model.logit_transform(torch.nn.functional.linear(normed, w[rows], None if bias is None else bias[rows]))
         return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
     answer = logits(ids.to(w.device))
@@ -372,7 +372,9 @@ def _final_norm_and_unembedding(
     model: CircuitModel, resid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The final norm of ``resid`` (on the unembedding's device) and the unembedding's weight and bias,
-    for computing chosen columns of the logits (valid where :func:`_unembed_columns_ok`)."""
+    for computing chosen columns of the logits (valid where :func:`_unembed_columns_ok`); the model's
+    output transform (:meth:`~circuitkit.model.CircuitModel.logit_transform`, elementwise) is applied to
+    the columns afterwards."""
     linear = model.bridge.unembed.original_component
     w = linear.weight
     normed = model.bridge.ln_final(to_module(resid, model.bridge.ln_final)).to(w.device)
@@ -383,7 +385,7 @@ def _unembed_columns(model: CircuitModel, resid: torch.Tensor, ids: torch.Tensor
     """Logits of the tokens ``ids`` only: ``[batch, len(ids)]`` (on the unembedding's device)."""
     normed, w, bias = _final_norm_and_unembedding(model, resid)
     ids = ids.to(w.device)
-    return torch.nn.functional.linear(normed, w[ids], None if bias is None else bias[ids])
+    return model.logit_transform(torch.nn.functional.linear(normed, w[ids], None if bias is None else bias[ids]))
 
 
 def _unembed_columns_ok(model: CircuitModel) -> bool:
@@ -418,7 +420,7 @@ def _source_writers(model: CircuitModel, buf: torch.Tensor, positions: slice | N
 
     hooks = [(model.INPUT_HOOK, put(0, False))]
     for layer in range(g.n_layers):
-        hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
+        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
     return hooks
 
@@ -546,6 +548,91 @@ def gradient_pass(
     weight: float = 1.0,
     fill_from: torch.Tensor | None = None,
     neuron_scores: torch.Tensor | None = None,
+# ----- head outputs: what each head adds to the residual stream ----------------------------------------
+
+
+def head_shares(model: CircuitModel, layer: int, result: torch.Tensor, normed_in: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos, heads, d]``: each head's share of what layer ``layer``'s attention adds to the residual
+    stream when a norm follows the attention (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`).
+
+    The norm sees ``X = sum_h result_h + b_O`` (``normed_in``, the tensor the norm received) and adds
+    ``N(X) = X / rms(X) * w`` (RMSNorm; ``1 + w`` for Gemma's offset scales). ``N`` is linear once its
+    normaliser ``1 / rms(X)`` is fixed, so head ``h``'s share is ``(result_h + b_O / n_heads) / rms(X) * w``:
+    the shares sum to ``N(X)`` in every run, and the output bias's normed part is split equally between
+    the heads (as zero ablation splits ``b_O``). The normaliser is the one of this forward pass, so the
+    shares of all heads change together when one head's output does (the norm couples them).
+    Computed in float32 (float64 for a float64 model), as the norm computes, and returned in
+    ``result``'s dtype."""
+    norm = model.attn_post_norm(layer)
+    assert norm is not None
+    hf_norm = norm.original_component
+    work = torch.float64 if normed_in.dtype == torch.float64 else torch.float32
+    x = normed_in.to(work)
+    eps = getattr(hf_norm, "variance_epsilon", None)
+    eps = getattr(hf_norm, "eps", 1e-6) if eps is None else eps
+    inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [b, p, 1]
+    w = hf_norm.weight.to(device=x.device, dtype=work)
+    if getattr(norm, "uses_weight_offset", False):
+        w = 1.0 + w
+    r = _on(result, x).to(work)
+    bias = getattr(model.bridge.blocks[layer].attn.o.original_component, "bias", None)
+    if bias is not None:
+        r = r + bias.to(device=x.device, dtype=work) / r.shape[-2]
+    return (r * (inv * w).unsqueeze(-2)).to(result.dtype)
+
+
+def head_output_hooks(model: CircuitModel, layer: int, fn: Callable) -> list:
+    """Hooks that show ``fn(t, hook)`` layer ``layer``'s head outputs ``t [batch, pos, heads, d]`` as the
+    graph defines them: what each head adds to the residual stream. ``fn`` may return ``t`` (read only)
+    or a tensor of the same shape that replaces them.
+
+    Without a norm after the attention that is the bridge's per-head result (``hook_result``). With
+    one (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`) it is each head's share of the normed
+    attention output (:func:`head_shares`), and a replacement changes the normed output by the
+    replaced shares' differences: the other heads keep their shares of this pass."""
+    if model.attn_post_norm(layer) is None:
+        return [(model.head_out_hook(layer), fn)]
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(key: str) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            box[key] = t
+            return t
+
+        return hook
+
+    def at_output(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if "result" not in box:
+            raise RuntimeError(f"layer {layer}'s per-head results were not computed in this pass (use_attn_result is off)")
+        shares = head_shares(model, layer, box.pop("result"), box.pop("normed_in"))
+        new = fn(shares, hook)
+        if new is shares:
+            return t
+        return t + _on((new - shares).sum(-2), t).to(t.dtype)
+
+    return [
+        (model.head_out_hook(layer), grab("result")),
+        (f"blocks.{layer}.ln1_post.hook_in", grab("normed_in")),
+        (model.attn_out_hook(layer), at_output),
+    ]
+
+
+def head_output_grad_hooks(model: CircuitModel, layer: int, on_grad: Callable[[torch.Tensor], None]) -> list:
+    """Hooks that call ``on_grad(g)`` in the backward pass with ``g [batch, pos, heads, d]``, the gradient
+    with respect to each of layer ``layer``'s head outputs as the graph defines them (see
+    :func:`head_output_hooks`). Behind a norm after the attention every head's share is added to the
+    residual stream as it is, so each head's gradient is the gradient at the normed output."""
+    n_heads = model.graph.n_heads
+    post = model.attn_post_norm(layer) is not None
+
+    def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if t.requires_grad:
+            t.register_hook(lambda g: on_grad(g.unsqueeze(2).expand(-1, -1, n_heads, -1)) if post else on_grad(g))
+        return t
+
+    return [(model.attn_out_hook(layer) if post else model.head_out_hook(layer), hook)]
+
+
     positions: slice | None = None,
     per_example: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -671,11 +758,11 @@ def gradient_pass(
     hooks: list = [(model.INPUT_HOOK, embed_hook)]
     if fill_from is not None:
         for layer in range(g.n_layers):
-            hooks.append((model.head_out_hook(layer), add_source(g.src_head(layer, 0), True)))
+            hooks += head_output_hooks(model, layer, add_source(g.src_head(layer, 0), True))
             hooks.append((model.mlp_out_hook(layer), add_source(g.src_mlp(layer), False)))
     if neuron_scores is not None:
         for layer in range(g.n_layers):
-            hooks.append((model.head_out_hook(layer), grad_at_source(g.src_head(layer, 0), True)))
+            hooks += head_output_grad_hooks(model, layer, per_neuron(g.src_head(layer, 0), True))
             hooks.append((model.mlp_out_hook(layer), grad_at_source(g.src_mlp(layer), False)))
     for layer in range(g.n_layers):
         n_up = g.n_upstream_heads(layer)
@@ -798,7 +885,7 @@ def masked_forward(
         n_up = g.n_upstream_heads(layer)
         for x, dst0, width in g.head_inputs(layer):
             hooks.append((model.head_in_hook(layer, x), patch(dst0, width, n_up, True)))
-        hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
+        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
         hooks.append((model.mlp_in_hook(layer), patch(g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False)))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
     final_patch = patch(g.dst_logits, 1, g.n_sources, False)
@@ -1041,7 +1128,9 @@ def single_unit_metric(
 
     hooks: list = [(model.INPUT_HOOK, at_one(0))] if start_layer == 0 else []
     for layer in range(start_layer, g.n_layers):
-        hooks.append((model.head_out_hook(layer), at_heads(g.src_head(layer, 0))))
+        heads = at_heads(g.src_head(layer, 0))
+        if heads is not None:
+            hooks += head_output_hooks(model, layer, heads)
         hooks.append((model.mlp_out_hook(layer), at_one(g.src_mlp(layer))))
     hooks = [(name, h) for name, h in hooks if h is not None]
     rep = batch.repeat(c).to(model.device)

@@ -26,7 +26,7 @@ import torch
 from circuitkit import engine
 from circuitkit.data import Batch
 from circuitkit.errors import CircuitkitError, ConfigError
-from circuitkit.model import CircuitModel
+from circuitkit.model import CircuitModel, to_module
 
 #: One copy's replacements: ``[(source_index, value [batch, pos, d_model]), ...]``.
 Overrides = Sequence[tuple[int, torch.Tensor]]
@@ -148,7 +148,7 @@ def stacked_gradient_pass(
         n_up = g.n_upstream_heads(layer)
         for x, dst0, width in g.head_inputs(layer):
             hooks.append((model.head_in_hook(layer, x), contract_heads(dst0, width, n_up)))
-        hooks.append((model.head_out_hook(layer), heads_hook(layer)))
+        hooks += engine.head_output_hooks(model, layer, heads_hook(layer))
         hooks.append((model.mlp_in_hook(layer), contract_one(g.dst_mlp(layer), g.n_upstream_mlp(layer))))
         hooks.append((model.mlp_out_hook(layer), mlp_hook(layer)))
     rep = batch.repeat(c).to(model.device)
@@ -233,7 +233,7 @@ def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Ten
         n_up = g.n_upstream_heads(layer)
         for x, dst0, _ in g.head_inputs(layer):
             hooks.append((model.head_in_hook(layer, x), read(dst0, n_up, True)))
-        hooks.append((model.head_out_hook(layer), put(g.src_head(layer, 0), True)))
+        hooks += engine.head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
         hooks.append((model.mlp_in_hook(layer), read(g.dst_mlp(layer), g.n_upstream_mlp(layer), False)))
         hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
     engine._forward(model, tokens, hooks, final_hook=read(g.dst_logits, g.n_sources, False))
@@ -275,6 +275,11 @@ def head_bias_shares(model: CircuitModel) -> torch.Tensor:
     outputs (``hook_result``) leave it out; an MLP's output includes its bias. Zero ablation counts a share
     of ``b_O`` as part of each head's output, so that zero-ablating every head of a layer zeroes the
     layer's whole attention output, as zero-ablating an MLP zeroes its output bias included.
+
+    Where a norm follows the attention (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`), a head's
+    output is its share of the normed sum (:func:`circuitkit.engine.head_shares`), bias share included;
+    with every head's result zero the layer adds ``N(b_O)``, so a zero-ablated head carries
+    ``N(b_O) / n_heads`` (zero without a bias).
     """
     g = model.graph
     out = torch.zeros(g.n_sources, model.d_model, dtype=model.dtype, device=model.device)
@@ -284,6 +289,10 @@ def head_bias_shares(model: CircuitModel) -> torch.Tensor:
         if b_o is None:  # measured: the attention output minus the sum of the head outputs
             b_o = _measured_b_o(model, layer)
         b_o = torch.as_tensor(b_o).detach().reshape(-1).to(device=model.device, dtype=model.dtype)
+        norm = model.attn_post_norm(layer)
+        if norm is not None:
+            with torch.no_grad():
+                b_o = norm(to_module(b_o.reshape(1, 1, -1), norm))[0, 0].to(model.device)
         base = g.src_head(layer, 0)
         out[base : base + g.n_heads] = b_o / g.n_heads
     return out
@@ -294,7 +303,7 @@ def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
     box: dict[str, torch.Tensor] = {}
     hooks = [
         (model.head_out_hook(layer), lambda t, hook: (box.__setitem__("r", t.detach()), t)[1]),
-        (f"blocks.{layer}.hook_attn_out", lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),
+        (f"blocks.{layer}.attn.hook_out", lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),
     ]
     tokens = torch.tensor([[model.pad_id]], device=model.device)
     engine._forward(model, tokens, hooks)

@@ -198,6 +198,10 @@ class CircuitModel:
         name: what the model was loaded from.
         weights_hash: a hash of the weights (part of every result's provenance and cache key).
         prepend_bos: whether prompts get the tokenizer's BOS token.
+        verification: the outcome of the check at load against the model's own forward pass
+            (:class:`circuitkit.verify.Verification`).
+        unverified: None, or what failed that check when the model was loaded with
+            ``allow_unverified=True`` (recorded in results.json as ``model_unverified``).
     """
 
     bridge: Any
@@ -206,6 +210,8 @@ class CircuitModel:
     name: str
     weights_hash: str
     prepend_bos: bool = True
+    verification: Any = None
+    unverified: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -270,11 +276,51 @@ class CircuitModel:
     def mlp_in_hook(layer: int) -> str:
         return f"blocks.{layer}.hook_mlp_in"
 
+    def attn_out_hook(self, layer: int) -> str:
+        """Where a layer's attention output joins the residual stream: after its post-attention norm on
+        models that have one (see :meth:`attn_post_norm`)."""
+        return f"blocks.{layer}.ln1_post.hook_out" if self.attn_post_norm(layer) is not None else f"blocks.{layer}.attn.hook_out"
+
+    def attn_post_norm(self, layer: int) -> Any | None:
+        """The norm a layer applies to its attention output before adding it to the residual stream
+        (Gemma-2/3 and OLMo-2's ``post_attention_layernorm``), or None (the sum of the heads joins the
+        residual stream as it is). A head's output node is then its share of the normed sum
+        (:func:`circuitkit.engine.head_shares`)."""
+        return getattr(self.bridge.blocks[layer], "ln1_post", None)
+
+    def logit_transform(self, logits: torch.Tensor) -> torch.Tensor:
+        """The output transform the model applies to its unembedding's output (Gemma-2/3's final logit
+        soft-capping, Cohere's ``logit_scale``, Granite's ``logits_scaling``, ...), elementwise; ``logits``
+        itself for models without one."""
+        fn = output_logits_transform(self.bridge)
+        return logits if fn is None else fn(logits)
+
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Logits from the final residual stream (the bridge's own final norm and unembedding), on the
-        unembedding's device."""
+        """The model's logits from the final residual stream (the bridge's own final norm and unembedding,
+        then the model's output transform: :meth:`logit_transform`), on the unembedding's device."""
         normed = self.bridge.ln_final(to_module(resid, self.bridge.ln_final))
-        return self.bridge.unembed(to_module(normed, self.bridge.unembed))
+        return self.logit_transform(self.bridge.unembed(to_module(normed, self.bridge.unembed)))
+
+
+def output_logits_transform(bridge: Any) -> Any | None:
+    """The architecture adapter's post-unembedding transform (TransformerLens' ``apply_output_logits_
+    transform``: soft-capping, logit scales), or None when it leaves logits unchanged (checked once on a
+    probe and remembered on the bridge). Whether it reproduces the Hugging Face model's logits is part
+    of the check at load (:mod:`circuitkit.verify`)."""
+    cached = bridge.__dict__.get("_circuitkit_logit_fn", False)
+    if cached is not False:
+        return cached
+    fn = getattr(getattr(bridge, "adapter", None), "apply_output_logits_transform", None)
+    if fn is not None:
+        probe = torch.linspace(-100.0, 100.0, 201, dtype=torch.float64)
+        try:
+            out = fn(probe.clone())
+            if isinstance(out, torch.Tensor) and out.shape == probe.shape and torch.equal(out, probe):
+                fn = None
+        except Exception:  # noqa: BLE001 - keep it; the check at load compares with the model's logits
+            pass
+    bridge.__dict__["_circuitkit_logit_fn"] = fn
+    return fn
 
 
 def module_device(module: Any) -> torch.device | None:
@@ -442,9 +488,16 @@ def bridge_model(
             )
         _check_dispatched(hf_model, name)
         dev = None
+    allow_unverified: bool = False,
         hf_model = hf_model.eval()
     elif device is None:
         dev = next(hf_model.parameters()).device
+    The wrapped model is checked once against the Hugging Face model's own forward pass
+    (:func:`circuitkit.verify.check_model`): a model whose residual stream is not the sum of the graph's
+    source outputs, or whose logits circuitkit does not reproduce, is refused with a
+    :class:`ModelLoadError` unless ``allow_unverified`` (then a warning, and ``unverified`` says what
+    failed).
+
         hf_model = hf_model.eval()
     else:
         dev = resolve_device(device)
@@ -496,7 +549,25 @@ def bridge_model(
     if n_kv != n_heads:
         _check_kv_inputs(bridge, name, arch, n_heads, n_kv)
     graph = Graph(int(cfg.n_layers), n_heads, bool(getattr(cfg, "parallel_attn_mlp", False)), n_kv)
-    return CircuitModel(bridge, given, graph, name, _weights_hash(hf_model), prepend_bos)
+    _check_post_norms(bridge, name, arch, int(cfg.n_layers))
+    model = CircuitModel(bridge, given, graph, name, _weights_hash(hf_model), prepend_bos)
+    from circuitkit.verify import check_model
+
+    check_model(model, allow_unverified=allow_unverified)
+    return model
+
+
+def _check_post_norms(bridge: Any, name: str, arch: str, n_layers: int) -> None:
+    """A norm after the attention must be an RMSNorm (the per-head shares are written for it)."""
+    for layer in range(n_layers):
+        norm = getattr(bridge.blocks[layer], "ln1_post", None)
+        if norm is not None and not (getattr(norm, "uses_rms_norm", False) and hasattr(norm.original_component, "weight")):
+            raise ModelLoadError(
+                f"'{name}' (architecture {arch}) normalises each attention output with a "
+                f"{type(norm.original_component).__name__} before it joins the residual stream; circuitkit splits "
+                "such a normed output between the heads for RMSNorm only (Gemma-2, Gemma-3, OLMo-2). Use a model "
+                "without post-attention norms or with RMSNorm ones."
+            )
 
 
 class _Seen(Exception):
@@ -579,6 +650,7 @@ def load_model(
     if hf_map is None:
         resolve_device(device)
     placement = {} if hf_map is None else {"device_map": hf_map, **({"max_memory": max_memory} if max_memory else {})}
+    allow_unverified: bool = False,
     torch_dtype = resolve_dtype(dtype)
     try:
         from transformers.utils import logging as hf_logging
@@ -593,6 +665,9 @@ def load_model(
         hf_model,
         tok,
         name=source if name != BUNDLED_NAME else BUNDLED_NAME,
+        allow_unverified: go on (with a warning) when the model fails the check against its own forward
+            pass (see :func:`bridge_model`), instead of refusing it.
         device=device if hf_map is None else None,
         prepend_bos=prepend_bos,
     )
+        allow_unverified=allow_unverified,

@@ -10,7 +10,8 @@ Sends a finished run to W&B after its local files are written:
 - each evaluator table as a W&B table, and a ``curve`` table also as a line plot;
 - the per-edge scores as a table (the ``max_score_rows`` largest by absolute score);
 - ``circuit.json`` (with ``results.json``) as a versioned artifact of type ``circuit``;
-- every ``*.png`` in the run directory (the circuit picture) as an image.
+- every ``*.png`` in the run directory (the circuit picture, the curve) as an image, and ``circuit.html``
+  (the interactive explorer, :mod:`circuitkit.explorer`) as ``wandb.Html`` under ``explorer``.
 
 Jobs of one Hydra multirun share a W&B group (named after the sweep directory) and are named
 ``<method>-<task>-<model>-<job number>``.
@@ -347,6 +348,9 @@ class WandbReporter(Reporter):
 
     def _log_images(self, wandb: Any, wb: Any, run: RunResult, run_dir: Path) -> None:
         images = {f"images/{p.stem}": wandb.Image(str(p)) for p in sorted(run_dir.glob("*.png"))}
+        page = run_dir / "circuit.html"
+        if page.is_file():  # self-contained: no W&B stylesheet injected, nothing fetched
+            images["explorer"] = wandb.Html(page.read_text(encoding="utf-8"), inject=False)
         if images:
             wb.log(images)
 

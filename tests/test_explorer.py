@@ -453,3 +453,21 @@ def test_compare_html_refuses_one_run(runs, capsys):
     d, _ = runs["eap"]
     assert compare.main(["--html", str(d), "--no-plot"]) == 1
     assert "circuitkit.compare: error:" in capsys.readouterr().err
+
+
+def test_wandb_logs_the_explorer_and_the_pictures(tiny_model, tmp_path):
+    pytest.importorskip("wandb")
+    from wandb_records import offline_runs
+
+    from circuitkit.pipeline import run
+
+    cfg = run_config("eap", 10, [5, 10])
+    # wandb listed first: the pictures (added by default) must still reach W&B.
+    cfg["reporter"] = {"wandb": {"project": "circuitkit-tests", "mode": "offline"}}
+    d = tmp_path / "run"
+    assert run(cfg, d, model=tiny_model).status == "complete"
+    (wb,) = offline_runs(tmp_path)
+    row = next(r for r in wb.history if "explorer/_type" in r)
+    assert row["explorer/_type"] == "html-file"
+    assert (wb.files_dir / row["explorer/path"]).read_text(encoding="utf-8") == (d / "circuit.html").read_text(encoding="utf-8")
+    assert {"images/circuit/_type", "images/curve/_type"} <= wb.history_keys()
