@@ -40,22 +40,44 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
 
     from circuitkit.pipeline import run
 
-    run_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
+    from circuitkit.rundir import Terminated, read_status
+
+    hc = HydraConfig.get()
+    run_dir = cfg.get("output_dir") or hc.runtime.output_dir
     try:
-        result = run(cfg, run_dir)
+        result = run(cfg, run_dir, extra_files=_hydra_files(cfg, hc))
     except CircuitkitError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"circuitkit: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"circuitkit: interrupted; no results were presented as complete (see {Path(run_dir) / 'results.json'}).", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        what = f"terminated ({e.args[0]})" if isinstance(e, Terminated) else "interrupted"
+        if read_status(Path(run_dir)) == "complete":  # overwrite=true: the earlier run stays
+            where = f"the complete earlier run in {run_dir} is unchanged"
+        else:
+            where = f"results.json in {run_dir} says 'interrupted'"
+        print(f"circuitkit: {what}; no results were presented as complete ({where}).", file=sys.stderr)
+        raise SystemExit(128 + e.signum if isinstance(e, Terminated) else 130) from None
     f = result.evals.get("faithfulness")
     value = f.values.get("faithfulness") if f is not None else None
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (f.values.items() if f else []))
     print(f"circuitkit: {result.meta['method']} on {result.meta['task']}: {summary}\ncircuitkit: results in {run_dir}")
     return value  # type: ignore[return-value]
+
+
+def _hydra_files(cfg, hc) -> dict[str, str]:  # noqa: ANN001
+    """Hydra's ``.hydra/`` files, written by the run once it holds its directory (``hydra.output_subdir`` is
+    null in circuitkit's config, so Hydra does not write them before the directory is checked)."""
+    from omegaconf import OmegaConf
+
+    if hc.output_subdir is not None:  # the user asked Hydra to write them
+        return {}
+    return {
+        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+        ".hydra/hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})),
+        ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task),
+    }
 
 
 def main() -> None:
@@ -71,6 +93,8 @@ def main() -> None:
             raise
         print(f"circuitkit: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    import circuitkit.rundir  # noqa: F401 - registers ${circuitkit.uid:} of the run directory pattern
+
     hydra.main(config_path="conf", config_name="config", version_base="1.3")(_task_function)()
 
 

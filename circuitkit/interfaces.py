@@ -213,7 +213,14 @@ class Evaluator(ABC):
 
 
 class Reporter(ABC):
-    """Sends a finished (or partly finished) run somewhere. Must never lose the local result files."""
+    """Sends a finished (or partly finished) run somewhere. Must never lose the local result files.
+
+    Reporters that add files to the run directory (pictures) run before those that publish it elsewhere
+    (``publishes = True``, e.g. W&B), whatever their order in ``reporter=[...]``.
+    """
+
+    #: True for a reporter that sends the run directory's files elsewhere: it runs after the others.
+    publishes: ClassVar[bool] = False
 
     def __init__(self, config: PluginConfig) -> None:
         self.config = config

@@ -383,6 +383,30 @@ def _weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _check_config_json(path: Path) -> None:
+    """A model directory's config.json must be a JSON object (the tokenizer loader reads it too, so a broken
+    one would otherwise be reported as a tokenizer problem)."""
+    import json
+
+    cfg_path = path / "config.json"
+    try:
+        obj = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    except json.JSONDecodeError as e:
+        problem = f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    else:
+        if isinstance(obj, dict) and isinstance(obj.get("model_type", ""), str):
+            return
+        problem = "is not a JSON object with the model's settings (model_type, ...)"
+    raise ModelLoadError(
+        f"The model's {cfg_path} {problem}; the directory holds a damaged model. Re-save it with "
+        "model.save_pretrained(dir)."
+    )
+
+
 def _tokenizer_from_dir(path: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -420,6 +444,7 @@ def _load_hf(name: str, dtype: torch.dtype, placement: dict[str, Any] | None = N
                 f"model.name={name} is not a model directory (no config.json in {path}). Save one with "
                 "model.save_pretrained(dir) and tokenizer.save_pretrained(dir)."
             )
+        _check_config_json(path)
         tok = _tokenizer_from_dir(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, **placement)

@@ -227,6 +227,7 @@ def _reachable(base_url: str, timeout: float = 3.0) -> bool:
 
 class WandbReporter(Reporter):
     config: WandbReporterConfig
+    publishes = True  # after the reporters that add pictures to the run directory
 
     def __init__(self, config: WandbReporterConfig) -> None:
         super().__init__(config)

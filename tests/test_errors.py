@@ -557,10 +557,17 @@ def test_wandb_failure_keeps_local_results(tiny_model, tmp_path, monkeypatch):
     assert res.evals["faithfulness"].values["faithfulness"] is not None
 
 
+def assert_refused_before_computation(run_dir):
+    """The failure is recorded (status and error), and nothing was computed: no scores, no model loaded."""
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "failed" and res["meta"]["error"]
+    assert "load_model" not in res["seconds"] and not (run_dir / "scores.json").exists()
+
+
 def test_unknown_intervention_and_level_on_the_command_line(tiny_model_dir, tmp_path):
     p = cli(f"model.name={tiny_model_dir}", "intervention=resample", f"hydra.run.dir={tmp_path / 'a'}")
     assert "intervention must be one of patching, zero, mean, mean_positional, got 'resample'" in one_clear_line(p)
-    assert not (tmp_path / "a" / "results.json").exists()  # refused before any computation
+    assert_refused_before_computation(tmp_path / "a")
     p = cli(f"model.name={tiny_model_dir}", "method=eap", "method.level=head", f"hydra.run.dir={tmp_path / 'b'}")
     assert "method.level must be one of edge, node, neuron, got 'head'" in one_clear_line(p)
     p = cli(
@@ -572,6 +579,6 @@ def test_unknown_intervention_and_level_on_the_command_line(tiny_model_dir, tmp_
         f"hydra.run.dir={tmp_path / 'c'}",
     )
     assert "selector.n_nodes=<k>" in one_clear_line(p)
-    assert not (tmp_path / "c" / "results.json").exists()  # refused before any computation
+    assert_refused_before_computation(tmp_path / "c")
     p = cli(f"model.name={tiny_model_dir}", "method=eap", "selector=greedy", "method.level=neuron", f"hydra.run.dir={tmp_path / 'd'}")
     assert "greedy selects edges, but method.level=neuron" in one_clear_line(p)
