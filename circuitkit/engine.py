@@ -402,6 +402,91 @@ def _unembed_columns_ok(model: CircuitModel) -> bool:
     return _checked_once(model, "_unembed_columns_ok", check)
 
 
+# ----- head outputs: what each head adds to the residual stream ----------------------------------------
+
+
+def head_shares(model: CircuitModel, layer: int, result: torch.Tensor, normed_in: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos, heads, d]``: each head's share of what layer ``layer``'s attention adds to the residual
+    stream when a norm follows the attention (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`).
+
+    The norm sees ``X = sum_h result_h + b_O`` (``normed_in``, the tensor the norm received) and adds
+    ``N(X) = X / rms(X) * w`` (RMSNorm; ``1 + w`` for Gemma's offset scales). ``N`` is linear once its
+    normaliser ``1 / rms(X)`` is fixed, so head ``h``'s share is ``(result_h + b_O / n_heads) / rms(X) * w``:
+    the shares sum to ``N(X)`` in every run, and the output bias's normed part is split equally between
+    the heads (as zero ablation splits ``b_O``). The normaliser is the one of this forward pass, so the
+    shares of all heads change together when one head's output does (the norm couples them).
+    Computed in float32 (float64 for a float64 model), as the norm computes, and returned in
+    ``result``'s dtype."""
+    norm = model.attn_post_norm(layer)
+    assert norm is not None
+    hf_norm = norm.original_component
+    work = torch.float64 if normed_in.dtype == torch.float64 else torch.float32
+    x = normed_in.to(work)
+    eps = getattr(hf_norm, "variance_epsilon", None)
+    eps = getattr(hf_norm, "eps", 1e-6) if eps is None else eps
+    inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [b, p, 1]
+    w = hf_norm.weight.to(device=x.device, dtype=work)
+    if getattr(norm, "uses_weight_offset", False):
+        w = 1.0 + w
+    r = _on(result, x).to(work)
+    bias = getattr(model.bridge.blocks[layer].attn.o.original_component, "bias", None)
+    if bias is not None:
+        r = r + bias.to(device=x.device, dtype=work) / r.shape[-2]
+    return (r * (inv * w).unsqueeze(-2)).to(result.dtype)
+
+
+def head_output_hooks(model: CircuitModel, layer: int, fn: Callable) -> list:
+    """Hooks that show ``fn(t, hook)`` layer ``layer``'s head outputs ``t [batch, pos, heads, d]`` as the
+    graph defines them: what each head adds to the residual stream. ``fn`` may return ``t`` (read only)
+    or a tensor of the same shape that replaces them.
+
+    Without a norm after the attention that is the bridge's per-head result (``hook_result``). With
+    one (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`) it is each head's share of the normed
+    attention output (:func:`head_shares`), and a replacement changes the normed output by the
+    replaced shares' differences: the other heads keep their shares of this pass."""
+    if model.attn_post_norm(layer) is None:
+        return [(model.head_out_hook(layer), fn)]
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(key: str) -> Callable:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            box[key] = t
+            return t
+
+        return hook
+
+    def at_output(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if "result" not in box:
+            raise RuntimeError(f"layer {layer}'s per-head results were not computed in this pass (use_attn_result is off)")
+        shares = head_shares(model, layer, box.pop("result"), box.pop("normed_in"))
+        new = fn(shares, hook)
+        if new is shares:
+            return t
+        return t + _on((new - shares).sum(-2), t).to(t.dtype)
+
+    return [
+        (model.head_out_hook(layer), grab("result")),
+        (f"blocks.{layer}.ln1_post.hook_in", grab("normed_in")),
+        (model.attn_out_hook(layer), at_output),
+    ]
+
+
+def head_output_grad_hooks(model: CircuitModel, layer: int, on_grad: Callable[[torch.Tensor], None]) -> list:
+    """Hooks that call ``on_grad(g)`` in the backward pass with ``g [batch, pos, heads, d]``, the gradient
+    with respect to each of layer ``layer``'s head outputs as the graph defines them (see
+    :func:`head_output_hooks`). Behind a norm after the attention every head's share is added to the
+    residual stream as it is, so each head's gradient is the gradient at the normed output."""
+    n_heads = model.graph.n_heads
+    post = model.attn_post_norm(layer) is not None
+
+    def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+        if t.requires_grad:
+            t.register_hook(lambda g: on_grad(g.unsqueeze(2).expand(-1, -1, n_heads, -1)) if post else on_grad(g))
+        return t
+
+    return [(model.attn_out_hook(layer) if post else model.head_out_hook(layer), hook)]
+
+
 def _source_writers(model: CircuitModel, buf: torch.Tensor, positions: slice | None = None) -> list:
     """Hooks that copy every source's output into ``buf [n_sources, batch, pos, d]`` (from whatever device
     the hook's layer is on); with ``positions``, only those positions (``buf`` is then that wide)."""
@@ -548,91 +633,6 @@ def gradient_pass(
     weight: float = 1.0,
     fill_from: torch.Tensor | None = None,
     neuron_scores: torch.Tensor | None = None,
-# ----- head outputs: what each head adds to the residual stream ----------------------------------------
-
-
-def head_shares(model: CircuitModel, layer: int, result: torch.Tensor, normed_in: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos, heads, d]``: each head's share of what layer ``layer``'s attention adds to the residual
-    stream when a norm follows the attention (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`).
-
-    The norm sees ``X = sum_h result_h + b_O`` (``normed_in``, the tensor the norm received) and adds
-    ``N(X) = X / rms(X) * w`` (RMSNorm; ``1 + w`` for Gemma's offset scales). ``N`` is linear once its
-    normaliser ``1 / rms(X)`` is fixed, so head ``h``'s share is ``(result_h + b_O / n_heads) / rms(X) * w``:
-    the shares sum to ``N(X)`` in every run, and the output bias's normed part is split equally between
-    the heads (as zero ablation splits ``b_O``). The normaliser is the one of this forward pass, so the
-    shares of all heads change together when one head's output does (the norm couples them).
-    Computed in float32 (float64 for a float64 model), as the norm computes, and returned in
-    ``result``'s dtype."""
-    norm = model.attn_post_norm(layer)
-    assert norm is not None
-    hf_norm = norm.original_component
-    work = torch.float64 if normed_in.dtype == torch.float64 else torch.float32
-    x = normed_in.to(work)
-    eps = getattr(hf_norm, "variance_epsilon", None)
-    eps = getattr(hf_norm, "eps", 1e-6) if eps is None else eps
-    inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [b, p, 1]
-    w = hf_norm.weight.to(device=x.device, dtype=work)
-    if getattr(norm, "uses_weight_offset", False):
-        w = 1.0 + w
-    r = _on(result, x).to(work)
-    bias = getattr(model.bridge.blocks[layer].attn.o.original_component, "bias", None)
-    if bias is not None:
-        r = r + bias.to(device=x.device, dtype=work) / r.shape[-2]
-    return (r * (inv * w).unsqueeze(-2)).to(result.dtype)
-
-
-def head_output_hooks(model: CircuitModel, layer: int, fn: Callable) -> list:
-    """Hooks that show ``fn(t, hook)`` layer ``layer``'s head outputs ``t [batch, pos, heads, d]`` as the
-    graph defines them: what each head adds to the residual stream. ``fn`` may return ``t`` (read only)
-    or a tensor of the same shape that replaces them.
-
-    Without a norm after the attention that is the bridge's per-head result (``hook_result``). With
-    one (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`) it is each head's share of the normed
-    attention output (:func:`head_shares`), and a replacement changes the normed output by the
-    replaced shares' differences: the other heads keep their shares of this pass."""
-    if model.attn_post_norm(layer) is None:
-        return [(model.head_out_hook(layer), fn)]
-    box: dict[str, torch.Tensor] = {}
-
-    def grab(key: str) -> Callable:
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            box[key] = t
-            return t
-
-        return hook
-
-    def at_output(t: torch.Tensor, hook: object) -> torch.Tensor:
-        if "result" not in box:
-            raise RuntimeError(f"layer {layer}'s per-head results were not computed in this pass (use_attn_result is off)")
-        shares = head_shares(model, layer, box.pop("result"), box.pop("normed_in"))
-        new = fn(shares, hook)
-        if new is shares:
-            return t
-        return t + _on((new - shares).sum(-2), t).to(t.dtype)
-
-    return [
-        (model.head_out_hook(layer), grab("result")),
-        (f"blocks.{layer}.ln1_post.hook_in", grab("normed_in")),
-        (model.attn_out_hook(layer), at_output),
-    ]
-
-
-def head_output_grad_hooks(model: CircuitModel, layer: int, on_grad: Callable[[torch.Tensor], None]) -> list:
-    """Hooks that call ``on_grad(g)`` in the backward pass with ``g [batch, pos, heads, d]``, the gradient
-    with respect to each of layer ``layer``'s head outputs as the graph defines them (see
-    :func:`head_output_hooks`). Behind a norm after the attention every head's share is added to the
-    residual stream as it is, so each head's gradient is the gradient at the normed output."""
-    n_heads = model.graph.n_heads
-    post = model.attn_post_norm(layer) is not None
-
-    def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-        if t.requires_grad:
-            t.register_hook(lambda g: on_grad(g.unsqueeze(2).expand(-1, -1, n_heads, -1)) if post else on_grad(g))
-        return t
-
-    return [(model.attn_out_hook(layer) if post else model.head_out_hook(layer), hook)]
-
-
     positions: slice | None = None,
     per_example: torch.Tensor | None = None,
 ) -> torch.Tensor:

@@ -488,8 +488,15 @@ def bridge_model(
     name: str = "custom",
     device: str | None = "auto",
     prepend_bos: bool = True,
+    allow_unverified: bool = False,
 ) -> CircuitModel:
     """Wrap an already-built Hugging Face causal LM in a configured ``TransformerBridge``.
+
+    The wrapped model is checked once against the Hugging Face model's own forward pass
+    (:func:`circuitkit.verify.check_model`): a model whose residual stream is not the sum of the graph's
+    source outputs, or whose logits circuitkit does not reproduce, is refused with a
+    :class:`ModelLoadError` unless ``allow_unverified`` (then a warning, and ``unverified`` says what
+    failed).
 
     ``device``: where to move the model; None leaves it where it is. A model dispatched over several
     devices by accelerate (``from_pretrained(..., device_map=...)``, which sets ``hf_device_map``) is never
@@ -513,16 +520,9 @@ def bridge_model(
             )
         _check_dispatched(hf_model, name)
         dev = None
-    allow_unverified: bool = False,
         hf_model = hf_model.eval()
     elif device is None:
         dev = next(hf_model.parameters()).device
-    The wrapped model is checked once against the Hugging Face model's own forward pass
-    (:func:`circuitkit.verify.check_model`): a model whose residual stream is not the sum of the graph's
-    source outputs, or whose logits circuitkit does not reproduce, is refused with a
-    :class:`ModelLoadError` unless ``allow_unverified`` (then a warning, and ``unverified`` says what
-    failed).
-
         hf_model = hf_model.eval()
     else:
         dev = resolve_device(device)
@@ -650,6 +650,7 @@ def load_model(
     prepend_bos: bool = True,
     device_map: Any = None,
     n_devices: int | None = None,
+    allow_unverified: bool = False,
 ) -> CircuitModel:
     """Load a causal LM for circuit discovery.
 
@@ -664,6 +665,8 @@ def load_model(
             device; passed to ``from_pretrained``. ``device`` must then be ``"auto"``.
         n_devices: split the model over ``cuda:0 .. cuda:N-1`` (``device_map="balanced"`` limited to those
             GPUs); 1 or None: one device.
+        allow_unverified: go on (with a warning) when the model fails the check against its own forward
+            pass (see :func:`bridge_model`), instead of refusing it.
 
     Returns:
         A :class:`CircuitModel`.
@@ -675,7 +678,6 @@ def load_model(
     if hf_map is None:
         resolve_device(device)
     placement = {} if hf_map is None else {"device_map": hf_map, **({"max_memory": max_memory} if max_memory else {})}
-    allow_unverified: bool = False,
     torch_dtype = resolve_dtype(dtype)
     try:
         from transformers.utils import logging as hf_logging
@@ -690,9 +692,7 @@ def load_model(
         hf_model,
         tok,
         name=source if name != BUNDLED_NAME else BUNDLED_NAME,
-        allow_unverified: go on (with a warning) when the model fails the check against its own forward
-            pass (see :func:`bridge_model`), instead of refusing it.
         device=device if hf_map is None else None,
         prepend_bos=prepend_bos,
-    )
         allow_unverified=allow_unverified,
+    )
