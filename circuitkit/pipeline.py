@@ -43,6 +43,9 @@ class ModelConfig:
             null: one device (``device``). Multi-GPU runs: see docs/concepts.md, "Large models".
         n_devices: split the model over ``cuda:0 .. cuda:N-1`` (``device_map=balanced`` limited to those
             GPUs); null or 1: one device.
+        allow_unverified: go on when the model fails circuitkit's check at load against its own forward
+            pass (the residual stream as the sum of the graph's node outputs, the model's own logits); the
+            run then warns and records the failure in results.json (``model_unverified``).
     """
 
     name: str = "bundled"
@@ -51,6 +54,7 @@ class ModelConfig:
     prepend_bos: bool = True
     device_map: Any = None
     n_devices: int | None = None
+    allow_unverified: bool = False
 
 
 MODEL_PRESETS = {"bundled": ModelConfig(name="bundled"), "gpt2": ModelConfig(name="gpt2")}
@@ -219,6 +223,7 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
             prepend_bos=mc.get("prepend_bos", True),
             device_map=mc.get("device_map"),
             n_devices=mc.get("n_devices"),
+            allow_unverified=bool(mc.get("allow_unverified", False)),
         )
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)
@@ -241,6 +246,7 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         "selector": selector_name,
         "model": model.name,
         "model_weights_hash": model.weights_hash,
+        **({"model_unverified": model.unverified} if getattr(model, "unverified", None) else {}),
         "task_data_hash": data.content_hash(),
         "n_examples": len(data),
         "n_dropped": len(data.dropped),
