@@ -1,10 +1,25 @@
-"""Attribution cache: scores are reused when the model weights, the task data and the method are the same.
+"""Attribution cache: scores are reused when the model weights, the task data, the method and the code are the same.
 
 A sweep over selectors or evaluators (``-m selector.n_edges=100,200,500``) then computes the scores once.
-The key is a hash of the model's weights hash, the task data's content hash, the task and method configs,
-the run seed, the run-level extras (``RunContext.extra``), the device type and the circuitkit / method
-plugin versions. Entries are ``scores.json``
-files written atomically, so concurrent jobs of a sweep can share one cache directory.
+The key is a hash of:
+
+- the model's weights hash, its dtype and the device type;
+- the task data's content hash (token ids and answers) and the task's options;
+- the method's options (every field of its config, defaults included), the run seed and the run-level
+  extras (``RunContext.extra``: intervention, buffer precision, positions per pass);
+- the code: the source of every ``.py`` file of the circuitkit package (engine, attribution, model,
+  interventions, graph, data, ...), the source of the package (or single module) that defines the method's
+  class and the task's class (and their base classes outside circuitkit and the standard library: for the
+  builtin plugins, every file of ``circuitkit_plugins``), the installed versions of circuitkit, of the
+  method's distribution, of torch, transformers and transformer_lens.
+
+So an edited method, task or core file, in an editable install or a plugin under development, never gets
+the scores of the code before the edit. Source is read once per process for the core and once per class
+object for plugins: a module edited but not re-imported keeps its old hash, which is the code that runs.
+A package with more than :data:`MAX_PACKAGE_FILES` ``.py`` files contributes only the defining module.
+Entries are ``scores.json`` files written atomically, so concurrent jobs of a sweep can share one cache
+directory. To clear the cache delete its directory (``rm -rf ~/.cache/circuitkit``, or the directory
+``$CIRCUITKIT_CACHE_DIR`` / ``cache_dir`` names); ``cache=false`` turns it off for one run.
 
 Settings (the shipped CLI config turns the cache on)::
 
@@ -16,10 +31,14 @@ Settings (the shipped CLI config turns the cache on)::
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +50,11 @@ log = logging.getLogger("circuitkit")
 
 CACHE_ENV = "CIRCUITKIT_CACHE_DIR"
 #: Bump when the cached files or the meaning of scores change.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: A plugin package with more ``.py`` files than this contributes only the module defining the class.
+MAX_PACKAGE_FILES = 500
+#: Distributions whose versions are part of every key (they compute the model's forward and gradients).
+KEY_DISTRIBUTIONS = ("circuitkit", "torch", "transformers", "transformer_lens")
 
 
 def default_cache_dir() -> Path:
@@ -64,6 +87,100 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def source_hash(files: list[Path], root: Path | None = None) -> str:
+    """sha256 over the files' names (relative to ``root``) and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        name = str(f.relative_to(root)) if root is not None else str(f)
+        h.update(name.encode() + b"\0")
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _py_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+
+
+@functools.lru_cache(maxsize=1)
+def core_code_hash() -> str:
+    """Hash of every ``.py`` file of the circuitkit package (read once per process)."""
+    root = Path(__file__).resolve().parent
+    return source_hash(_py_files(root), root)
+
+
+def _module_sources(cls: type) -> tuple[str, str]:
+    """``(label, hash)`` of the code ``cls`` runs: its top-level package's ``.py`` files (at most
+    :data:`MAX_PACKAGE_FILES`), else its module's file, else (a class typed into a notebook) its source."""
+    module_name = cls.__module__
+    top = module_name.split(".")[0]
+    pkg = sys.modules.get(top)
+    paths = [Path(p) for p in getattr(pkg, "__path__", None) or []]
+    if paths:
+        files = [f for p in paths for f in _py_files(p)]
+        if len(files) <= MAX_PACKAGE_FILES:
+            return top, source_hash(files, paths[0].parent) if len(paths) == 1 else source_hash(files)
+    mod = sys.modules.get(module_name)
+    try:
+        file = inspect.getsourcefile(mod) if mod is not None else None  # type: ignore[arg-type]
+    except TypeError:
+        file = None
+    if file and Path(file).is_file():
+        return module_name, source_hash([Path(file)])
+    try:
+        text = inspect.getsource(cls)
+    except (OSError, TypeError):
+        text = "no-source"
+    return f"{module_name}.{cls.__qualname__}", hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+_CLASS_CODE: dict[type, dict[str, str]] = {}
+
+
+def _class_code(cls: type) -> dict[str, str]:
+    """Source hashes of the packages defining ``cls`` and its bases, outside circuitkit and the standard
+    library. Computed once per class object, so a re-imported (reloaded) module is hashed again."""
+    if cls not in _CLASS_CODE:
+        out: dict[str, str] = {}
+        for c in cls.__mro__:
+            top = c.__module__.split(".")[0]
+            if top in ("builtins", "circuitkit") or top in sys.stdlib_module_names:
+                continue
+            label, digest = _module_sources(c)
+            out[label] = digest
+        _CLASS_CODE[cls] = out
+    return _CLASS_CODE[cls]
+
+
+def code_hashes(*objects: Any) -> dict[str, str]:
+    """What the cache key records of the code: circuitkit's source and the source of the packages that
+    define ``objects``' classes (a wrapped task's too), plus the versions of :data:`KEY_DISTRIBUTIONS`."""
+    out = {"circuitkit-source": core_code_hash()}
+    out.update({f"{d}-version": _version(d) for d in KEY_DISTRIBUTIONS})
+    seen: set[int] = set()
+    todo = list(objects)
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        out.update(_class_code(type(obj)))
+        todo.append(getattr(obj, "wrapped", None))
+    return out
+
+
+def _options(obj: Any, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The options a component runs with: its config's fields (defaults included) over the given ones."""
+    out = dict(given or {})
+    config = getattr(obj, "config", None)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        out.update({k: v for k, v in dataclasses.asdict(config).items() if not (k == "name" and not v)})
+    return out
+
+
 def attribution_key(
     *,
     weights_hash: str,
@@ -75,12 +192,15 @@ def attribution_key(
     dtype: str = "",
     plugin_version: str = "",
     extra: dict[str, Any] | None = None,
+    code: dict[str, str] | None = None,
 ) -> str:
     """The content hash naming one cache entry. ``extra``: run-level settings components may read
-    (:attr:`circuitkit.interfaces.RunContext.extra`, e.g. a buffer precision)."""
+    (:attr:`circuitkit.interfaces.RunContext.extra`, e.g. a buffer precision); ``code``: source hashes and
+    versions (:func:`code_hashes`)."""
     payload = {
         "format": CACHE_FORMAT,
         "circuitkit": _version("circuitkit"),
+        "code": code or {},
         "weights": weights_hash,
         "data": data_hash,
         "method": method,
@@ -114,7 +234,7 @@ def cached_attribute(
     if cache_dir is None:
         return attributor.attribute(model, task, data, ctx)
     ctx.cache_dir = str(cache_dir)
-    method_cfg = dict(cfg.get("method") or {})
+    method_cfg = _options(attributor, cfg.get("method"))
     plugin_version = ""
     if registry is not None:
         try:
@@ -126,12 +246,13 @@ def cached_attribute(
         weights_hash=str(getattr(model, "weights_hash", "")),
         data_hash=data.content_hash(),
         method=method_cfg,
-        task=dict(cfg.get("task") or {}),
+        task=_options(getattr(task, "wrapped", task), cfg.get("task")),
         seed=int(getattr(ctx, "seed", 0)),
         device_type=torch.device(model.device).type,
         dtype=str(model.dtype),
         plugin_version=plugin_version,
         extra=dict(getattr(ctx, "extra", None) or {}),
+        code=code_hashes(attributor, task),
     )
     meta["scores_cache_key"] = key
     path = entry_path(cache_dir, key)
@@ -148,7 +269,8 @@ def cached_attribute(
     scores = attributor.attribute(model, task, data, ctx)
     if bool(torch.isfinite(scores.values).all()):
         try:
-            Scores(scores.graph, scores.values, {**scores.meta, "cache_key": key}).save(path)
+            # dataclasses.replace keeps the level and the node / neuron scores.
+            dataclasses.replace(scores, meta={**scores.meta, "cache_key": key}).save(path)
         except CircuitkitError as e:
             log.warning(
                 "Could not write the attribution cache (%s); the run goes on without it. Set cache_dir=... or cache=false.", e
