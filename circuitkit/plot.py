@@ -1,7 +1,7 @@
 """Pictures of circuits and faithfulness curves, with matplotlib only (optional extra ``plots``).
 
 - :func:`draw_circuit`: the circuit as a graph, nodes placed by layer (``input`` at the bottom, ``logits`` at
-  the top, each layer's heads on one row and its MLP on the row above). Edge width grows with ``|score|``,
+  the top, each layer's heads on one row and its MLP on the row above; edges run upward). Edge width grows with ``|score|``,
   colour gives the sign (blue positive, red negative), and line style the destination's input: solid into
   MLPs and logits, dashed into a head's query, dotted into its key, dash-dotted into its value. With
   grouped-query attention an edge into a key/value head's input is drawn into each head of its group that
@@ -126,8 +126,9 @@ def draw_circuit(
     width = max(6.0, 1.0 * g.n_heads + 2)
     height = max(4.0, 0.75 * (2 * g.n_layers + 2))
     fig = _figure(width, height)
+    from matplotlib.collections import PathCollection
     from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path as MplPath
 
     ax = fig.add_subplot(1, 1, 1)
     ax.set_axis_off()
@@ -137,6 +138,9 @@ def draw_circuit(
     vmax = float(np.abs(shown_vals).max()) if len(shown_vals) else 1.0
     vmax = vmax if vmax > 0 else 1.0
     rads = {"q": 0.12, "k": 0.22, "v": 0.32, "": 0.18}
+    # One collection of quadratic Bezier curves (edges run upward, from source to destination): much
+    # faster to draw and save than one arrow patch per edge.
+    curves, colors, widths, styles = [], [], [], []
     for e, v in zip(shown.tolist(), shown_vals.tolist(), strict=True):
         src, _, qkv = _edge_parts(g.edge_names[e])
         if circuit.scores is None:
@@ -148,12 +152,15 @@ def draw_circuit(
             (x0, y0), (x1, y1) = pos[src], pos[dst]
             # Edges stacked in the middle column (input, MLPs, logits) would hide each other: bend them more.
             rad = rads[qkv] + (0.25 if x0 == x1 else 0.0)
-            ax.add_patch(
-                FancyArrowPatch(
-                    (x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=8,
-                    linewidth=lw, linestyle=LINESTYLES[qkv], color=color, alpha=0.75, shrinkA=9, shrinkB=9, zorder=1,
-                )
-            )
+            cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+            curves.append(MplPath([(x0, y0), (cx, cy), (x1, y1)], [MplPath.MOVETO, MplPath.CURVE3, MplPath.CURVE3]))
+            colors.append(color)
+            widths.append(lw)
+            styles.append(LINESTYLES[qkv])
+    if curves:
+        ax.add_collection(
+            PathCollection(curves, facecolors="none", edgecolors=colors, linewidths=widths, linestyles=styles, alpha=0.75, zorder=1)
+        )
     for name, (x, y) in pos.items():
         on = bool(in_circuit[name])
         if not on and not show_all_nodes:
