@@ -62,8 +62,47 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
     f = result.evals.get("faithfulness")
     value = f.values.get("faithfulness") if f is not None else None
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (f.values.items() if f else []))
-    print(f"circuitkit: {result.meta['method']} on {result.meta['task']}: {summary}\ncircuitkit: results in {run_dir}")
+    print(f"circuitkit: {result.meta['method']} on {result.meta['task']}: {summary}")
+    for line in summary_lines(result):
+        print(f"circuitkit: {line}")
+    print(f"circuitkit: results in {run_dir}")
     return value  # type: ignore[return-value]
+
+
+def summary_lines(result) -> list[str]:  # noqa: ANN001
+    """The printed summary beyond the faithfulness line: how the circuit's size was chosen, the
+    faithfulness curve with CPR and CMD."""
+    from circuitkit.uncertainty import fmt_interval
+
+    lines = []
+    sel = result.circuit.selection if result.circuit is not None else None
+    if sel:
+        total = sel["edges_in_graph"]
+        if sel.get("reached"):
+            exact = "" if sel.get("exact") else " (bisection stopped early: an upper bound)"
+            lines.append(
+                f"smallest circuit reaching faithfulness {sel['target']:g}: {sel['edges_in_circuit']:,} of {total:,} edges "
+                f"({100 * sel['fraction_of_graph']:.2g}% of the graph; {sel['selector']} n_edges={sel['requested_edges']}), "
+                f"faithfulness {sel['faithfulness']:.4g}{exact}"
+            )
+        else:
+            lines.append(f"target faithfulness {sel['target']:g} not reached: {sel.get('note', '')}")
+    curve = result.evals.get("faithfulness_curve")
+    if curve is not None and curve.tables.get("curve"):
+        unit = "%" if curve_unit(result) == "percent" else ""
+        pts = " ".join(
+            f"{r['budget']:g}{unit}:" + ("n/a" if r["faithfulness"] is None else f"{r['faithfulness']:.2f}") for r in curve.tables["curve"]
+        )
+        v = curve.values
+        areas = ", ".join(f"{k.upper()} {fmt_interval(v[k], curve.intervals.get(k), 4)}" for k in ("cpr", "cmd") if v.get(k) is not None)
+        lines.append(f"faithfulness curve (edge budget: faithfulness) {pts}" + (f"; {areas}" if areas else ""))
+    return lines
+
+
+def curve_unit(result) -> str:  # noqa: ANN001
+    cfg = result.meta.get("config", {}).get("evaluator", {}) or {}
+    node = cfg.get("faithfulness_curve") or {}
+    return node.get("unit", "percent") if isinstance(node, dict) else "percent"
 
 
 def _hydra_files(cfg, hc) -> dict[str, str]:  # noqa: ANN001

@@ -3,12 +3,20 @@
 :func:`evaluate_keeps` evaluates many circuits in one sweep over the data: the clean and corrupted runs are
 done once per batch and the circuits are stacked along the batch dimension (``circuits_per_pass`` at a
 time), so a faithfulness curve costs little more than its masked passes.
+
+:class:`EvaluationCache` (``ctx.evaluations``, set by the pipeline for each run) shares that work between
+the calls of one run: per batch the clean and corrupted metrics and the values removed edges carry (while
+they fit in its memory limit), and the metric of every circuit already evaluated. A selector that
+searches over circuit sizes, a faithfulness curve and the faithfulness of the chosen circuit then run each
+distinct circuit once, and a later sweep runs only the masked passes of circuits not seen yet.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -47,6 +55,89 @@ UNDEFINED_NOTE = (
 )
 
 
+@dataclass
+class _BatchState:
+    """One batch's share of every evaluation: the values removed edges carry and the endpoint metrics."""
+
+    batch: Any
+    removed: torch.Tensor
+    clean: torch.Tensor  # [batch] float64, on the CPU
+    corrupted: torch.Tensor  # [batch] float64, on the CPU
+
+
+@dataclass
+class _Entry:
+    """What an :class:`EvaluationCache` holds for one (model, task, data, batch size, intervention)."""
+
+    owners: tuple[Any, ...]
+    states: dict[int, _BatchState] = field(default_factory=dict)
+    clean: torch.Tensor | None = None  # [n_examples] float64
+    corrupted: torch.Tensor | None = None
+    circuits: dict[bytes, torch.Tensor] = field(default_factory=dict)  # circuit key -> [n_examples] float64
+    state_bytes: int = 0
+
+
+class EvaluationCache:
+    """Evaluation work shared by the calls of one run (``ctx.evaluations``; see the module's docstring).
+
+    Entries are keyed by the *identity* of the model, task, data and intervention (held here, so the
+    identities stay unique): only use one while none of them changes, e.g. for one run. Per-batch values
+    of removed edges are kept while their total stays under ``max_bytes`` (default: a quarter of the
+    device's free memory, at most 2 GiB); the batches beyond are recomputed in each sweep.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self._entries: list[_Entry] = []
+        #: circuits measured by masked passes, and answered from the cache, since creation
+        self.evaluated = 0
+        self.reused = 0
+
+    def entry(self, model: CircuitModel, task: Task, data: TaskData, ctx: RunContext) -> _Entry:
+        owners = (model, task, data, ctx.batch_size, ctx.intervention)
+        for e in self._entries:
+            if len(e.owners) == len(owners) and all(a is b for a, b in zip(e.owners, owners, strict=True)):
+                return e
+        e = _Entry(owners)
+        self._entries.append(e)
+        return e
+
+    def limit(self, device: torch.device) -> int:
+        if self.max_bytes is None:
+            free = engine.available_bytes(device)
+            self.max_bytes = min(2 * 2**30, (free or 0) // 4)
+        return self.max_bytes
+
+
+def _circuit_key(keep: torch.Tensor, neurons: torch.Tensor | None) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(str(tuple(keep.shape)).encode())
+    h.update(keep.detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
+    if neurons is not None:
+        h.update(b"neurons" + str(tuple(neurons.shape)).encode())
+        h.update(neurons.detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def _batch_state(model: CircuitModel, task: Task, batch: Any, ctx: RunContext, keep_shape: tuple[int, ...]) -> _BatchState:
+    batch = batch.to(model.device)
+    iv = ctx.intervention or Intervention()
+    with torch.no_grad():
+        if iv.uses_corrupted:
+            corr = engine.run_sources(model, batch.corrupted)
+            removed = corr.sources
+            assert removed is not None
+            corrupted_metric = engine.answer_metric(model, corr.final, batch, task.metric)
+        else:
+            # Zero/mean ablation: the baseline is the model with every edge ablated (the empty circuit).
+            removed = iv.values(model, batch)
+            none = torch.zeros(1, *keep_shape, dtype=removed.dtype, device=model.device)
+            corrupted_metric = engine.masked_metric(model, batch, task.metric, removed, none)[0]
+        clean_final = engine._forward(model, batch.clean, [])
+        clean_metric = engine.answer_metric(model, clean_final, batch, task.metric)
+    return _BatchState(batch, removed, clean_metric.double().cpu(), corrupted_metric.double().cpu())
+
+
 def evaluate_keeps(
     model: CircuitModel,
     task: Task,
@@ -59,40 +150,70 @@ def evaluate_keeps(
     neurons: torch.Tensor | None = None,
 ) -> Evaluation:
     """Mean metric of each circuit in ``keeps [n_circuits, n_sources, n_destinations]`` (1 = kept);
-    ``neurons [n_circuits, n_sources, d_model]`` (1 = kept) for neuron-level circuits."""
+    ``neurons [n_circuits, n_sources, d_model]`` (1 = kept) for neuron-level circuits.
+
+    With an :class:`EvaluationCache` in ``ctx.evaluations``, circuits evaluated before in the run are not
+    run again, and neither are the clean and corrupted runs of the batches it holds."""
     n_c = keeps.shape[0]
-    sums = torch.zeros(n_c, dtype=torch.float64)
-    clean_sum = corrupted_sum = 0.0
-    n = 0
-    batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
-    for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=batches, desc=desc):
-        batch = batch.to(model.device)
-        iv = ctx.intervention or Intervention()
-        with torch.no_grad():
-            if iv.uses_corrupted:
-                corr = engine.run_sources(model, batch.corrupted)
-                removed = corr.sources
-                assert removed is not None
-                corrupted_metric = engine.answer_metric(model, corr.final, batch, task.metric)
-            else:
-                # Zero/mean ablation: the baseline is the model with every edge ablated (the empty circuit).
-                removed = iv.values(model, batch)
-                none = torch.zeros(1, *keeps.shape[1:], dtype=removed.dtype, device=model.device)
-                corrupted_metric = engine.masked_metric(model, batch, task.metric, removed, none)[0]
-            clean_final = engine._forward(model, batch.clean, [])
-            corrupted_sum += float(corrupted_metric.double().sum())
-            clean_sum += float(engine.answer_metric(model, clean_final, batch, task.metric).double().sum())
-        for start in range(0, n_c, circuits_per_pass):
-            chunk = keeps[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
-            dims = (
-                None
-                if neurons is None
-                else neurons[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
-            )
-            vals = engine.masked_metric(model, batch, task.metric, removed, chunk, neurons=dims)
-            sums[start : start + len(chunk)] += vals.double().sum(1).cpu()
-        n += len(batch)
-    ev = Evaluation(clean_sum / n, corrupted_sum / n, (sums / n).tolist(), n)
+    cache: EvaluationCache | None = getattr(ctx, "evaluations", None)
+    entry = cache.entry(model, task, data, ctx) if cache is not None else None
+    keys = [_circuit_key(keeps[i], None if neurons is None else neurons[i]) for i in range(n_c)] if entry is not None else []
+    # The circuits to run: every one without a cache, else each distinct circuit not evaluated yet.
+    todo: list[int] = []
+    if entry is None:
+        todo = list(range(n_c))
+    else:
+        pending: set[bytes] = set()
+        for i, k in enumerate(keys):
+            if k not in entry.circuits and k not in pending:
+                pending.add(k)
+                todo.append(i)
+    per_circuit = torch.zeros(len(todo), len(data), dtype=torch.float64)
+    if todo or entry is None or entry.clean is None:
+        clean = torch.zeros(len(data), dtype=torch.float64)
+        corrupted = torch.zeros(len(data), dtype=torch.float64)
+        sel_keeps = keeps[todo]
+        sel_neurons = None if neurons is None else neurons[todo]
+        batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
+        limit = cache.limit(model.device) if cache is not None else 0
+        start_ex = 0
+        for b, batch in enumerate(progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=batches, desc=desc)):
+            state = entry.states.get(b) if entry is not None else None
+            if state is None:
+                state = _batch_state(model, task, batch, ctx, tuple(keeps.shape[1:]))
+                size = state.removed.numel() * state.removed.element_size()
+                if entry is not None and entry.state_bytes + size <= limit:
+                    entry.states[b] = state
+                    entry.state_bytes += size
+            nb = len(state.clean)
+            rows = slice(start_ex, start_ex + nb)
+            clean[rows], corrupted[rows] = state.clean, state.corrupted
+            removed = state.removed
+            for start in range(0, len(todo), circuits_per_pass):
+                chunk = sel_keeps[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+                dims = (
+                    None
+                    if sel_neurons is None
+                    else sel_neurons[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+                )
+                vals = engine.masked_metric(model, state.batch, task.metric, removed, chunk, neurons=dims)
+                per_circuit[start : start + len(chunk), rows] = vals.double().cpu()
+            start_ex += nb
+        if entry is not None:
+            entry.clean, entry.corrupted = clean, corrupted
+    else:
+        clean, corrupted = entry.clean, entry.corrupted
+    if entry is None:
+        values = per_circuit
+    else:
+        for j, i in enumerate(todo):
+            entry.circuits[keys[i]] = per_circuit[j]
+        values = torch.stack([entry.circuits[k] for k in keys]) if keys else torch.zeros(0, len(data), dtype=torch.float64)
+        cache.evaluated += len(todo)  # type: ignore[union-attr]
+        cache.reused += n_c - len(todo)  # type: ignore[union-attr]
+    n = len(data)
+    assert clean is not None and corrupted is not None
+    ev = Evaluation(float(clean.sum()) / n, float(corrupted.sum()) / n, (values.sum(1) / n).tolist(), n)
     bad = [v for v in (ev.clean, ev.corrupted, *ev.circuits) if not math.isfinite(v)]
     if bad:
         raise CircuitkitError(

@@ -72,6 +72,13 @@ class RunContext:
             (:class:`circuitkit.interventions.Intervention`; None: the corrupted run, i.e. patching).
         extra: run-level settings components may read (part of the attribution cache key), e.g.
             ``buffer_dtype``, ``positions_per_pass`` and the intervention's name.
+        evaluations: evaluation work shared within the run
+            (:class:`circuitkit.evaluation.EvaluationCache`; None: every evaluation starts afresh). The
+            pipeline gives each run its own.
+        bootstrap: options of the bootstrap intervals over examples (the run's ``bootstrap:`` block, a
+            mapping or :class:`circuitkit.uncertainty.BootstrapConfig`; None: 1000 resamples, level 0.95).
+        attributor: the run's method (set by the pipeline), for evaluators that attribute again on other
+            data (``stability``); None outside a run.
     """
 
     batch_size: int = 16
@@ -81,6 +88,7 @@ class RunContext:
     cache_dir: str | None = None
     intervention: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluations: Any = None
 
 
 class Task(ABC):
@@ -188,6 +196,17 @@ class Selector(ABC):
     @abstractmethod
     def select(self, scores: Scores) -> Circuit:
         """Return a circuit over ``scores.graph`` with no dangling nodes."""
+
+    def select_in_run(self, scores: Scores, model: CircuitModel, task: Task, data: TaskData, ctx: RunContext) -> Circuit:
+        """The circuit of a run: what the pipeline calls, with the model and the task's data, so a selector
+        can measure candidate circuits before choosing one (``target_faithfulness``). A selector that
+        measures records how it chose in ``Circuit.selection``. The default is :meth:`select`."""
+        return self.select(scores)
+
+    def measures_circuits(self) -> bool:
+        """True when, with its options, this selector measures circuits (:meth:`select_in_run` needs the
+        model and data; :meth:`select` alone cannot choose)."""
+        return False
 
     def validate(self, graph: Graph) -> None:  # noqa: B027 - optional hook
         """Raise a :class:`~circuitkit.errors.ConfigError` if the options cannot work for ``graph``.

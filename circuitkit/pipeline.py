@@ -191,6 +191,10 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
     )
     ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
+    # The selector's search, the curve and the faithfulness of the chosen circuit share evaluation work.
+    from circuitkit.evaluation import EvaluationCache
+
+    ctx.evaluations = EvaluationCache()
     if cfg.get("positions_per_pass") is not None:
         ctx.extra["positions_per_pass"] = cfg.get("positions_per_pass")
     intervention = cfg.get("intervention") or "patching"
@@ -277,7 +281,8 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
     ctx.scores = scores
 
     t0 = time.perf_counter()
-    circuit = selector.select(scores)
+    # A selector may measure candidate circuits (top_n without n_edges: the smallest reaching a target).
+    circuit = selector.select_in_run(scores, model, task, data, ctx)
     seconds["select"] = time.perf_counter() - t0
     result.circuit = circuit
     circuit.d_model = model.d_model

@@ -280,6 +280,8 @@ class Circuit:
         level: ``edge``, ``node`` (selected as nodes: every edge between kept nodes) or ``neuron``.
         neurons: at neuron level, ``[n_sources, d_model]`` bool: the output dimensions of each node that
             are kept (the others carry their corrupted value for every reader).
+        selection: how a selector that measures circuits chose this one (``target_faithfulness``: the
+            target, whether it was reached, the sizes evaluated); ``selection`` in results.json.
     """
 
     graph: Graph
@@ -288,6 +290,7 @@ class Circuit:
     d_model: int | None = None
     level: str = "edge"
     neurons: np.ndarray | None = None
+    selection: dict[str, Any] | None = None
 
     @classmethod
     def from_mask(
@@ -488,6 +491,8 @@ class RunResult:
                 out["nodes_in_circuit"] = int(self.circuit.nodes[:-1].sum())
             if self.circuit.neurons is not None:
                 out["neurons_in_circuit"] = self.circuit.n_neurons
+            if self.circuit.selection is not None:
+                out["selection"] = self.circuit.selection
         for name, ev in self.evals.items():
             out[name] = ev.to_json()
         return out

@@ -24,7 +24,9 @@ the registered component::
   answers are disjoint; the same seed gives the same examples; the metric gives one finite number per
   example;
 - :class:`SelectorContract`: on random scores over GPT-2 small's graph (32,491 edges) the circuit is
-  connected (``graph.prune(mask) == mask``) and the same scores give the same circuit;
+  connected (``graph.prune(mask) == mask``) and the same scores give the same circuit; a selector that
+  measures circuits (``measures_circuits()``, e.g. ``top_n`` without ``n_edges``) is run through
+  ``select_in_run`` on ``ck_tiny_model`` and ``ck_tiny_data`` instead, over that model's graph;
 - :class:`EvaluatorContract`: evaluates the empty and the full circuit into JSON-serialisable results; when
   it reports ``clean_metric``, ``corrupted_metric`` and ``circuit_metric``, the empty circuit scores the
   corrupted metric and the full one the clean metric (and faithfulness 0 and 1) — otherwise that test
@@ -414,22 +416,38 @@ class SelectorContract(ComponentContract):
     def test_accepts_the_gpt2_small_graph(self, ck_options: dict[str, Any]) -> None:
         self.build(ck_options).validate(gpt2_small_graph())
 
-    def test_circuits_are_connected_on_random_scores(self, ck_options: dict[str, Any]) -> None:
-        g = gpt2_small_graph()
+    @staticmethod
+    def selecting(selector: Any, request: Any) -> tuple[Graph, Any]:
+        """The graph to test on and ``scores -> circuit``: GPT-2 small's graph and ``select``, or for a
+        selector that measures circuits ``ck_tiny_model``'s graph and ``select_in_run`` on ``ck_tiny_data``."""
+        if not selector.measures_circuits():
+            return gpt2_small_graph(), selector.select
+        model = request.getfixturevalue("ck_tiny_model")
+        task, data = request.getfixturevalue("ck_tiny_task"), request.getfixturevalue("ck_tiny_data")
+
+        def select(scores: Scores) -> Circuit:
+            ctx = RunContext(batch_size=4, progress=False, seed=0, scores=scores)
+            return selector.select_in_run(scores, model, task, data, ctx)
+
+        return model.graph, select
+
+    def test_circuits_are_connected_on_random_scores(self, ck_options: dict[str, Any], request: Any) -> None:
         selector = self.build(ck_options)
+        g, select = self.selecting(selector, request)
         for seed in self.seeds:
-            c = selector.select(self.random_scores(g, seed))
+            c = select(self.random_scores(g, seed))
             assert isinstance(c, Circuit), f"select() returned {type(c).__name__}, not circuitkit.results.Circuit"
             assert c.graph == g
             assert c.edges.dtype == bool and c.edges.shape == (g.n_edges,)
             dangling = int((c.edges & ~g.prune(c.edges)).sum())
             assert dangling == 0, f"seed {seed}: {dangling} of the circuit's {c.n_edges} edges dangle (graph.prune(mask) != mask)"
 
-    def test_same_scores_give_the_same_circuit(self, ck_options: dict[str, Any]) -> None:
-        g = gpt2_small_graph()
+    def test_same_scores_give_the_same_circuit(self, ck_options: dict[str, Any], request: Any) -> None:
+        g, select_a = self.selecting(self.build(ck_options), request)
+        _, select_b = self.selecting(self.build(ck_options), request)
         scores = self.random_scores(g, 7)
-        a = self.build(ck_options).select(scores)
-        b = self.build(ck_options).select(scores)
+        a = select_a(scores)
+        b = select_b(scores)
         assert (a.edges == b.edges).all()
 
 

@@ -24,9 +24,11 @@ computed on it; the table ``curve_signed`` holds it).
 
 **Smallest circuit reaching ``target``**: the first budget whose faithfulness reaches ``target`` gives an
 interval (previous budget, that budget) — (0 edges, first budget) if the first one already does, the
-empty circuit being the corrupted run (f = 0). The interval is then narrowed by a k-ary bisection:
-``refine_steps`` rounds, each evaluating ``refine_points`` evenly spaced edge counts inside it in one sweep
-and keeping the sub-interval just below the smallest count that reaches the target. The result is the
+empty circuit being the corrupted run (f = 0). The interval is then narrowed by a k-ary bisection
+(:func:`circuitkit.search.smallest_reaching`, the search of ``top_n`` without ``n_edges``):
+``refine_steps`` rounds (default: until one edge apart), each evaluating ``refine_points`` evenly spaced
+edge counts inside it in one sweep and keeping the sub-interval just below the smallest count that
+reaches the target. The result is the
 smallest evaluated budget that reaches the target (faithfulness need not grow with size, so this is the
 smallest found, not a proof that none smaller exists).
 """
@@ -34,6 +36,7 @@ smallest found, not a proof that none smaller exists).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +50,9 @@ from circuitkit.errors import ConfigError
 from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult, Scores
+from circuitkit.search import smallest_reaching
+
+log = logging.getLogger("circuitkit")
 
 
 @dataclass
@@ -60,7 +66,8 @@ class FaithfulnessCurveConfig(PluginConfig):
         absolute: select by ``|score|`` (True) or signed score (False).
         cpr_signed: compute CPR on a second curve selected by signed score (MIB's protocol), CMD on this one.
         target: faithfulness to reach for ``edges_for_target``.
-        refine_steps: bisection rounds between budgets for ``edges_for_target`` (0: budgets only).
+        refine_steps: bisection rounds between budgets for ``edges_for_target`` (0: budgets only; null:
+            until the answer is exact to one edge).
         refine_points: edge counts evaluated per round (one sweep over the data per round).
         circuits_per_pass: circuits stacked in one forward pass (memory grows with it).
     """
@@ -71,7 +78,7 @@ class FaithfulnessCurveConfig(PluginConfig):
     absolute: bool = True
     cpr_signed: bool = False
     target: float = 0.85
-    refine_steps: int = 2
+    refine_steps: int | None = None
     refine_points: int = 3
     circuits_per_pass: int = 8
 
@@ -115,8 +122,8 @@ class FaithfulnessCurve(Evaluator):
             raise ConfigError(f"evaluator.{c.name}.budgets are edge counts (unit=edges) and must be whole numbers.")
         if not math.isfinite(c.target):
             raise ConfigError(f"evaluator.{c.name}.target must be a finite number, got {c.target}.")
-        if c.refine_steps < 0 or c.refine_points < 1:
-            raise ConfigError(f"evaluator.{c.name}: refine_steps must be >= 0 and refine_points >= 1.")
+        if (c.refine_steps is not None and c.refine_steps < 0) or c.refine_points < 1:
+            raise ConfigError(f"evaluator.{c.name}: refine_steps must be >= 0 (or null) and refine_points >= 1.")
         if c.circuits_per_pass < 1:
             raise ConfigError(f"evaluator.{c.name}.circuits_per_pass must be at least 1.")
         return sorted(set(budgets))
@@ -151,10 +158,17 @@ class FaithfulnessCurve(Evaluator):
         if scores is None:
             raise ConfigError(f"Evaluator '{name}' needs edge scores: run it after attribution, or pass a circuit that has scores.")
         if scores.level != "edge":
-            raise ConfigError(
-                f"Evaluator '{name}' ranks edges, but the scores are {scores.level}-level (method.level={scores.level}); "
-                "use evaluator=[faithfulness] for node- or neuron-level circuits, or method.level=edge for the curve."
+            # Part of the default evaluators: a node- or neuron-level run keeps its faithfulness and says why
+            # there is no curve.
+            note = (
+                f"No faithfulness curve: '{name}' ranks edges, but the scores are {scores.level}-level "
+                f"(method.level={scores.level}); the circuit's faithfulness is in the 'faithfulness' evaluator. "
+                "Use method.level=edge for the curve."
             )
+            log.warning("%s", note)
+            res = EvalResult(name, {"cpr": None, "cmd": None, "average_faithfulness": None, **NO_TARGET})
+            res.notes.append(note)
+            return res
         g = scores.graph
         total = g.n_edges
         budgets = self._check(total)
@@ -231,53 +245,40 @@ class FaithfulnessCurve(Evaluator):
         return evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=self.config.circuits_per_pass, desc=desc)
 
     def _target(self, res: EvalResult, model, task, data, scores: Scores, ctx, requested: list[int], fs: list[float], total: int) -> None:  # noqa: ANN001
-        """Fill ``edges_for_target`` (smallest evaluated budget reaching the target) with a k-ary bisection."""
+        """Fill ``edges_for_target`` (the smallest size found reaching the target) with the bisection of
+        :func:`circuitkit.search.smallest_reaching`, starting from the curve's budgets."""
         c = self.config
-        first = next((i for i, f in enumerate(fs) if f >= c.target), None)
+        known = dict(zip(requested, fs, strict=True))
         refine_rows: list[dict[str, Any]] = []
-        if first is None:
+        circuits: dict[int, Circuit] = {}
+
+        def measure(sizes: list[int]) -> list[float | None]:
+            new = [n for n in sizes if n not in known]
+            if new:
+                circs = [self.circuit_at(scores, n) for n in new]
+                ev = self._run(model, task, data, circs, ctx, "faithfulness curve (refine)")
+                for n, circ, m in zip(new, circs, ev.circuits, strict=True):
+                    known[n] = ev.faithfulness(m)  # type: ignore[assignment]
+                    circuits[n] = circ
+                    refine_rows.append({"requested_edges": n, "n_edges": circ.n_edges, "faithfulness": known[n], "circuit_metric": m})
+            return [known[n] for n in sizes]
+
+        found = smallest_reaching(measure, requested, c.target, refine_points=c.refine_points, refine_steps=c.refine_steps)
+        res.tables["refine"] = refine_rows
+        if not found.reached:
             res.values.update(NO_TARGET)
             res.notes.append(f"No budget reaches faithfulness {c.target:g} (the largest reaches {max(fs):.3g}).")
-            res.tables["refine"] = refine_rows
             return
-        hi, f_hi = requested[first], fs[first]
-        hi_circuit = self.circuit_at(scores, hi)
-        lo = requested[first - 1] if first > 0 else 0
-        if c.target <= 0 and first == 0:
-            lo = hi  # the empty circuit (f = 0) already reaches it: nothing to refine below the first budget
-        seen = set(requested)
-        for _ in range(c.refine_steps):
-            if hi - lo <= 1:
-                break
-            k = min(c.refine_points, hi - lo - 1)
-            pts = sorted({lo + round((j + 1) * (hi - lo) / (k + 1)) for j in range(k)} - seen - {lo, hi})
-            if not pts:
-                break
-            circs = [self.circuit_at(scores, n) for n in pts]
-            ev = self._run(model, task, data, circs, ctx, "faithfulness curve (refine)")
-            seen.update(pts)
-            new_lo = lo
-            reached = None
-            for n, circ, m in zip(pts, circs, ev.circuits, strict=True):
-                f = ev.faithfulness(m)
-                refine_rows.append({"requested_edges": n, "n_edges": circ.n_edges, "faithfulness": f, "circuit_metric": m})
-                if reached is None:
-                    if f is not None and f >= c.target:
-                        reached = (n, f, circ)
-                    else:
-                        new_lo = n
-            if reached is not None:
-                hi, f_hi, hi_circuit = reached
-            lo = new_lo
+        assert found.n is not None
+        circuit = circuits.get(found.n) or self.circuit_at(scores, found.n)
         res.values.update(
             {
-                "edges_for_target": hi_circuit.n_edges,
-                "budget_for_target": hi,
-                "fraction_for_target": hi / total,
-                "faithfulness_at_target": f_hi,
+                "edges_for_target": circuit.n_edges,
+                "budget_for_target": found.n,
+                "fraction_for_target": found.n / total,
+                "faithfulness_at_target": found.faithfulness,
             }
         )
-        res.tables["refine"] = refine_rows
 
 
 @hookimpl

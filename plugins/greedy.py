@@ -6,13 +6,16 @@ its source node was not in the circuit yet, that node joins and the edges into i
 This stops after ``n_edges`` edges, so every chosen edge leads to ``logits`` through chosen edges. Edges
 whose source cannot be reached from ``input`` are then pruned (Graph.prune), so the circuit can hold
 fewer than ``n_edges`` edges. Ties are broken by the graph's edge order.
+
+With ``n_edges`` null (the default) the run chooses ``n_edges``: the smallest whose circuit reaches
+faithfulness ``target``, searched as by ``top_n`` (:mod:`circuitkit.search`).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from circuitkit.errors import ConfigError
 from circuitkit.graph import Graph
 from circuitkit.interfaces import PluginConfig, Selector
 from circuitkit.results import Circuit, Scores
+from circuitkit.search import GRID_PERCENTAGES, SearchesSize
 
 
 @dataclass
@@ -29,12 +33,23 @@ class GreedyConfig(PluginConfig):
     """Options of greedy selection.
 
     Attributes:
-        n_edges: how many edges to add before pruning.
+        n_edges: how many edges to add before pruning; null: the smallest number whose circuit reaches
+            faithfulness ``target`` (searched in the run).
         absolute: rank by ``|score|`` (True) or by signed score (False).
+        target: with ``n_edges`` null: the faithfulness the circuit must reach.
+        search_budgets: with ``n_edges`` null: the sizes evaluated first, in percent of the graph's edges.
+        refine_points: sizes evaluated per bisection round (one batched sweep over the data per round).
+        refine_steps: bisection rounds; null: until the answer is exact to one edge.
+        circuits_per_pass: circuits stacked in one forward pass while searching (memory grows with it).
     """
 
-    n_edges: int = 200
+    n_edges: int | None = None
     absolute: bool = True
+    target: float = 0.85
+    search_budgets: list[float] = field(default_factory=lambda: list(GRID_PERCENTAGES))
+    refine_points: int = 3
+    refine_steps: int | None = None
+    circuits_per_pass: int = 8
 
 
 def check_n_edges(n: object, graph: Graph) -> int:
@@ -86,11 +101,14 @@ def greedy_mask(scores: Scores, n: int, absolute: bool = True) -> np.ndarray:
     return mask
 
 
-class Greedy(Selector):
+class Greedy(SearchesSize, Selector):
     config: GreedyConfig
 
     def validate(self, graph: Graph) -> None:
-        check_n_edges(self.config.n_edges, graph)
+        if self.searching():
+            self.check_search()
+        else:
+            check_n_edges(self.config.n_edges, graph)
 
     def check_level(self, level: str) -> None:
         if level != "edge":
@@ -101,7 +119,16 @@ class Greedy(Selector):
 
     def select(self, scores: Scores) -> Circuit:
         self.check_level(scores.level)
+        if self.searching():
+            self.refuse_without_model()
         return Circuit.from_mask(scores.graph, greedy_mask(scores, self.config.n_edges, self.config.absolute), scores)
+
+    def select_in_run(self, scores: Scores, model, task, data, ctx) -> Circuit:  # noqa: ANN001
+        if self.searching():
+            self.check_level(scores.level)
+            self.check_search()
+            return self.search(scores, model, task, data, ctx)
+        return self.select(scores)
 
 
 @hookimpl

@@ -7,11 +7,16 @@ Keeps the ``n_edges`` highest-scoring edges (by absolute score unless ``absolute
 dangling edges: an edge stays only if its source is reachable from ``input`` and its destination reaches
 ``logits`` through kept edges. The circuit can therefore hold fewer than ``n_edges`` edges; the number
 kept is reported.
+
+With ``n_edges`` null (the default) the run chooses ``n_edges``: the smallest that reaches faithfulness
+``target`` (0.85), found with batched evaluations of a grid of sizes (``search_budgets``, MIB's edge
+budgets) and a bisection between the two grid sizes around the target (:mod:`circuitkit.search`). How it
+was found is written to results.json (``selection``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from circuitkit.errors import ConfigError
 from circuitkit.interfaces import PluginConfig, Selector
 from circuitkit.nodes import check_count, rank_key, select_units, top_mask
 from circuitkit.results import Circuit, Scores
+from circuitkit.search import GRID_PERCENTAGES, SearchesSize
 
 
 @dataclass
@@ -28,18 +34,29 @@ class TopNConfig(PluginConfig):
     """Options of top-n selection.
 
     Attributes:
-        n_edges: how many edges to keep before pruning.
+        n_edges: how many edges to keep before pruning; null: the smallest number whose circuit reaches
+            faithfulness ``target`` (searched in the run).
         absolute: rank by ``|score|`` (True) or by signed score (False).
         n_nodes: with node- or neuron-level scores (``method.level=node``): keep this many nodes (heads,
             MLPs, input) and every edge between them.
         n_neurons: with neuron-level scores (``method.level=neuron``): keep this many neurons (output
             dimensions of nodes) and every edge between their nodes.
+        target: with ``n_edges`` null: the faithfulness the circuit must reach.
+        search_budgets: with ``n_edges`` null: the sizes evaluated first, in percent of the graph's edges.
+        refine_points: sizes evaluated per bisection round (one batched sweep over the data per round).
+        refine_steps: bisection rounds; null: until the answer is exact to one edge.
+        circuits_per_pass: circuits stacked in one forward pass while searching (memory grows with it).
     """
 
-    n_edges: int = 200
+    n_edges: int | None = None
     absolute: bool = True
     n_nodes: int | None = None
     n_neurons: int | None = None
+    target: float = 0.85
+    search_budgets: list[float] = field(default_factory=lambda: list(GRID_PERCENTAGES))
+    refine_points: int = 3
+    refine_steps: int | None = None
+    circuits_per_pass: int = 8
 
 
 def top_n_mask(scores: Scores, n: int, absolute: bool) -> np.ndarray:
@@ -51,7 +68,7 @@ def top_n_mask(scores: Scores, n: int, absolute: bool) -> np.ndarray:
     return top_mask(rank_key(scores.values, absolute), n)
 
 
-class TopN(Selector):
+class TopN(SearchesSize, Selector):
     config: TopNConfig
 
     def validate(self, graph) -> None:  # noqa: ANN001
@@ -62,7 +79,9 @@ class TopN(Selector):
             check_count(cfg.n_nodes, "selector.n_nodes", graph.n_sources, "the graph's nodes besides logits")
         if cfg.n_neurons is not None:
             check_count(cfg.n_neurons, "selector.n_neurons")
-        if cfg.n_nodes is None and cfg.n_neurons is None:
+        if self.searching():
+            self.check_search()
+        elif cfg.n_nodes is None and cfg.n_neurons is None:
             top_n_mask(Scores(graph, torch.zeros(graph.n_edges)), cfg.n_edges, cfg.absolute)
 
     def check_level(self, level: str) -> None:
@@ -80,7 +99,15 @@ class TopN(Selector):
         self.check_level(scores.level)
         if cfg.n_nodes is not None or cfg.n_neurons is not None:
             return select_units(scores, n_nodes=cfg.n_nodes, n_neurons=cfg.n_neurons, absolute=cfg.absolute)
+        if self.searching():
+            self.refuse_without_model()
         return Circuit.from_mask(scores.graph, top_n_mask(scores, cfg.n_edges, cfg.absolute), scores)
+
+    def select_in_run(self, scores: Scores, model, task, data, ctx) -> Circuit:  # noqa: ANN001
+        if scores.level == "edge" and self.searching():
+            self.check_search()
+            return self.search(scores, model, task, data, ctx)
+        return self.select(scores)
 
 
 @hookimpl

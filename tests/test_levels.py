@@ -189,13 +189,16 @@ def test_level_errors_are_clear(tiny_model64, data):
         ck.build("selectors", "top_n", n_nodes=3).select(edge_scores)
 
 
-def test_faithfulness_curve_refuses_node_level_scores_clearly(tiny_model64, data):
+def test_faithfulness_curve_says_why_node_level_scores_have_no_curve(tiny_model64, data, caplog):
     scores = ck.build("methods", "eap", level="node").attribute(tiny_model64, TASK, data, ctx())
     circuit = ck.build("selectors", "top_n", n_nodes=3).select(scores)
     c = ctx()
     c.scores = scores
-    with pytest.raises(ck.CircuitkitError, match="ranks edges, but the scores are node-level"):
-        ck.build("evaluators", "faithfulness_curve").evaluate(tiny_model64, TASK, data, circuit, c)
+    with caplog.at_level("WARNING", logger="circuitkit"):
+        res = ck.build("evaluators", "faithfulness_curve").evaluate(tiny_model64, TASK, data, circuit, c)
+    assert res.values["cpr"] is None and res.values["edges_for_target"] is None and "curve" not in res.tables
+    assert len(res.notes) == 1 and "ranks edges, but the scores are node-level" in res.notes[0]
+    assert [r.message for r in caplog.records] == res.notes
 
 
 def test_completeness_refuses_neuron_circuits_clearly(tiny_model64, data):
