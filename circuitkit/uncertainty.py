@@ -133,6 +133,56 @@ def metric_intervals(
     return MetricIntervals(float(cfg.level), c, k, m, ratio_samples(m, c[None], k[None]))
 
 
+def interval_info(cfg: BootstrapConfig) -> dict[str, Any]:
+    """How the intervals of a result were computed (``interval_info`` in results.json)."""
+    return {"level": float(cfg.level), "n_resamples": int(cfg.n_resamples), "method": "percentile bootstrap over examples"}
+
+
+def evaluation_intervals(ev: Any, ctx: Any) -> MetricIntervals | None:
+    """Bootstrap samples of an :class:`~circuitkit.evaluation.Evaluation` (its per-example values), with
+    the run's options (``ctx.bootstrap``) and seed; None when it has no per-example values or
+    ``n_resamples`` is 0."""
+    if ev.clean_values is None or ev.corrupted_values is None or ev.circuit_values is None:
+        return None
+    return metric_intervals(ev.clean_values, ev.corrupted_values, ev.circuit_values, bootstrap_config(ctx), int(getattr(ctx, "seed", 0)))
+
+
+def add_circuit_uncertainty(res: Any, ev: Any, mi: MetricIntervals | None, index: int, ctx: Any) -> None:
+    """Put circuit ``index`` of ``ev`` into an :class:`~circuitkit.results.EvalResult`: the per-example clean,
+    corrupted and circuit metrics and the intervals of those three and of faithfulness."""
+    if ev.clean_values is not None and ev.circuit_values is not None:
+        res.per_example.update(
+            {
+                "clean_metric": ev.clean_values.tolist(),
+                "corrupted_metric": ev.corrupted_values.tolist(),
+                "circuit_metric": ev.circuit_values[index].tolist(),
+            }
+        )
+    if mi is None:
+        return
+    defined = ev.faithfulness(ev.circuits[index]) is not None
+    res.intervals.update(
+        {
+            "clean_metric": mi.interval(mi.clean),
+            "corrupted_metric": mi.interval(mi.corrupted),
+            "circuit_metric": mi.interval(mi.circuits[index]),
+            "faithfulness": mi.interval(mi.faithfulness[index]) if defined else None,
+        }
+    )
+    res.interval_info = interval_info(bootstrap_config(ctx))
+
+
+def area_samples(fractions: Sequence[float], f: torch.Tensor, distance_to_one: bool = False) -> torch.Tensor:
+    """Per resample, the trapezoid area of ``f [n_points, k]`` over ``fractions`` (sorted): CPR, or with
+    ``distance_to_one`` CMD (``|1 - f|``), as :func:`circuitkit.analysis.cpr` / :func:`~circuitkit.analysis.cmd`."""
+    x = torch.as_tensor(list(fractions), dtype=torch.float64)
+    order = torch.argsort(x, stable=True)
+    x, y = x[order], f.double()[order]
+    if distance_to_one:
+        y = (1.0 - y).abs()
+    return ((x[1:] - x[:-1])[:, None] * (y[1:] + y[:-1]) / 2.0).sum(0)
+
+
 def fmt_interval(value: Any, interval: Sequence[float] | None, digits: int = 3) -> str:
     """``0.91 [0.86, 0.95]`` (the value alone when there is no interval)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -222,6 +272,10 @@ def inclusion_frequency(
 
 __all__ = [
     "BootstrapConfig",
+    "add_circuit_uncertainty",
+    "area_samples",
+    "evaluation_intervals",
+    "interval_info",
     "MetricIntervals",
     "PerExampleScores",
     "bootstrap_config",

@@ -5,6 +5,10 @@ ablation instead when chosen; for a neuron-level circuit, also every dimension o
 kept neurons); the circuit's metric is normalised as
 ``(metric(circuit) - metric(corrupted)) / (metric(clean) - metric(corrupted))`` (Hanna et al. 2024; MIB's
 circuit performance). 1 means the circuit alone recovers the clean behaviour, 0 the corrupted one.
+
+Each example's clean, corrupted and circuit metric are kept (``per_example`` in results.json) and every
+value comes with a percentile-bootstrap interval over the examples (``intervals``; the run's ``bootstrap``
+options; :mod:`circuitkit.uncertainty`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from circuitkit import hookimpl
 from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult
+from circuitkit.uncertainty import add_circuit_uncertainty, evaluation_intervals
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Faithfulness(Evaluator):
                 "n_examples": ev.n_examples,
             },
         )
+        # Each example's clean, corrupted and circuit metric, and bootstrap intervals over the examples.
+        add_circuit_uncertainty(res, ev, evaluation_intervals(ev, ctx), 0, ctx)
         if circuit.neurons is not None:
             res.values["neurons_in_circuit"] = circuit.n_neurons
         if f is None:
