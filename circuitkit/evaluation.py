@@ -40,6 +40,12 @@ class Evaluation:
     corrupted: float
     circuits: list[float]
     n_examples: int
+    #: per-example metrics (float64, CPU): ``clean_values``/``corrupted_values`` ``[n_examples]``,
+    #: ``circuit_values`` ``[n_circuits, n_examples]`` — the values the means above average (the bootstrap
+    #: intervals of :mod:`circuitkit.uncertainty` resample them)
+    clean_values: torch.Tensor | None = None
+    corrupted_values: torch.Tensor | None = None
+    circuit_values: torch.Tensor | None = None
 
     def faithfulness(self, value: float) -> float | None:
         """``(value - corrupted) / (clean - corrupted)``; None when clean and corrupted are (nearly) equal."""
@@ -213,7 +219,7 @@ def evaluate_keeps(
         cache.reused += n_c - len(todo)  # type: ignore[union-attr]
     n = len(data)
     assert clean is not None and corrupted is not None
-    ev = Evaluation(float(clean.sum()) / n, float(corrupted.sum()) / n, (values.sum(1) / n).tolist(), n)
+    ev = Evaluation(float(clean.sum()) / n, float(corrupted.sum()) / n, (values.sum(1) / n).tolist(), n, clean, corrupted, values)
     bad = [v for v in (ev.clean, ev.corrupted, *ev.circuits) if not math.isfinite(v)]
     if bad:
         raise CircuitkitError(

@@ -89,6 +89,8 @@ class RunContext:
     intervention: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     evaluations: Any = None
+    bootstrap: Any = None
+    attributor: Any = None
 
 
 class Task(ABC):

@@ -191,6 +191,10 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
     )
     ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
+    from circuitkit.uncertainty import bootstrap_config
+
+    ctx.bootstrap = cfg.get("bootstrap")
+    ctx.bootstrap = bootstrap_config(ctx)  # bad options fail here, before any computation
     # The selector's search, the curve and the faithfulness of the chosen circuit share evaluation work.
     from circuitkit.evaluation import EvaluationCache
 
@@ -207,6 +211,7 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
     selector_name = cfg["selector"]["name"]
     # Build every component first, so a bad option fails before any computation.
     attributor = registry.methods.build(method_name, cfg["method"])
+    ctx.attributor = attributor
     task = registry.tasks.build(task_name, cfg["task"])
     selector = registry.selectors.build(selector_name, cfg["selector"])
     evaluators = [registry.evaluators.build(n, o) for n, o in _selected(cfg, "evaluator")]

@@ -458,16 +458,29 @@ class EvalResult:
         values: scalar results (``faithfulness``, ``clean_metric``...); None where undefined.
         tables: named lists of rows (e.g. a faithfulness curve).
         notes: human-readable remarks (e.g. why a value is undefined).
+        intervals: ``[low, high]`` bootstrap confidence interval of a value, by the value's name (None where
+            undefined); ``interval_info`` says how (``level``, ``n_resamples``, ``method``).
+        per_example: per-example values (``clean_metric``, ``corrupted_metric``, ``circuit_metric``: one
+            number per example, in the task data's order).
     """
 
     name: str
     values: dict[str, float | int | None] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    intervals: dict[str, list[float] | None] = field(default_factory=dict)
+    interval_info: dict[str, Any] = field(default_factory=dict)
+    per_example: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.values.items()}
-        return {"values": clean, "tables": self.tables, "notes": self.notes}
+        out: dict[str, Any] = {"values": clean, "tables": self.tables, "notes": self.notes}
+        if self.intervals:
+            out["intervals"] = self.intervals
+            out["interval_info"] = self.interval_info
+        if self.per_example:
+            out["per_example"] = self.per_example
+        return out
 
 
 @dataclass

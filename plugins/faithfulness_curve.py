@@ -50,6 +50,7 @@ from circuitkit.errors import ConfigError
 from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult, Scores
+from circuitkit.uncertainty import add_circuit_uncertainty, area_samples, evaluation_intervals
 from circuitkit.search import smallest_reaching
 
 log = logging.getLogger("circuitkit")
@@ -181,6 +182,7 @@ class FaithfulnessCurve(Evaluator):
         circuits = [self.circuit_at(scores, n, a) for a, _ in curves for n in requested]
         ev = self._run(model, task, data, [circuit, *circuits], ctx, "faithfulness curve")
         own_metric, own_f = ev.circuits[0], ev.faithfulness(ev.circuits[0])
+        full, mi = ev, evaluation_intervals(ev, ctx)  # per-example values and bootstrap samples of every circuit
         ev = Evaluation(ev.clean, ev.corrupted, ev.circuits[1:], ev.n_examples)
 
         res = EvalResult(name)
@@ -196,6 +198,7 @@ class FaithfulnessCurve(Evaluator):
                 "edges_in_circuit": circuit.n_edges,
             }
         )
+        add_circuit_uncertainty(res, full, mi, 0, ctx)
         nb = len(budgets)
         faith: dict[str, list[float | None]] = {}
         for k, (_, table) in enumerate(curves):
@@ -217,6 +220,10 @@ class FaithfulnessCurve(Evaluator):
                         "circuit_metric": m,
                     }
                 )
+                if mi is not None:  # bootstrap intervals of this point (the same resamples as every other)
+                    j = 1 + k * nb + i
+                    rows[-1]["faithfulness_ci"] = mi.interval(mi.faithfulness[j]) if f is not None else None
+                    rows[-1]["circuit_metric_ci"] = mi.interval(mi.circuits[j])
             res.tables[table] = rows
             faith[table] = fs
 
@@ -229,6 +236,14 @@ class FaithfulnessCurve(Evaluator):
             res.values["cpr"] = cpr(fractions, f_cpr)  # type: ignore[arg-type]
             res.values["cmd"] = cmd(fractions, f_main)  # type: ignore[arg-type]
             res.values["average_faithfulness"] = float(np.mean(f_main))  # type: ignore[arg-type]
+            if mi is not None:  # CPR, CMD and the mean recomputed on each resample's whole curve
+                main = mi.faithfulness[1 : 1 + nb]
+                for_cpr = mi.faithfulness[1 + nb : 1 + 2 * nb] if c.cpr_signed else main
+                res.intervals["cpr"] = mi.interval(area_samples(fractions, for_cpr))
+                res.intervals["cmd"] = mi.interval(area_samples(fractions, main, distance_to_one=True))
+                res.intervals["average_faithfulness"] = mi.interval(main.mean(0))
+        if full.circuit_values is not None:
+            res.per_example["curve_circuit_metric"] = full.circuit_values[1 : 1 + nb].tolist()
         else:
             res.values.update({"cpr": None, "cmd": None, "average_faithfulness": None})
             if defined:
