@@ -61,7 +61,7 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
         raise SystemExit(128 + e.signum if isinstance(e, Terminated) else 130) from None
     f = result.evals.get("faithfulness")
     value = f.values.get("faithfulness") if f is not None else None
-    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (f.values.items() if f else []))
+    summary = _summary(f)
     print(f"circuitkit: {result.meta['method']} on {result.meta['task']}: {summary}")
     for line in summary_lines(result):
         print(f"circuitkit: {line}")
@@ -103,6 +103,22 @@ def curve_unit(result) -> str:  # noqa: ANN001
     cfg = result.meta.get("config", {}).get("evaluator", {}) or {}
     node = cfg.get("faithfulness_curve") or {}
     return node.get("unit", "percent") if isinstance(node, dict) else "percent"
+
+
+def _summary(f) -> str:  # noqa: ANN001
+    """``name=value`` for each value of the faithfulness result; ``faithfulness=0.91 [0.86, 0.95]`` where a
+    bootstrap interval was computed."""
+    from circuitkit.uncertainty import fmt_interval
+
+    if f is None:
+        return ""
+    parts = []
+    for k, v in f.values.items():
+        if k in f.intervals and f.intervals[k] is not None:
+            parts.append(f"{k}={fmt_interval(v, f.intervals[k], 4)}")
+        else:
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
 
 
 def _hydra_files(cfg, hc) -> dict[str, str]:  # noqa: ANN001
