@@ -536,15 +536,17 @@ def bridge_model(
     if given.bos_token_id is None:
         prepend_bos = False
     tokenizer = copy.deepcopy(given)
-    if not Path(str(getattr(tokenizer, "name_or_path", "") or "")).is_dir():
+    loaded_from = str(getattr(tokenizer, "name_or_path", "") or "")  # "" for one built in memory (not ".")
+    # The bridge reloads a tokenizer with a BOS token from its directory, so the copy's lives until it is booted.
+    saved = tempfile.TemporaryDirectory()
+    if not (loaded_from and Path(loaded_from).is_dir()):
         from transformers import AutoTokenizer
 
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save_pretrained(tmp)
-            tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer.save_pretrained(saved.name)
+        tokenizer = AutoTokenizer.from_pretrained(saved.name)
     arch = (hf_model.config.architectures or [type(hf_model).__name__])[0]
     try:
-        with warnings.catch_warnings(), _quiet():
+        with saved, warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             # device=None: the bridge takes the placement from the model (for a dispatched model, from its
             # hf_device_map: cfg.device is the input embedding's device).

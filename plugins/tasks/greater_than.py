@@ -141,15 +141,18 @@ class YearSplit:
 
     def fits(self, style: Style, century: int, yy: int) -> bool:
         """Whether the year splits as ``style`` says: the text up to the prompt's end is a token prefix, the
-        answer is the one token after it, and the year's remaining digits follow in their own tokens."""
+        answer is the one token after it, the year's remaining digits follow in their own tokens, and none of
+        them is the unknown token."""
         key = (style.name, century * 100 + yy)
         hit = self._memo.get(key)
         if hit is None:
             head = self._encode(PROBE + style.tail_text(century))
             with_answer = self._encode(PROBE + style.tail_text(century) + style.answer(century, yy))
             year = self._encode(f"{PROBE} {century}{yy:02d}")
+            unk = getattr(self.tokenizer, "unk_token_id", None)
             hit = (
-                len(with_answer) == len(head) + 1
+                (unk is None or unk not in year)
+                and len(with_answer) == len(head) + 1
                 and with_answer[: len(head)] == head
                 and year[: len(with_answer)] == with_answer
                 and (style.name not in ("two-digit", "whole-year") or len(year) == len(with_answer))
