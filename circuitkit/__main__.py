@@ -135,11 +135,29 @@ def _hydra_files(cfg, hc) -> dict[str, str]:  # noqa: ANN001
     }
 
 
+def _own_flags(args: list[str]) -> bool:
+    """``--help``/``-h`` and ``--version``/``-V`` print circuitkit's text (circuitkit/cli_help.py), not Hydra's;
+    True when one was handled."""
+    from circuitkit import cli_help
+
+    if any(a in cli_help.HELP_FLAGS for a in args):
+        from circuitkit.overrides import plugin_block_from_overrides
+
+        print(cli_help.help_text(plugin_block_from_overrides(args)))
+        return True
+    if any(a in cli_help.VERSION_FLAGS for a in args):
+        print(cli_help.version_text())
+        return True
+    return False
+
+
 def main() -> None:
     import hydra
 
     from circuitkit.overrides import plugin_block_from_overrides
 
+    if _own_flags(sys.argv[1:]):
+        return
     try:
         # plugins.block=[...] must act before composing: a broken plugin would fail the registry here.
         _store_configs(plugin_block_from_overrides(sys.argv[1:]))
