@@ -12,6 +12,11 @@ Each argument is a run directory (one holding ``results.json``) or any directory
 only the table is printed. ``--html`` also writes ``compare.html``, an interactive explorer of the runs'
 circuits (:mod:`circuitkit.explorer`): any two of them side by side, shared and unique edges coloured, their
 overlap (edge and node IoU, shared fractions), and a top-n slider re-selecting both.
+
+The plot has one panel per task and one colour per method, with the fraction of the graph's edges on a log
+x axis (``--x n_edges`` for edge counts); the table lists ``edges_for_0.85``, the smallest circuit reaching
+the target faithfulness, where a ``faithfulness_curve`` evaluator measured it. A run whose ``results.json``
+cannot be read (truncated, not UTF-8, not a results object) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ class RunSummary:
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # evaluator -> curve rows
     edges: int | None = None
     from_cache: bool | None = None
+    edges_in_graph: int | None = None
+    #: the faithfulness target of the curve evaluator's ``edges_for_target`` (0.85 unless set)
+    target: float | None = None
 
     def find(self, *keys: str) -> float | None:
         """The first value whose key (without the evaluator prefix) is one of ``keys`` (case-insensitive)."""
@@ -101,10 +109,25 @@ class RunSummary:
 
 
 def load_run(run_dir: str | Path) -> RunSummary:
-    """Read one run directory."""
+    """Read one run directory.
+
+    Raises:
+        CircuitkitError: its results.json cannot be read, or is not a circuitkit results object.
+    """
     run_dir = Path(run_dir)
     res = read_json(run_dir / "results.json", "Results")
-    meta = res.get("meta", {})
+    if not isinstance(res, dict):
+        raise CircuitkitError(f"{run_dir / 'results.json'} is not a circuitkit results file (a JSON {type(res).__name__}, not an object).")
+    try:
+        return _summary(run_dir, res)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CircuitkitError(f"{run_dir / 'results.json'} is not a circuitkit results file ({type(e).__name__}: {e}).") from None
+
+
+def _summary(run_dir: Path, res: dict[str, Any]) -> RunSummary:
+    meta = res.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise TypeError("'meta' is not an object")
     values: dict[str, float] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     for key, ev in res.items():
@@ -114,9 +137,17 @@ def load_run(run_dir: str | Path) -> RunSummary:
             if _is_number(v):
                 values[f"{key}/{k}"] = float(v)
         curve = (ev.get("tables") or {}).get("curve")
-        if curve:
+        if isinstance(curve, list) and curve and all(isinstance(row, dict) for row in curve):
             curves[key] = curve
     secs = res.get("seconds") or {}
+    if not isinstance(secs, dict):
+        raise TypeError("'seconds' is not an object")
+    target = None
+    evaluators = (meta.get("config") or {}).get("evaluator") if isinstance(meta.get("config"), dict) else None
+    if isinstance(evaluators, dict) and isinstance(evaluators.get("faithfulness_curve"), dict):
+        t = evaluators["faithfulness_curve"].get("target")
+        target = float(t) if _is_number(t) else None
+    edges_in_graph = res.get("edges_in_graph")
     model = str(meta.get("model", "?"))
     return RunSummary(
         path=run_dir,
@@ -127,8 +158,10 @@ def load_run(run_dir: str | Path) -> RunSummary:
         values=values,
         seconds=sum(float(v) for v in secs.values() if _is_number(v)) if secs else None,
         curves=curves,
-        edges=res.get("edges_in_circuit"),
+        edges=res.get("edges_in_circuit") if _is_number(res.get("edges_in_circuit")) else None,
         from_cache=meta.get("scores_from_cache"),
+        edges_in_graph=int(edges_in_graph) if _is_number(edges_in_graph) and edges_in_graph > 0 else None,
+        target=target,
     )
 
 
@@ -182,18 +215,26 @@ def summary_rows(runs: Sequence[RunSummary], root: Path | None = None) -> tuple[
     optional = [("CPR", ("cpr",)), ("CMD", ("cmd",)), ("agreement", ("agreement",))]
     optional = [(name, keys) for name, keys in optional if any(r.find(*keys) is not None for r in runs)]
     show_cache = any(r.from_cache for r in runs)
-    header = ["run", "method", "task", "model", "status", "faithfulness", "edges", *[n for n, _ in optional], "seconds"]
+    # The smallest circuit reaching the target faithfulness (faithfulness_curve's edges_for_target).
+    targets = {r.target if r.target is not None else 0.85 for r in runs if r.find("edges_for_target") is not None}
+    target_col = [f"edges_for_{targets.pop():g}" if len(targets) == 1 else "edges_for_target"] if targets else []
+    header = ["run", "method", "task", "model", "status", "faithfulness", "edges", *target_col, *[n for n, _ in optional], "seconds"]
     if show_cache:
         header.append("cached")
     rows = []
     for r in runs:
         rows.append(
             [_label(r, root), r.method, r.task, r.model, r.status, r.find("faithfulness"), r.edges]
+            + ([_int(r.find("edges_for_target"))] if target_col else [])
             + [r.find(*keys) for _, keys in optional]
             + [r.seconds]
             + (["yes" if r.from_cache else "no"] if show_cache else [])
         )
     return header, rows
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -204,8 +245,26 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def curve_series(run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None = None) -> tuple[str, str, list[float], list[float]] | None:
+    """``(x_name, y_name, xs, ys)`` of one curve for the plot. The default x is the fraction of the graph's
+    edges in the circuit (the curve's ``fraction`` column, else its edge counts over the run's
+    ``edges_in_graph``), so models and methods of different sizes share one axis."""
+    if x is None or x.lower() == "fraction":
+        if any(_is_number(r.get("fraction")) for r in rows):
+            return curve_points(rows, "fraction")
+        pts = curve_points(rows, "n_edges")
+        if pts is not None and pts[0] in ("n_edges", "edges", "edges_in_circuit") and run.edges_in_graph:
+            return "fraction", pts[1], [v / run.edges_in_graph for v in pts[2]], pts[3]
+        return pts
+    return curve_points(rows, x)
+
+
 def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
     """Plot every run's faithfulness curve(s) into one PNG. Returns None when no run has a curve.
+
+    One panel per task, one colour per method, one line style per further distinction (model, run); the x
+    axis is the fraction of the graph's edges in the circuit on a log scale by default (``x`` picks another
+    curve column), and the legend sits outside the panels.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -213,12 +272,9 @@ def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None =
     series = []
     for r in runs:
         for ev, rows in r.curves.items():
-            pts = curve_points(rows, x)
+            pts = curve_series(r, rows, x)
             if pts is not None:
-                label = f"{r.method} / {r.task} / {r.model} ({_label(r, root)})"
-                if len(r.curves) > 1:
-                    label += f" [{ev}]"
-                series.append((label, *pts))
+                series.append((r, ev, *pts))
     if not series:
         return None
     import matplotlib
@@ -226,25 +282,61 @@ def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tasks = sorted({s[0].task for s in series})
+    methods = sorted({s[0].method for s in series})
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20" if len(methods) <= 20 else "turbo")
+    colour = {m: cmap(i if len(methods) <= 20 else i / max(1, len(methods) - 1)) for i, m in enumerate(methods)}
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    # Lines of one method in one panel are told apart by style (model, then run).
+    variant: dict[tuple[str, str], list[str]] = {}
+    for r, ev, *_ in series:
+        key = f"{r.model} ({_label(r, root)})" + (f" [{ev}]" if len(r.curves) > 1 else "")
+        variant.setdefault((r.task, r.method), [])
+        if key not in variant[(r.task, r.method)]:
+            variant[(r.task, r.method)].append(key)
+    many = max(len(v) for v in variant.values()) > 1
+
+    ncols = min(3, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 2.6, 3.4 * nrows + 0.6), squeeze=False, sharey=True)
     try:
-        for label, _x, _y, xs, ys in series:
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_xlabel(series[0][1])
-        ax.set_ylabel(series[0][2])
-        if (
-            all(x > 0 for s in series for x in s[3])
-            and max(x for s in series for x in s[3]) / min(x for s in series for x in s[3]) > 50
-        ):
-            ax.set_xscale("log")
-        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_title("Faithfulness curves")
-        ax.legend(fontsize=7, loc="best")
-        ax.grid(alpha=0.3)
+        x_name, y_name = series[0][2], series[0][3]
+        log_x = all(v > 0 for s in series for v in s[4]) or x_name == "fraction"
+        handles: dict[str, Any] = {}
+        for t, task in enumerate(tasks):
+            ax = axes[t // ncols][t % ncols]
+            for r, ev, _xn, _yn, xs, ys in (s for s in series if s[0].task == task):
+                key = f"{r.model} ({_label(r, root)})" + (f" [{ev}]" if len(r.curves) > 1 else "")
+                k = variant[(task, r.method)].index(key)
+                if log_x:
+                    xs, ys = [a for a in xs if a > 0], [b for a, b in zip(xs, ys) if a > 0]
+                label = r.method + (f": {key}" if many else "")
+                (line,) = ax.plot(
+                    xs, ys, color=colour[r.method], linestyle=styles[k % len(styles)],
+                    marker=markers[k % len(markers)] if many else "o", markersize=3, linewidth=1.4, label=label,
+                )  # fmt: skip
+                handles.setdefault(label, line)
+            if log_x:
+                ax.set_xscale("log")
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            ax.axhline(0.85, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_title(task)
+            ax.set_xlabel("fraction of edges in the circuit" if x_name == "fraction" else x_name)
+            ax.grid(alpha=0.3, which="both")
+            if t % ncols == 0:
+                ax.set_ylabel(y_name)
+        for t in range(len(tasks), nrows * ncols):
+            axes[t // ncols][t % ncols].set_visible(False)
+        fig.legend(
+            list(handles.values()), list(handles.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
+            fontsize=7, frameon=False, title="method",
+        )  # fmt: skip
+        fig.suptitle("Faithfulness curves (dotted: 0.85)")
         fig.tight_layout()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return out
@@ -277,15 +369,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--html-out", help="file for the --html explorer (default: compare.html in the runs' common directory)")
     parser.add_argument(
         "--x",
-        help="x axis of the curve plot: a curve table column (default: n_edges; fraction compares models of different sizes)",
+        help="x axis of the curve plot: a curve table column (default: fraction, the share of the graph's edges, on a log scale; e.g. n_edges)",
     )
     args = parser.parse_args(argv)
     try:
         dirs = find_run_dirs(args.paths)
-        runs = [load_run(d) for d in dirs]
     except CircuitkitError as e:
         print(f"circuitkit.compare: error: {e}", file=sys.stderr)
         return 1
+    # One unreadable run never stops the comparison of the others.
+    runs, kept = [], []
+    for d in dirs:
+        try:
+            runs.append(load_run(d))
+            kept.append(d)
+        except CircuitkitError as e:
+            print(f"circuitkit.compare: warning: skipping {d}: {e}", file=sys.stderr)
+    if not runs:
+        print(f"circuitkit.compare: error: none of the {len(dirs)} run(s) found has a readable results.json.", file=sys.stderr)
+        return 1
+    dirs = kept
     dirs = [d.resolve() for d in dirs]
     for r, d in zip(runs, dirs, strict=True):
         r.path = d

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from circuitkit.errors import DataError
+from circuitkit.errors import DataError, quote
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,11 @@ class TaskData:
 
 def _describe(i: int, ex: Example) -> str:
     where = ex.meta.get("source") or f"example {i}"
-    return f"{where} (clean={ex.clean!r}, corrupted={ex.corrupted!r})"
+    return f"{where} (clean={quote(ex.clean)}, corrupted={quote(ex.corrupted)})"
+
+
+#: How many bad examples one error message lists (the count of all of them is given too).
+MAX_REPORTED = 10
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -249,7 +253,9 @@ def show_tokens(tokenizer: Any, text: str) -> str:
         pieces = tokenizer.convert_ids_to_tokens(ids)
     except (AttributeError, TypeError, ValueError):
         pieces = [tokenizer.decode([i]) for i in ids]
-    return f"{text!r} -> {list(pieces)}"
+    pieces = list(pieces)
+    more = f" + {len(pieces) - 12} more" if len(pieces) > 12 else ""
+    return f"{quote(text, 60)} -> {pieces[:12]}{more}"
 
 
 #: Reasons the core drops a generated example (the keys of ``TaskData.drop_counts``).
@@ -278,7 +284,8 @@ def tokenize_examples(
             ``TaskData.drop_counts``.
         tokenizer: a Hugging Face tokenizer.
         prepend_bos: put the tokenizer's BOS token (GPT-2: ``<|endoftext|>``) before every prompt.
-        on_invalid: ``"error"`` raises a :class:`DataError` naming the first bad example; ``"drop"`` keeps
+        on_invalid: ``"error"`` raises one :class:`DataError` naming every bad example (up to
+            :data:`MAX_REPORTED` of them, with the count of all); ``"drop"`` keeps
             going and records the example and the reason in ``TaskData.dropped`` (and counts it in
             ``TaskData.drop_counts``). Bad means: an empty prompt, clean and corrupted prompts of different
             token lengths or with the same token ids, a prompt containing the tokenizer's unknown token, no
@@ -293,11 +300,18 @@ def tokenize_examples(
     unk = getattr(tokenizer, "unk_token_id", None)
     unk_text = getattr(tokenizer, "unk_token", None) or "\0"
     data = TaskData(task, [], [], [], [], [])
+    errors: list[str] = []
+    n_bad = 0
     i = -1
     for item in examples:
         if limit is not None and len(data) >= limit:
             break
         if isinstance(item, Rejected):
+            if on_invalid == "error":  # a user's file: a row its reader rejected is an error like any other
+                n_bad += 1
+                if len(errors) < MAX_REPORTED:
+                    errors.append(item.detail or item.reason)
+                continue
             data.count_drop(item.reason, item.detail)
             continue
         i += 1
@@ -331,12 +345,15 @@ def tokenize_examples(
             key = IDENTICAL_PAIR
             detail = "the tokenizer does not tell the two prompts apart, so the pair is no counterfactual"
         if key is not None:
-            if key == NOT_SINGLE_TOKENS:  # the wording of a user's file error
+            if on_invalid == "error":  # a user's file: every bad row is reported, worded per row
+                n_bad += 1
+                if len(errors) < MAX_REPORTED:
+                    errors.append(f"{_describe(i, ex)} has {_error_reason(key, detail, bad if key == NOT_SINGLE_TOKENS else [])}")
+                continue
+            if key == NOT_SINGLE_TOKENS:
                 reason = f"answer(s) {bad} are not single tokens of this tokenizer; {detail}"
             else:
                 reason = f"{key} {detail}".rstrip() if detail.startswith("(") else f"{key}{': ' + detail if detail else ''}"
-            if on_invalid == "error":
-                raise DataError(f"Task '{task}': {_describe(i, ex)} has {reason}.")
             data.dropped.append((ex, reason))
             data.count_drop(key, f"{_short(ex)}: {detail}" if detail else _short(ex))
             continue
@@ -345,9 +362,31 @@ def tokenize_examples(
         data.corrupted_ids.append(corrupted)
         data.correct_ids.append([t for t in correct if t is not None])
         data.incorrect_ids.append([t for t in incorrect if t is not None])
+    if errors:
+        raise DataError(bad_rows_message(f"Task '{task}'", n_bad, errors))
     return data
+
+
+def _error_reason(key: str, detail: str, bad: list[str]) -> str:
+    """A bad example's reason as it follows "<example> has ..."."""
+    if key == DIFFERENT_LENGTHS:
+        return f"clean and corrupted prompts that tokenize to different lengths {detail}"
+    if key == NOT_SINGLE_TOKENS:
+        return f"answers that are not single tokens of this tokenizer ({', '.join(quote(a, 40) for a in bad)}): {detail}"
+    if key == IDENTICAL_PAIR:
+        return f"clean and corrupted prompts with the same token ids: {detail}"
+    return f"{key}{': ' + detail if detail else ''}"
+
+
+def bad_rows_message(what: str, n_bad: int, errors: list[str]) -> str:
+    """One message for every bad row: ``what`` (the task or file), then each row's problem (the first
+    :data:`MAX_REPORTED`), so all of them can be fixed at once."""
+    if n_bad == 1:
+        return f"{what}: {errors[0]}."
+    shown = f" (the first {len(errors)} shown)" if n_bad > len(errors) else ""
+    return f"{what}: {n_bad} examples are unusable{shown}: " + "; ".join(f"[{k + 1}] {e}" for k, e in enumerate(errors)) + "."
 
 
 def _short(ex: Example) -> str:
     where = ex.meta.get("source")
-    return (f"{where} " if where else "") + f"clean={ex.clean!r}"
+    return (f"{where} " if where else "") + f"clean={quote(ex.clean)}"

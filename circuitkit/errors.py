@@ -37,3 +37,13 @@ def choices_hint(name: str, choices: list[str] | tuple[str, ...]) -> str:
     if close:
         text += f" (did you mean '{close[0]}'?)"
     return text
+
+
+def quote(text: object, limit: int = 80) -> str:
+    """``repr(text)`` cut to about ``limit`` characters, saying how long it was: user data (a prompt, a
+    file's value) can be megabytes, and a message quotes only its start."""
+    s = text if isinstance(text, str) else repr(text)
+    if len(s) <= limit:
+        return repr(s) if isinstance(text, str) else s
+    head = repr(s[:limit]) if isinstance(text, str) else s[:limit]
+    return f"{head}... ({len(s):,} characters)"

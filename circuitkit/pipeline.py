@@ -243,6 +243,7 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
     task = bind_objective(task, model)
     t0 = time.perf_counter()
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
+    check_fits_model(model, data)
     seconds["build_task"] = time.perf_counter() - t0
     if intervention != "patching":
         t0 = time.perf_counter()
@@ -299,6 +300,37 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         seconds[f"evaluate_{res.name}"] = time.perf_counter() - t0
         result.evals[res.name] = res
     return reporters
+
+
+def check_fits_model(model: CircuitModel, data: Any) -> None:
+    """Raise a :class:`DataError` when the task's token ids cannot go through ``model``: prompts longer
+    than its context, or ids its embedding does not have (a tokenizer larger than the model's vocabulary)."""
+    from circuitkit.data import _describe
+    from circuitkit.errors import DataError
+
+    cfg = model.bridge.cfg
+    n_ctx = getattr(cfg, "n_ctx", None)
+    if isinstance(n_ctx, int) and n_ctx > 0 and len(data):
+        i = max(range(len(data)), key=lambda k: len(data.clean_ids[k]))
+        longest = len(data.clean_ids[i])
+        if longest > n_ctx:
+            n_long = sum(len(ids) > n_ctx for ids in data.clean_ids)
+            raise DataError(
+                f"Task '{data.task}': {n_long} example(s) are longer than the model's context of {n_ctx} tokens; the "
+                f"longest, {_describe(i, data.examples[i])}, has {longest} tokens. Shorten the prompts or use a model "
+                "with a longer context."
+            )
+    d_vocab = getattr(cfg, "d_vocab", None)
+    if isinstance(d_vocab, int) and d_vocab > 0:
+        ids = [max(row) for rows in (data.clean_ids, data.corrupted_ids, data.correct_ids, data.incorrect_ids) for row in rows if row]
+        top = max(ids + [model.pad_id], default=-1)
+        if top >= d_vocab:
+            raise DataError(
+                f"The tokenizer gives token id {top}, but the model's vocabulary has only {d_vocab} tokens (ids 0 to "
+                f"{d_vocab - 1}): the model and its tokenizer do not belong together. Save the model with the "
+                "tokenizer it was trained with (tokenizer.save_pretrained(dir)), or resize its embeddings "
+                "(model.resize_token_embeddings(len(tokenizer)))."
+            )
 
 
 def _write_results(result: RunResult, run_dir: Path) -> None:

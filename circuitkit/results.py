@@ -106,8 +106,19 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise CircuitkitError(f"{what} file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise CircuitkitError(f"{what} file {path} is a directory; give the path of the .json file in it.") from None
+    except UnicodeDecodeError as e:
+        raise CircuitkitError(
+            f"{what} file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); it is not a "
+            "file circuitkit wrote, or it is damaged."
+        ) from None
     except json.JSONDecodeError as e:
         raise CircuitkitError(f"{what} file {path} is not valid JSON ({e}); it may be truncated.") from None
+    except RecursionError:
+        raise CircuitkitError(f"{what} file {path} is nested too deeply to be a {what.lower()} file.") from None
+    except OSError as e:
+        raise CircuitkitError(f"{what} file {path} cannot be read: {e.strerror or e}.") from None
 
 
 @dataclass
@@ -381,11 +392,35 @@ class Circuit:
         """Read an EAP-IG graph JSON (ours or one written by EAP-IG/MIB tools).
 
         The circuit is the set of edges with ``in_graph`` true, as written (not pruned again). Edges the
-        file does not list are not in the circuit. Scores are kept when every edge has one.
+        file does not list are not in the circuit. Scores are kept when every edge has one. Anything else
+        is a :class:`CircuitkitError` naming the source.
         """
+        try:
+            return cls._from_json(obj, graph, source)
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as e:
+            from circuitkit.errors import quote
+
+            raise CircuitkitError(
+                f"{source} is not a valid circuit file ({type(e).__name__}: {quote(str(e), 120)[1:-1] if str(e) else '-'}). "
+                "Expected the EAP-IG graph JSON: 'cfg' (n_layers, n_heads), 'nodes', and 'edges' mapping each edge "
+                'name to {"score": number, "in_graph": true/false}.'
+            ) from None
+
+    @classmethod
+    def _from_json(cls, obj: dict[str, Any], graph: Graph | None, source: str) -> Circuit:
+        if not isinstance(obj, dict) or not isinstance(obj.get("cfg"), dict):
+            raise CircuitkitError(f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'.")
         try:
             cfg = obj["cfg"]
             n_kv = cfg.get("n_kv_heads")
+            for key in ("n_layers", "n_heads") + (("n_kv_heads",) if n_kv is not None else ()):
+                v = cfg.get(key)
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+                    raise CircuitkitError(
+                        f"{source} is not a circuit file: cfg.{key} must be a whole number from 1 to 4096, got {v!r:.40}."
+                    )
+            if cfg["n_layers"] * cfg["n_heads"] > 65536:
+                raise CircuitkitError(f"{source} is not a circuit file: cfg describes {cfg['n_layers']} x {cfg['n_heads']} heads.")
             file_graph = Graph(
                 int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)),
                 None if n_kv is None else int(n_kv),
@@ -432,6 +467,8 @@ class Circuit:
         if "neurons" in obj:
             if d_model is None:
                 raise CircuitkitError(f"{source} lists neurons but its cfg has no d_model.")
+            if isinstance(d_model, bool) or not isinstance(d_model, int) or not 1 <= d_model <= 1 << 17:
+                raise CircuitkitError(f"{source}: cfg.d_model must be a whole number from 1 to {1 << 17}, got {d_model!r:.40}.")
             neurons = np.zeros((g.n_sources, int(d_model)), dtype=bool)
             index = {n: i for i, n in enumerate(g.source_names)}
             for n, dims in obj["neurons"].items():

@@ -58,10 +58,14 @@ class WandbReporterConfig(PluginConfig):
             wins when set), ``online``, ``offline`` or ``disabled``.
         tags: W&B tags.
         notes: W&B notes.
-        dir: where W&B writes its local files; None: ``WANDB_DIR`` or the working directory.
+        dir: where W&B writes its local files (its ``wandb/`` folder); None: ``WANDB_DIR``, else the run
+            directory.
         max_score_rows: how many edges (largest ``|score|`` first) go into the score table.
         log_scores: log the per-edge score table.
         init_timeout: seconds to wait for the W&B server before falling back to offline mode.
+        connect_timeout: seconds to wait for the W&B server to accept a connection before an online run
+            starts (``mode=online``, ``WANDB_MODE=online`` or ``auto``); a server that refuses or does not
+            answer in time means offline logging, with one warning.
     """
 
     project: str = "circuitkit"
@@ -75,6 +79,7 @@ class WandbReporterConfig(PluginConfig):
     max_score_rows: int = 10000
     log_scores: bool = True
     init_timeout: float = 30.0
+    connect_timeout: float = 3.0
 
 
 def import_wandb() -> Any:
@@ -249,9 +254,20 @@ class WandbReporter(Reporter):
         base_url = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
         if not _have_credentials(wandb, base_url):
             return "offline", "no W&B login found (run `wandb login` or set WANDB_API_KEY)"
-        if not _reachable(base_url):
+        if not _reachable(base_url, self.config.connect_timeout):
             return "offline", f"the W&B server {base_url} cannot be reached"
         return "online", None
+
+    def _online_unreachable(self, mode: str | None) -> str | None:
+        """Why an online run cannot start (the server refuses or does not answer within
+        ``connect_timeout``), or None. W&B itself retries for over a minute before giving up."""
+        wants_online = mode == "online" or (mode is None and os.environ.get("WANDB_MODE", "").lower() == "online")
+        if not wants_online:
+            return None
+        base_url = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+        if _reachable(base_url, self.config.connect_timeout):
+            return None
+        return f"the W&B server {base_url} did not accept a connection within {self.config.connect_timeout:g} s"
 
     def _init(self, wandb: Any, run: RunResult, run_dir: str) -> tuple[Any, str | None]:
         cfg = self.config
@@ -266,8 +282,9 @@ class WandbReporter(Reporter):
             "notes": cfg.notes,
             "job_type": "circuit-discovery",
             "config": wandb_config(run),
-            # WANDB_DIR is read now, not when W&B was first set up in this process.
-            "dir": cfg.dir or os.environ.get("WANDB_DIR") or None,
+            # WANDB_DIR is read now, not when W&B was first set up in this process; without either, W&B's
+            # wandb/ folder goes into the run directory (not the working directory).
+            "dir": cfg.dir or os.environ.get("WANDB_DIR") or str(Path(run_dir).resolve()),
         }
         if job_id is not None:
             kwargs["config"]["hydra.job_id"] = job_id
@@ -276,6 +293,9 @@ class WandbReporter(Reporter):
         if kwargs["dir"]:
             Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
         mode, reason = self.choose_mode(wandb)
+        unreachable = self._online_unreachable(mode)
+        if unreachable:
+            mode, reason = "offline", unreachable
         settings = wandb.Settings(init_timeout=float(cfg.init_timeout))
         try:
             return wandb.init(mode=mode, settings=settings, **kwargs), reason

@@ -144,13 +144,17 @@ def test_csv_without_a_required_column(tokenizer, tmp_path):
 
 def test_length_mismatch_names_the_example(tokenizer):
     bad = Example("Kabul, the capital of", "Paris, the capital of", (" Afghanistan",), (" France",))
-    with pytest.raises(CircuitkitError, match=r"example 1 \(clean='Kabul, the capital of'.*different lengths \(7 vs 6 tokens\)"):
+    with pytest.raises(
+        CircuitkitError, match=r"example 1 \(clean='Kabul, the capital of'.* has clean and corrupted prompts that tokenize to different lengths \(7 vs 6 tokens\)"
+    ):
         tokenize_examples("hand", [GOOD, bad], tokenizer)
 
 
 def test_multi_token_answer_names_the_example(tokenizer):
     bad = Example("The nurse said that", "The pilot said that", (" Ouagadougou",), (" he",))
-    with pytest.raises(CircuitkitError, match=r"example 0 .*answer\(s\) \[' Ouagadougou'\] are not single tokens"):
+    with pytest.raises(
+        CircuitkitError, match=r"example 0 .* has answers that are not single tokens of this tokenizer \(' Ouagadougou'\): ' Ouagadougou' -> \['ĠOu', "
+    ):
         tokenize_examples("hand", [bad], tokenizer)
 
 

@@ -235,5 +235,5 @@ def test_custom_multi_token_answer_names_the_row(tmp_path, gpt2_tok):
     path = tmp_path / "multi.csv"
     path.write_text("clean,corrupted,correct,incorrect\nThe key to the cabinet,The keys to the cabinet, is, are\n"
                     "The key to the cabinet,The keys to the cabinet, is certainly, are\n")
-    with pytest.raises(DataError, match=r"multi\.csv, line 3 .*answer\(s\) \[' is certainly'\] are not single tokens"):
+    with pytest.raises(DataError, match=r"multi\.csv, line 3 .* has answers that are not single tokens of this tokenizer \(' is certainly'\)"):
         _custom(path, gpt2_tok)

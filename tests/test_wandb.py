@@ -215,3 +215,61 @@ def test_names_and_groups():
     assert wr.run_name(meta, None) == "eap_ig-greater_than-EleutherAI-pythia-70m"
     assert wr.sweep_group("multirun/2025-01-31/12-00-00") == "2025-01-31-12-00-00"
     assert wr.sweep_info() == (None, None, None)  # outside a Hydra multirun
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound and released, so connecting to it is refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_online_mode_with_a_server_that_refuses_falls_back_offline_without_waiting(tiny_model, tmp_path, monkeypatch, caplog):
+    """WANDB_MODE=online and a server that refuses connections: no online start is attempted (W&B would
+    retry for over a minute), one warning, an offline run in the run directory, complete local files."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the wandb/ folder then goes into the run directory
+    modes = []
+    real_init = wandb.init
+
+    def init(*args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    run_dir = tmp_path / "run"
+    cfg = {**config(), "pictures": False}
+    try:
+        with caplog.at_level(logging.WARNING, logger="circuitkit"):
+            result = run(cfg, run_dir, model=tiny_model)
+    finally:
+        wandb.teardown()  # W&B keeps the settings it was first set up with (WANDB_MODE=online) per process
+    assert result.status == "complete"
+    assert modes == ["offline"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "W&B" in r.getMessage()]
+    assert len(warnings) == 1 and "did not accept a connection within 3 s" in warnings[0] and "wandb sync" in warnings[0]
+    assert not [r for r in caplog.records if "Reporter 'wandb' failed" in r.getMessage()]
+    assert len(offline_runs(run_dir)) == 1  # under the run directory, not the working directory
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+    assert (run_dir / "scores.json").is_file() and (run_dir / "circuit.json").is_file()
+
+
+@pytest.mark.parametrize("order", [["wandb", "pictures"], ["pictures", "wandb"]])
+def test_wandb_gets_the_pictures_whatever_the_reporter_order(tiny_model, tmp_path, monkeypatch, order):
+    pytest.importorskip("matplotlib")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    base = config()
+    cfg = {**base, "reporter": {name: (base["reporter"]["wandb"] if name == "wandb" else {}) for name in order}}
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir, model=tiny_model)
+    pngs = sorted(p.stem for p in run_dir.glob("*.png"))
+    assert "circuit" in pngs
+    (wb,) = offline_runs(tmp_path / "wandb")
+    assert {f"images/{stem}/_type" for stem in pngs} <= wb.history_keys()
