@@ -26,7 +26,7 @@ import torch
 from circuitkit import engine
 from circuitkit.data import Batch
 from circuitkit.errors import CircuitkitError, ConfigError
-from circuitkit.model import CircuitModel, to_module
+from circuitkit.model import CircuitModel
 
 #: One copy's replacements: ``[(source_index, value [batch, pos, d_model]), ...]``.
 Overrides = Sequence[tuple[int, torch.Tensor]]
@@ -277,22 +277,20 @@ def head_bias_shares(model: CircuitModel) -> torch.Tensor:
     layer's whole attention output, as zero-ablating an MLP zeroes its output bias included.
 
     Where a norm follows the attention (:meth:`~circuitkit.model.CircuitModel.attn_post_norm`), a head's
-    output is its share of the normed sum (:func:`circuitkit.engine.head_shares`), bias share included;
-    with every head's result zero the layer adds ``N(b_O)``, so a zero-ablated head carries
-    ``N(b_O) / n_heads`` (zero without a bias).
+    output is its share of the normed sum (:func:`circuitkit.engine.head_shares`), its part of the bias
+    already included: zero ablation sets that share to zero (the share here is zero), so zero-ablating
+    every head of the layer removes the layer's whole normed attention output.
     """
     g = model.graph
     out = torch.zeros(g.n_sources, model.d_model, dtype=model.dtype, device=model.device)
     for layer in range(g.n_layers):
+        if model.attn_post_norm(layer) is not None:
+            continue
         attn = model.bridge.blocks[layer].attn
         b_o = getattr(attn, "b_O", None)
         if b_o is None:  # measured: the attention output minus the sum of the head outputs
             b_o = _measured_b_o(model, layer)
         b_o = torch.as_tensor(b_o).detach().reshape(-1).to(device=model.device, dtype=model.dtype)
-        norm = model.attn_post_norm(layer)
-        if norm is not None:
-            with torch.no_grad():
-                b_o = norm(to_module(b_o.reshape(1, 1, -1), norm))[0, 0].to(model.device)
         base = g.src_head(layer, 0)
         out[base : base + g.n_heads] = b_o / g.n_heads
     return out

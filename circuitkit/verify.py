@@ -100,6 +100,10 @@ def verify_model(model: CircuitModel) -> Verification:
     _VERIFIED[key] = result
     g = model.graph
     eps = torch.finfo(model.dtype).eps
+    # Heads behind a norm: their shares are computed in the norm's own precision (float32 in Gemma's and
+    # OLMo-2's RMSNorms even in a float64 model).
+    post_norm = any(model.attn_post_norm(layer) is not None for layer in range(g.n_layers))
+    eps_sum = max(eps, torch.finfo(engine.share_dtype(model)).eps) if post_norm else eps
     gen = torch.Generator().manual_seed(0)
     vocab = int(model.bridge.cfg.d_vocab)
     tokens = torch.randint(0, vocab, (2 * N_ROWS, N_POS), generator=gen).to(model.device)
@@ -121,7 +125,7 @@ def verify_model(model: CircuitModel) -> Verification:
     record(
         "decomposition",
         float((final - total).abs().max()),
-        steps * eps / 2 * float(magnitude.max()),
+        steps * eps_sum / 2 * float(magnitude.max()),
         "the residual stream entering the final norm is not the input plus the sum of the head and MLP outputs",
     )
     result.numbers["decomposition"]["relative"] = ratio
