@@ -53,10 +53,13 @@ def main() -> None:
                    return Object.keys(n).sort((a, b) => n[b] - n[a])[0]; }"""
             )
             page.click(f"#graph g.node[data-node='{node}']")
+            # A point of a highlighted edge that no node or other edge covers.
             box = page.evaluate(
-                """() => { const g = document.querySelector('#graph g.edge.hl path.hit');
-                   const m = g.getPointAtLength(g.getTotalLength() * 0.5), c = g.getScreenCTM();
-                   return [c.a * m.x + c.c * m.y + c.e, c.b * m.x + c.d * m.y + c.f]; }"""
+                """() => { for (const f of [0.5, 0.4, 0.6, 0.3, 0.7]) for (const g of document.querySelectorAll('#graph g.edge.hl')) {
+                     const p = g.querySelector('path.hit'), m = p.getPointAtLength(p.getTotalLength() * f), c = p.getScreenCTM();
+                     const x = c.a * m.x + c.c * m.y + c.e, y = c.b * m.x + c.d * m.y + c.f, top = document.elementFromPoint(x, y);
+                     if (top && top.parentNode === g) return [x, y]; }
+                   return [0, 0]; }"""
             )
             page.mouse.move(*box)
             page.screenshot(path=str(shot))

@@ -146,8 +146,10 @@ def test_missing_matplotlib_warns_once_and_keeps_every_result(tiny_model, tmp_pa
     with caplog.at_level(logging.INFO, logger="circuitkit"):
         result = run(run_config("eap", 10, [5, 10]), d, model=tiny_model)
     assert result.status == "complete"
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "matplotlib cannot be imported" in warnings[0].getMessage(), [r.getMessage() for r in warnings]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # One warning about it, and no reporter failed (other warnings, e.g. about the random model, may appear).
+    assert len([w for w in warnings if "matplotlib" in w]) == 1 and not [w for w in warnings if "failed" in w], warnings
+    assert "matplotlib cannot be imported" in next(w for w in warnings if "matplotlib" in w)
     assert json.loads((d / "results.json").read_text())["status"] == "complete"
     assert Circuit.load(d / "circuit.json").n_edges == result.circuit.n_edges
     assert (d / "scores.json").is_file() and (d / "circuit.html").is_file()
