@@ -371,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--x",
         help="x axis of the curve plot: a curve table column (default: fraction, the share of the graph's edges, on a log scale; e.g. n_edges)",
     )
+    parser.add_argument(
+        "--matrices-dir",
+        help="where overlap.csv/png, transfer.csv/png and matrices.json go (default: the runs' common directory)",
+    )
+    parser.add_argument("--wandb", metavar="PROJECT", help="also log the tables and heatmaps to this W&B project")
     args = parser.parse_args(argv)
     try:
         dirs = find_run_dirs(args.paths)
@@ -411,6 +416,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.writerow(header)
             w.writerows([["" if v is None else v for v in row] for row in rows])
         print(f"table written to {args.csv}")
+    # Circuit overlap between runs and the task x task transfer matrix (circuitkit/matrices.py).
+    from circuitkit import matrices
+
+    try:
+        mdir = Path(args.matrices_dir) if args.matrices_dir else (root or Path.cwd())
+        lines, written_files = matrices.write_matrices(dirs, [_label(r, root) for r in runs], mdir, plot=not args.no_plot)
+    except ImportError:
+        lines, written_files = matrices.write_matrices(dirs, [_label(r, root) for r in runs], mdir, plot=False)
+    except CircuitkitError as e:
+        print(f"circuitkit.compare: error: {e}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    if written_files:
+        print(f"matrices written to {', '.join(str(p) for p in written_files.values())}")
+        if args.wandb:
+            try:
+                where = matrices.log_wandb(written_files, args.wandb)
+            except Exception as e:  # noqa: BLE001 - the local files are written
+                print(f"circuitkit.compare: warning: W&B logging failed ({type(e).__name__}: {e}); the files above are complete.", file=sys.stderr)
+            else:
+                print(f"matrices logged to W&B {where}")
     if args.html or args.html_out:
         from circuitkit import explorer
 

@@ -222,8 +222,10 @@ class FaithfulnessCurve(Evaluator):
                 )
                 if mi is not None:  # bootstrap intervals of this point (the same resamples as every other)
                     j = 1 + k * nb + i
-                    rows[-1]["faithfulness_ci"] = mi.interval(mi.faithfulness[j]) if f is not None else None
-                    rows[-1]["circuit_metric_ci"] = mi.interval(mi.circuits[j])
+                    fci = mi.interval(mi.faithfulness[j]) if f is not None else None
+                    mci = mi.interval(mi.circuits[j])
+                    rows[-1]["faithfulness_ci_low"], rows[-1]["faithfulness_ci_high"] = fci or (None, None)
+                    rows[-1]["circuit_metric_ci_low"], rows[-1]["circuit_metric_ci_high"] = mci or (None, None)
             res.tables[table] = rows
             faith[table] = fs
 

@@ -82,11 +82,13 @@ class Transfer(Evaluator):
             ev = evaluate_keeps(model, other, other_data, keep, ctx, desc=f"transfer to {t}", neurons=None if dims is None else dims[None])
             f = ev.faithfulness(ev.circuits[0])
             mi = evaluation_intervals(ev, ctx)
+            ci = None if mi is None or f is None else mi.interval(mi.faithfulness[0])
             rows.append(
                 {
                     "task": t,
                     "faithfulness": f,
-                    "faithfulness_ci": None if mi is None or f is None else mi.interval(mi.faithfulness[0]),
+                    "faithfulness_ci_low": None if ci is None else ci[0],
+                    "faithfulness_ci_high": None if ci is None else ci[1],
                     "clean_metric": ev.clean,
                     "corrupted_metric": ev.corrupted,
                     "circuit_metric": ev.circuits[0],
@@ -96,7 +98,7 @@ class Transfer(Evaluator):
             )
             res.values[f"faithfulness_on_{t}"] = f
             if mi is not None:
-                res.intervals[f"faithfulness_on_{t}"] = rows[-1]["faithfulness_ci"]
+                res.intervals[f"faithfulness_on_{t}"] = ci
                 res.interval_info = interval_info(bootstrap_config(ctx))
             if f is None:
                 res.notes.append(f"{t}: faithfulness undefined (clean and corrupted metrics are equal on its examples).")

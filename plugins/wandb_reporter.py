@@ -318,6 +318,7 @@ class WandbReporter(Reporter):
         steps = [
             ("summary", self._log_summary),
             ("tables", self._log_tables),
+            ("uncertainty", self._log_uncertainty),
             ("scores", self._log_scores),
             ("images", self._log_images),
             ("artifact", self._log_artifact),
@@ -353,6 +354,20 @@ class WandbReporter(Reporter):
                     payload[f"{ev_name}/curve_plot"] = wandb.plot.line(table, x, y, title=f"{ev_name}: {y} vs {x}")
                 wb.log(payload)
 
+    def _log_uncertainty(self, wandb: Any, wb: Any, run: RunResult, run_dir: Path) -> None:
+        """Bootstrap intervals as ``<evaluator>/<value>_ci_low`` / ``_ci_high`` summary numbers, and each
+        evaluator's per-example metrics as a table ``<evaluator>/per_example`` (one row per example)."""
+        for ev_name, ev in run.evals.items():
+            for key, ci in (ev.intervals or {}).items():
+                if ci is not None:
+                    wb.summary[f"{ev_name}/{key}_ci_low"], wb.summary[f"{ev_name}/{key}_ci_high"] = ci
+            per = {k: v for k, v in (ev.per_example or {}).items() if v and not isinstance(v[0], list)}
+            if per:
+                cols = list(per)
+                n = min(len(v) for v in per.values())
+                rows = [[i, *(per[c][i] for c in cols)] for i in range(n)]
+                wb.log({f"{ev_name}/per_example": wandb.Table(columns=["example", *cols], data=rows)})
+
     def _log_scores(self, wandb: Any, wb: Any, run: RunResult, run_dir: Path) -> None:
         if not self.config.log_scores or run.scores is None:
             return
@@ -363,8 +378,10 @@ class WandbReporter(Reporter):
         for name, value in top:
             src, _, dst = name.partition("->")
             kept = bool(in_circuit[scores.graph.index_of(name)]) if in_circuit is not None else None
-            rows.append([name, src, dst, value, abs(value), kept])
-        table = wandb.Table(columns=["edge", "source", "destination", "score", "abs_score", "in_circuit"], data=rows)
+            se = None if scores.stderr is None else float(scores.stderr[scores.graph.index_of(name)])
+            rows.append([name, src, dst, value, abs(value), kept, se if se is None or se == se else None])
+        cols = ["edge", "source", "destination", "score", "abs_score", "in_circuit", "stderr"]
+        table = wandb.Table(columns=cols, data=rows)
         wb.log({"edge_scores": table})
 
     def _log_images(self, wandb: Any, wb: Any, run: RunResult, run_dir: Path) -> None:
