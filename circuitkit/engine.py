@@ -389,15 +389,23 @@ def _unembed_columns(model: CircuitModel, resid: torch.Tensor, ids: torch.Tensor
 
 
 def _unembed_columns_ok(model: CircuitModel) -> bool:
+    """Whether the answer-column logits (:func:`_unembed_columns`, and the chunked normaliser built on the
+    same columns) are the Hugging Face model's own logits: checked once, from the residual stream entering
+    the final norm in a forward of the model itself, against that forward's logits (output transform
+    included), within the rounding of a ``d_model``-term dot product."""
+
     def check() -> bool:
+        from circuitkit.verify import reference_logits
+
         gen = torch.Generator().manual_seed(0)
-        resid = torch.randn(3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
-        ids = torch.tensor([0, 7, int(model.bridge.cfg.d_vocab) - 1], device=model.device)
-        full = model.unembed(resid)
-        full = full[:, ids.to(full.device)]
-        part = _unembed_columns(model, resid, ids).to(full.device)
-        tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
-        return part.shape == full.shape and float((part - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+        vocab = int(model.bridge.cfg.d_vocab)
+        tokens = torch.randint(0, vocab, (3, 4), generator=gen).to(model.device)
+        logits, final = reference_logits(model, tokens)
+        ids = torch.tensor([0, 7 % vocab, vocab - 1], device=model.device)
+        want = logits[:, -1][:, ids.to(logits.device)]
+        part = _unembed_columns(model, final[:, -1], ids).to(want.device)
+        tol = model.d_model * torch.finfo(model.dtype).eps * float(logits.abs().max())
+        return part.shape == want.shape and float((part.double() - want.double()).abs().max()) <= tol
 
     return _checked_once(model, "_unembed_columns_ok", check)
 
