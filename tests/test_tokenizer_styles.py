@@ -269,7 +269,7 @@ def test_cli_greater_than_on_a_qwen_style_model(tmp_path):
     out = tmp_path / "run"
     p = _cli(
         f"model.name={model_dir}", "method=eap", "task=greater_than", "task.n_examples=8", "selector.n_edges=20",
-        "progress=false", f"hydra.run.dir={out}",
+        "evaluator=[faithfulness]", "pictures=false", "progress=false", f"hydra.run.dir={out}",
     )
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -280,14 +280,19 @@ def test_cli_greater_than_on_a_qwen_style_model(tmp_path):
     # The independent reference: the saved model's own forward on the prompt's tokens.
     hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     data = circuitkit.build("tasks", "greater_than", n_examples=8).build(styles.build("qwen2"))
-    values = []
-    with torch.no_grad():
-        for ex in data.examples:
-            ids = encode(tok, ex.clean)
-            probs = hf(torch.tensor([ids])).logits[0, -1].double().softmax(-1)
-            later = [encode(tok, ex.clean + a)[-1] for a in ex.correct]
-            earlier = [encode(tok, ex.clean + a)[-1] for a in ex.incorrect]
-            values.append((probs[later].sum() - probs[earlier].sum()).item())
+
+    def metric(prefix: list[int]) -> float:
+        values = []
+        with torch.no_grad():
+            for ex in data.examples:
+                probs = hf(torch.tensor([prefix + encode(tok, ex.clean)])).logits[0, -1].double().softmax(-1)
+                later = [encode(tok, ex.clean + a)[-1] for a in ex.correct]
+                earlier = [encode(tok, ex.clean + a)[-1] for a in ex.incorrect]
+                values.append((probs[later].sum() - probs[earlier].sum()).item())
+        return sum(values) / len(values)
+
     clean = results["faithfulness"]["values"]["clean_metric"]
-    eps = torch.finfo(torch.float32).eps
-    assert clean == pytest.approx(sum(values) / len(values), abs=2 * 32 * eps)  # n_layers * d_model * eps; probabilities <= 1
+    tol = 2 * 32 * torch.finfo(torch.float32).eps  # n_layers * d_model * eps; probabilities are at most 1
+    assert clean == pytest.approx(metric([]), abs=tol)
+    # What the run would have measured with the EOS token the bridge would have put first.
+    assert abs(clean - metric([tok.eos_token_id])) > 10 * tol
