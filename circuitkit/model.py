@@ -453,10 +453,27 @@ def _load_hf(name: str, dtype: torch.dtype, placement: dict[str, Any] | None = N
                 raise _placement_error(str(path), placement, e) from e
             raise ModelLoadError(f"{path} holds a model that is not a causal language model Transformers can load: {e}") from e
         return model, tok, str(path)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    # Never wait on a Hub that cannot be reached (circuitkit/hub.py): a cached model loads from the cache,
+    # an uncached one fails at once.
+    from circuitkit import hub
+
+    offline = hub.offline_mode()
+    local_only = offline
+    if not offline:
+        unreachable = hub.hub_unreachable()
+        if unreachable is not None:
+            if not hub.in_local_cache(name):
+                raise ModelLoadError(
+                    f"Could not load '{name}': the Hugging Face Hub cannot be reached ({unreachable}) and '{name}' is not "
+                    "in the local Hugging Face cache. Save the model where the hub is reachable with "
+                    "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR), copy DIR here and run with "
+                    "model.name=/path/to/DIR; or use the bundled model (model=bundled)."
+                )
+            log.info("The Hugging Face Hub cannot be reached (%s); loading '%s' from the local cache.", unreachable, name)
+            local_only = True
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **placement)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_only, dtype=dtype, **placement)
     except (OSError, ConnectionError, TimeoutError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelLoadError(
