@@ -39,7 +39,6 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
     from hydra.core.hydra_config import HydraConfig
 
     from circuitkit.pipeline import run
-
     from circuitkit.rundir import Terminated, read_status
 
     hc = HydraConfig.get()
@@ -154,13 +153,17 @@ def _own_flags(args: list[str]) -> bool:
 def main() -> None:
     import hydra
 
-    from circuitkit.overrides import plugin_block_from_overrides
+    from circuitkit.overrides import blocked_choice, plugin_block_from_overrides
 
     if _own_flags(sys.argv[1:]):
         return
     try:
         # plugins.block=[...] must act before composing: a broken plugin would fail the registry here.
-        _store_configs(plugin_block_from_overrides(sys.argv[1:]))
+        block = plugin_block_from_overrides(sys.argv[1:])
+        _store_configs(block)
+        blocked = blocked_choice(sys.argv[1:], block)
+        if blocked:
+            raise CircuitkitError(blocked)
     except CircuitkitError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

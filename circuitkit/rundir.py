@@ -80,7 +80,9 @@ def check_creatable(path: str | os.PathLike, option: str = "hydra.run.dir") -> N
     try:
         p.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise RunDirError(f"{option}={p} is a file, not a directory. Choose a writable output directory ({option}=...).") from None
+        raise RunDirError(
+            f"{option}={p} is a file, not a directory. Choose a writable output directory ({option}=...)."
+        ) from None
     except NotADirectoryError:
         parent = next((a for a in p.parents if a.exists() and not a.is_dir()), p.parent)
         raise RunDirError(
@@ -158,7 +160,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise RunDirError(f"Cannot create {self.path}: {e.strerror or e}. Choose a writable directory (hydra.run.dir=...).") from None
+                raise RunDirError(
+                    f"Cannot create {self.path}: {e.strerror or e}. Choose a writable directory (hydra.run.dir=...)."
+                ) from None
             locked_by_flock = False
             if fcntl is not None:
                 try:

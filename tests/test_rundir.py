@@ -23,7 +23,9 @@ from circuitkit.rundir import LOCK_NAME, RunDirError, RunLock, open_run_dir
 
 def cli(*args, env=None, timeout=300, **kw):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "circuitkit", *args], capture_output=True, text=True, env=e, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "circuitkit", *args], capture_output=True, text=True, env=e, timeout=timeout, **kw
+    )
 
 
 def one_clear_line(p):
@@ -51,16 +53,21 @@ def cfg(**over):
 
 def snapshot(d):
     """Every file below ``d`` with its bytes and modification time."""
-    return {
-        str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def complete_run_dir(tmp_path_factory, tiny_model_dir):
     """A directory holding one complete run made by the command line (with Hydra's .hydra files and log)."""
     out = tmp_path_factory.mktemp("complete") / "run"
-    p = cli(f"model.name={tiny_model_dir}", "method=eap", "task.n_examples=4", "selector.n_edges=10", "progress=false", f"hydra.run.dir={out}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "method=eap",
+        "task.n_examples=4",
+        "selector.n_edges=10",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
     assert p.returncode == 0, p.stderr
     return out
 
@@ -72,7 +79,14 @@ def test_a_later_run_on_a_complete_run_refuses_and_changes_nothing(complete_run_
     before = snapshot(complete_run_dir)
     # a run that would fail (prompts too long is one the issue saw destroy a run), and one that would succeed
     for extra in (["selector.n_edges=20"], ["task.n_examples=0"]):
-        p = cli(f"model.name={tiny_model_dir}", "method=eap", "task.n_examples=4", "progress=false", f"hydra.run.dir={complete_run_dir}", *extra)
+        p = cli(
+            f"model.name={tiny_model_dir}",
+            "method=eap",
+            "task.n_examples=4",
+            "progress=false",
+            f"hydra.run.dir={complete_run_dir}",
+            *extra,
+        )
         line = one_clear_line(p)
         assert "already holds a complete run" in line and "overwrite=true" in line
         assert snapshot(complete_run_dir) == before
@@ -219,8 +233,22 @@ def test_sigterm_on_the_command_line(tiny_model_dir, tmp_path):
         "    time.sleep(60)\n"
         "a.gradient_attribution = slow\n" % (tmp_path / "started")
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    args = [sys.executable, "-m", "circuitkit", f"model.name={tiny_model_dir}", "method=eap", "task.n_examples=4", "progress=false", f"hydra.run.dir={out}"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": f"{slow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "circuitkit",
+        f"model.name={tiny_model_dir}",
+        "method=eap",
+        "task.n_examples=4",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:

@@ -135,7 +135,9 @@ class Custom(Task):
 
     def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         if not self.config.path:
-            raise ConfigError("task=custom needs a file: add task.path=/path/to/data.jsonl (or .csv) with columns clean, corrupted, correct, incorrect.")
+            raise ConfigError(
+                "task=custom needs a file: add task.path=/path/to/data.jsonl (or .csv) with columns clean, corrupted, correct, incorrect."
+            )
         path = Path(self.config.path).expanduser()
         if not path.is_file():
             raise ConfigError(f"task.path={self.config.path} does not exist or is not a file.")
