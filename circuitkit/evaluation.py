@@ -14,6 +14,7 @@ distinct circuit once, and a later sweep runs only the masked passes of circuits
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from circuitkit.interfaces import RunContext, Task
 from circuitkit.interventions import Intervention
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress
+
+log = logging.getLogger("circuitkit")
 
 
 @dataclass
@@ -59,6 +62,80 @@ UNDEFINED_NOTE = (
     "faithfulness is undefined: the clean and corrupted metrics are equal, so the model shows no behaviour "
     "to explain on these examples (check the task and the model)."
 )
+
+#: Faithfulness is flagged as not meaningful when the mean clean-corrupted gap is smaller than this many
+#: standard errors of that mean (see :func:`gap_check`).
+GAP_SE_FACTOR = 3.0
+#: ... or smaller than this fraction of the metric's own size (the mean of ``(|clean| + |corrupted|) / 2``).
+GAP_MIN_RELATIVE = 1e-3
+
+_warned: set[tuple[int, str]] = set()
+
+
+def gap_check(ev: Evaluation, factor: float = GAP_SE_FACTOR, min_relative: float = GAP_MIN_RELATIVE) -> tuple[bool | None, str]:
+    """Whether faithfulness, a ratio over the gap ``metric(clean) - metric(corrupted)``, means anything here.
+
+    With ``g_i`` the gap of example ``i`` (``ev.clean_values - ev.corrupted_values``), ``mean`` their mean and
+    ``se = sd(g) / sqrt(n)`` its standard error (sample standard deviation, ``n - 1``), faithfulness is
+    meaningful when both
+
+    - ``|mean| >= factor * se``: the examples agree that the clean prompt shows more (or less) of the
+      behaviour than the corrupted one; below it (a random or untrained model: gaps of either sign that
+      cancel out) the denominator is noise and any faithfulness value (0.3, 1.3, ...) is an accident;
+    - ``|mean| >= min_relative * size``, ``size`` the mean of ``(|clean_i| + |corrupted_i|) / 2``: the
+      prompts change the metric by more than a sliver of its own size (a random model can tell them apart
+      consistently but by a millionth of a logit).
+
+    Returns ``(meaningful, reason)``: ``(None, reason)`` when it cannot be told (fewer than two examples, or
+    no per-example values), ``(True, "")`` or ``(False, reason)``.
+    """
+    if ev.clean_values is None or ev.corrupted_values is None:
+        return None, "the per-example metrics were not kept, so the spread of the clean-corrupted gap is unknown"
+    clean, corrupted = ev.clean_values.double().flatten(), ev.corrupted_values.double().flatten()
+    gaps = clean - corrupted
+    n = int(gaps.numel())
+    if n < 2:
+        return None, f"{n} example: the spread of the clean-corrupted gap over examples is unknown"
+    mean = float(gaps.mean())
+    sd = float(gaps.std(unbiased=True))
+    se = sd / math.sqrt(n)
+    size = float(((clean.abs() + corrupted.abs()) / 2).mean())
+    if not (math.isfinite(mean) and math.isfinite(se) and math.isfinite(size)):
+        return False, f"faithfulness is not meaningful here: the clean-corrupted gap is not finite (mean {mean}, standard error {se})"
+    what = f"the clean-corrupted gap (mean {mean:.3g} over {n} examples)"
+    advice = (
+        "Check the task and the model (a random or untrained model shows no behaviour), or use more examples."
+    )
+    if not abs(mean) >= factor * se or mean == 0.0:
+        return False, (
+            f"faithfulness is not meaningful here: {what} is smaller than {factor:g} standard errors of its mean "
+            f"(standard error {se:.3g}; the examples' gaps spread with standard deviation {sd:.3g}), so the examples "
+            f"do not agree that the model shows the behaviour and faithfulness, a ratio over this gap, is noise. {advice}"
+        )
+    if abs(mean) < min_relative * size:
+        return False, (
+            f"faithfulness is not meaningful here: {what} is under {min_relative:g} of the metric's own size "
+            f"(mean |metric| {size:.3g}): the model barely tells the clean prompts from the corrupted ones, so "
+            f"faithfulness, a ratio over this gap, measures a negligible effect. {advice}"
+        )
+    return True, ""
+
+
+def add_gap_check(res: Any, ev: Evaluation, ctx: Any = None) -> None:
+    """Record :func:`gap_check` in an evaluator's result: ``values["faithfulness_meaningful"]`` (true, false or
+    null), ``values["gap_stderr"]`` and, when not meaningful, the reason as a note and a warning (once per
+    run context and reason)."""
+    meaningful, reason = gap_check(ev)
+    res.values["faithfulness_meaningful"] = meaningful
+    if ev.clean_values is not None and ev.corrupted_values is not None and ev.clean_values.numel() >= 2:
+        gaps = ev.clean_values.double() - ev.corrupted_values.double()
+        res.values["gap_stderr"] = float(gaps.std(unbiased=True)) / math.sqrt(gaps.numel())
+    if meaningful is False:
+        res.notes.append(reason)
+        key = (id(ctx), reason)
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("%s", reason)
 
 
 @dataclass

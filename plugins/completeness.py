@@ -23,7 +23,7 @@ import torch
 
 from circuitkit import hookimpl
 from circuitkit.errors import ConfigError
-from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
+from circuitkit.evaluation import UNDEFINED_NOTE, add_gap_check, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult
 
@@ -68,6 +68,7 @@ class Completeness(Evaluator):
         )
         if fc is None:
             res.notes.append(UNDEFINED_NOTE)
+        add_gap_check(res, ev, ctx)
         return res
 
 

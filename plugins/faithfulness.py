@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from circuitkit import hookimpl
-from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
+from circuitkit.evaluation import UNDEFINED_NOTE, add_gap_check, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult
 from circuitkit.uncertainty import add_circuit_uncertainty, evaluation_intervals
@@ -54,6 +54,7 @@ class Faithfulness(Evaluator):
             res.values["neurons_in_circuit"] = circuit.n_neurons
         if f is None:
             res.notes.append(UNDEFINED_NOTE)
+        add_gap_check(res, ev, ctx)  # faithfulness_meaningful: is the clean-corrupted gap more than noise?
         return res
 
 

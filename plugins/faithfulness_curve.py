@@ -47,7 +47,7 @@ import torch
 from circuitkit import hookimpl
 from circuitkit.analysis import MIB_PERCENTAGES, cmd, cpr
 from circuitkit.errors import ConfigError
-from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, evaluate_keeps
+from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, add_gap_check, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult, Scores
 from circuitkit.uncertainty import add_circuit_uncertainty, area_samples, evaluation_intervals
@@ -199,6 +199,7 @@ class FaithfulnessCurve(Evaluator):
             }
         )
         add_circuit_uncertainty(res, full, mi, 0, ctx)
+        add_gap_check(res, full, ctx)
         nb = len(budgets)
         faith: dict[str, list[float | None]] = {}
         for k, (_, table) in enumerate(curves):

@@ -27,8 +27,18 @@ class _CustomTaskFile:
         return {"path": str(path)}
 
 
+class _Threshold:
+    """The ``threshold`` selector has no default threshold: one in the range of the contract's random scores
+    (``randn * 1e-3``), which keeps about a third of the edges."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def ck_options(cls):
+        return {"threshold": 1e-3}
+
+
 #: (kind, name) -> extra base classes / attributes for components that need more than their defaults
-EXTRA_BASES = {("tasks", "custom"): (_CustomTaskFile,)}
+EXTRA_BASES = {("tasks", "custom"): (_CustomTaskFile,), ("selectors", "threshold"): (_Threshold,)}
 #: known contract violations: (kind, name, test) -> reason. Strict: fixing the plugin fails the xfail.
 KNOWN_VIOLATIONS: dict = {}
 

@@ -65,3 +65,72 @@ def test_a_threshold_keeping_nearly_everything_or_nothing_is_warned_about(caplog
     assert f"Scores range up to {float(units.max()):.3g}" in msg  # the scale, to choose a better threshold from
     if total >= 10:
         assert f"the 10th largest is {float(units.sort(descending=True).values[9]):.3g}" in msg
+
+
+# ----- a faithfulness over a gap that is noise ------------------------------------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+
+from helpers import plain_metric  # noqa: E402
+
+from circuitkit.evaluation import GAP_MIN_RELATIVE, GAP_SE_FACTOR, Evaluation, gap_check  # noqa: E402
+
+
+def evaluation(clean, corrupted):
+    clean, corrupted = torch.tensor(clean, dtype=torch.float64), torch.tensor(corrupted, dtype=torch.float64)
+    n = len(clean)
+    return Evaluation(float(clean.mean()), float(corrupted.mean()), [], n, clean, corrupted, torch.zeros(0, n))
+
+
+def test_gap_check_formula():
+    assert (GAP_SE_FACTOR, GAP_MIN_RELATIVE) == (3.0, 1e-3)  # the documented criterion
+    # gaps 1, -1, 1, -1, 2: mean 0.4, sd sqrt(1.8) -> se 0.6: 0.4 < 3 * 0.6
+    ok, why = gap_check(evaluation([1.0, -1.0, 1.0, -1.0, 2.0], [0.0] * 5))
+    assert ok is False and "mean 0.4 over 5 examples" in why and "standard error 0.6" in why and "standard deviation 1.34" in why
+    # gaps 2, 2.2, 1.8, 2, 2: se = sqrt(0.02) / sqrt(5) = 0.063; 2 >= 3 * 0.063 and 2 >= 1e-3 * size
+    assert gap_check(evaluation([3.0, 3.2, 2.8, 3.0, 3.0], [1.0] * 5)) == (True, "")
+    # identical gaps: no spread, a gap of any size above the relative floor is meaningful
+    assert gap_check(evaluation([5.0, 5.0], [4.0, 4.0])) == (True, "")
+    # consistent but a sliver of the metric's size: 1e-4 on values around 100
+    ok, why = gap_check(evaluation([100.0001, 100.0001, 100.0001], [100.0, 100.0, 100.0]))
+    assert ok is False and "under 0.001 of the metric's own size (mean |metric| 100)" in why
+    assert gap_check(evaluation([1.0], [0.0]))[0] is None  # one example: no spread to compare with
+    assert gap_check(Evaluation(1.0, 0.0, [], 3))[0] is None  # no per-example values
+
+
+def test_a_random_model_run_says_faithfulness_is_not_meaningful(tiny_model, tmp_path, caplog):
+    """The tiny random model shows no behaviour on greater_than: every faithfulness evaluator records
+    faithfulness_meaningful false with the reason, and the run warns once."""
+    cfg = {
+        "seed": 0,
+        "progress": False,
+        "method": {"name": "eap"},
+        "task": {"name": "greater_than", "n_examples": 16, "min_examples": 1},
+        "selector": {"name": "top_n", "n_edges": 10},
+        "evaluator": {"faithfulness": {}, "completeness": {}, "faithfulness_curve": {"budgets": [10, 50]}},
+    }
+    with caplog.at_level(logging.WARNING, logger="circuitkit"):
+        run(cfg, tmp_path / "run", model=tiny_model)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for name in ("faithfulness", "completeness", "faithfulness_curve"):
+        values, notes = results[name]["values"], results[name]["notes"]
+        assert values["faithfulness_meaningful"] is False, name
+        assert any(n.startswith("faithfulness is not meaningful here") for n in notes), name
+    warned = [r.getMessage() for r in caplog.records if "faithfulness is not meaningful" in r.getMessage()]
+    assert len(warned) == 1
+
+    # The recorded standard error and the verdict, from per-example metrics of plain bridge forwards.
+    task = ck.build("tasks", "greater_than", n_examples=16, min_examples=1)
+    data = task.build(tiny_model.tokenizer)
+    batches = list(data.batches(8))
+    clean = torch.cat([plain_metric(tiny_model, b.clean, b, task.metric) for b in batches]).double()
+    corrupted = torch.cat([plain_metric(tiny_model, b.corrupted, b, task.metric) for b in batches]).double()
+    gaps = clean - corrupted
+    se = float(gaps.std()) / math.sqrt(len(gaps))
+    size = float(((clean.abs() + corrupted.abs()) / 2).mean())
+    eps = torch.finfo(tiny_model.dtype).eps
+    with torch.no_grad():  # each gap is a difference of four float32 logits, each rounded relative to its size
+        logits = max(float(tiny_model.bridge(t).abs().max()) for b in batches for t in (b.clean, b.corrupted))
+    assert abs(results["faithfulness"]["values"]["gap_stderr"] - se) <= 8 * eps * logits
+    assert abs(float(gaps.mean())) < GAP_SE_FACTOR * se or abs(float(gaps.mean())) < GAP_MIN_RELATIVE * size
