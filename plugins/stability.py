@@ -117,6 +117,19 @@ class Stability(Evaluator):
             opts["absolute"] = self.config.absolute
         return entry.cls(entry.config(name=entry.name, **opts)).select(scores)
 
+    def _requested(self, scores: Scores, circuit: Circuit) -> int:
+        """The size to ask the selector for: the run's requested size when the selection recorded it, else the
+        smallest size from which the selector rebuilds the run's circuit from the full-data scores (pruning
+        can leave fewer edges than requested), else the circuit's edge count."""
+        sel = circuit.selection or {}
+        if sel.get("requested_edges"):
+            return int(sel["requested_edges"])
+        n0 = circuit.n_edges
+        for n in range(max(n0, 1), 2 * n0 + 65):
+            if np.array_equal(self._select(scores, n).edges, circuit.edges):
+                return n
+        return n0
+
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
         c = self.config
         name = c.name or "stability"
@@ -125,7 +138,7 @@ class Stability(Evaluator):
             raise ConfigError(f"Evaluator '{name}' needs the run's edge scores: run it after attribution.")
         if circuit.level != "edge":
             raise ConfigError(f"Evaluator '{name}' compares edge sets; the circuit is {circuit.level}-level (use method.level=edge).")
-        n = int((circuit.selection or {}).get("requested_edges") or circuit.n_edges)
+        n = self._requested(scores, circuit)
         attributor = getattr(ctx, "attributor", None)
         res = EvalResult(name, {"edges_in_circuit": circuit.n_edges, "requested_edges": n})
         variants: list[tuple[str, Circuit]] = []
