@@ -442,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from circuitkit import explorer
 
         page = Path(args.html_out) if args.html_out else (root or Path.cwd()) / "compare.html"
+        if len(dirs) < 2:
+            print(f"circuitkit.compare: error: --html compares circuits, but only one run was found ({dirs[0]}); pass two or more run directories (a run's own explorer is its circuit.html).", file=sys.stderr)
+            return 1
         try:
             explorer.for_run_dirs(dirs, page, labels=[f"{r.method} / {r.task} ({_label(r, root)})" for r in runs])
         except CircuitkitError as e:

@@ -44,6 +44,8 @@ from circuitkit.results import Circuit, RunResult, Scores, atomic_write_text
 MAX_STORED = 50_000
 #: Edges drawn at once by default (the strongest of the selection).
 MAX_DRAW = 1500
+#: The strongest edges outside the selection drawn for context (thin, grey).
+CONTEXT = 50
 
 
 def _b64(a: np.ndarray) -> str:
@@ -192,8 +194,10 @@ def render(
     summary: str = "",
     d_model: int | None = None,
     max_draw: int = MAX_DRAW,
+    context: int = CONTEXT,
 ) -> str:
-    """The page's HTML text for ``views`` (:func:`run_view`; two or more make a comparison)."""
+    """The page's HTML text for ``views`` (:func:`run_view`; two or more make a comparison). ``context``:
+    how many of the strongest edges outside the selection are drawn thin and grey (a checkbox hides them)."""
     if not views:
         raise CircuitkitError("The explorer needs at least one run.")
     data = {
@@ -202,6 +206,7 @@ def render(
         "graph": {**graph.to_dict(), "n_kv_heads": graph.n_kv_heads},
         "d_model": d_model,
         "max_draw": int(max_draw),
+        "context": int(context),
         "runs": list(views),
     }
     # '<' escaped so no string in the data can close the script element.
@@ -285,12 +290,13 @@ def for_run_dirs(
     max_stored: int = MAX_STORED,
     max_draw: int = MAX_DRAW,
 ) -> Path:
-    """Write one comparison explorer for finished run directories (``circuit.json``, ``scores.json``,
-    ``results.json``): shared and unique edges of any two of them, and their overlap."""
+    """Write one explorer for finished run directories (``circuit.json``, ``scores.json``,
+    ``results.json``): one run's, or with two or more a comparison (shared and unique edges of any two of
+    them, and their overlap)."""
     from circuitkit.results import read_json
 
-    if len(dirs) < 2:
-        raise CircuitkitError("A comparison explorer needs at least two runs.")
+    if not dirs:
+        raise CircuitkitError("The explorer needs at least one run directory.")
     views = []
     graph: Graph | None = None
     d_model = None
@@ -316,7 +322,8 @@ def for_run_dirs(
         hint = sel.get("n_edges") if sel.get("name") == "top_n" else None
         evals = {k: v for k, v in res.items() if isinstance(v, dict) and "values" in v}
         configs = cfg.get("evaluator") if isinstance(cfg.get("evaluator"), Mapping) else None
-        label = labels[i] if labels else f"{_run_label(meta)} ({d.name})"
+        label = labels[i] if labels else (_run_label(meta) if len(dirs) == 1 else f"{_run_label(meta)} ({d.name})")
+        one = (meta, circuit, evals)
         curve = curve_points(evals, absolute, configs, res.get("selection") if isinstance(res, dict) else None)
         stderr = getattr(scores, "stderr", None) if scores is not None else None
         views.append(
@@ -324,15 +331,13 @@ def for_run_dirs(
         )
         parts.append(f"{label}: {circuit.n_edges} edges")
     assert graph is not None
-    return write(
-        path,
-        graph,
-        views,
-        title="Circuits compared: " + " vs ".join(v["label"] for v in views[:2]) + (" ..." if len(views) > 2 else ""),
-        summary="; ".join(parts),
-        d_model=d_model,
-        max_draw=max_draw,
-    )
+    if len(views) == 1:
+        meta, circuit, evals = one
+        title, summary = f"{views[0]['label']}: {circuit.n_edges} edges", _summary(meta, circuit, evals)
+    else:
+        title = "Circuits compared: " + " vs ".join(v["label"] for v in views[:2]) + (" ..." if len(views) > 2 else "")
+        summary = "; ".join(parts)
+    return write(path, graph, views, title=title, summary=summary, d_model=d_model, max_draw=max_draw)
 
 
 __all__ = [

@@ -39,11 +39,15 @@ def main() -> None:
         exe = shutil.which("chromium") or shutil.which("chromium-browser")
         if exe is None:
             raise SystemExit("no chromium on PATH (apt-get install chromium)")
+        page_path = Path(tmp) / "circuit.html"  # made again from the run's files, by this version's explorer
+        from circuitkit import explorer
+
+        explorer.for_run_dirs([run_dir], page_path)
         shot = Path(tmp) / "shot.png"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1360, "height": 820}, device_scale_factor=1)
-            page.goto((run_dir / "circuit.html").resolve().as_uri())
+            page.goto(page_path.resolve().as_uri())
             page.wait_for_selector("body[data-ready='1']")
             node = args.node or page.evaluate(
                 """() => { const n = {};

@@ -276,6 +276,12 @@ def test_page_draws_the_circuit_and_the_slider_matches_the_python_selector(brows
     assert p.drawn() == set()
     p.page.click("#reset")
     assert p.drawn() == in_graph
+    # For context, the strongest edges outside the selection, thin and grey; a checkbox hides them.
+    ranked = [scores.graph.edge_names[e] for e in explorer.ranking(scores)]
+    context = set(p.page.evaluate("[...document.querySelectorAll('#graph g.ctx')].map(g => g.dataset.edge)"))
+    assert context == set([e for e in ranked if e not in in_graph][: explorer.CONTEXT])
+    p.page.uncheck("#context")
+    assert p.page.locator("#graph g.ctx").count() == 0 and p.drawn() == in_graph
     p.close()
 
 
@@ -343,7 +349,7 @@ def test_node_click_search_views_and_exports(browser, runs, tmp_path):
     svg = (tmp_path / "view.svg").read_text()
     assert (
         svg.startswith("<svg")
-        and set(__import__("re").findall(r'data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<"))) == p.drawn()
+        and set(__import__("re").findall(r'<g class="edge[^"]*" data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<"))) == p.drawn()
     )
     with p.page.expect_download() as dl:
         p.page.click("#export-png")
