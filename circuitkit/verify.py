@@ -83,11 +83,20 @@ def _constant_bias(model: CircuitModel) -> torch.Tensor:
     from circuitkit.interventions import head_bias_shares
 
     g = model.graph
-    pre = [layer for layer in range(g.n_layers) if model.attn_post_norm(layer) is None]
-    if not pre:
-        return torch.zeros(model.d_model, dtype=model.dtype, device=model.device)
-    shares = head_bias_shares(model)
-    return sum(shares[g.src_head(layer, 0) : g.src_head(layer, 0) + g.n_heads].sum(0) for layer in pre)
+    total = torch.zeros(model.d_model, dtype=model.dtype, device=model.device)
+    shares = None
+    for layer in range(g.n_layers):
+        if model.attn_post_norm(layer) is not None:
+            continue
+        o = getattr(getattr(model.bridge.blocks[layer].attn, "o", None), "original_component", None)
+        if isinstance(o, torch.nn.Linear) or type(o).__name__ == "Conv1D":  # the bias the bridge adds to the heads' sum
+            if getattr(o, "bias", None) is not None:
+                total = total + o.bias.detach().reshape(-1).to(device=model.device, dtype=model.dtype)
+            continue
+        if shares is None:  # measured (interventions.head_bias_shares)
+            shares = head_bias_shares(model)
+        total = total + shares[g.src_head(layer, 0) : g.src_head(layer, 0) + g.n_heads].sum(0)
+    return total
 
 
 def verify_model(model: CircuitModel) -> Verification:
@@ -178,9 +187,13 @@ def check_model(model: CircuitModel, *, allow_unverified: bool = False) -> None:
 
     try:
         v = verify_model(model)
-    except Exception as e:  # noqa: BLE001 - a check that cannot run is a check that failed
+    except Exception as e:  # noqa: BLE001 - the model's forward itself fails: nothing can run on it
+        _VERIFIED.pop((model.weights_hash, family_of(model), str(model.dtype), str(model.device)), None)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        v = Verification(family_of(model), [f"the check could not run ({type(e).__name__}: {first})"])
+        raise ModelLoadError(
+            f"'{model.name}' ({family_of(model)}) cannot run through TransformerLens' bridge in {str(model.dtype).removeprefix('torch.')}: "
+            f"a forward pass of a few tokens fails ({type(e).__name__}: {first}). Try model.dtype=float32, or another model family."
+        ) from e
     model.verification = v
     if v.ok:
         return

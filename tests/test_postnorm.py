@@ -390,3 +390,13 @@ def test_verified_on_pre_norm_families_too():
             warnings.simplefilter("error")  # no warning: verified
             model = bridge_model(hf, tok, name=family, device="cpu")
         assert model.verification.ok and model.unverified is None, (family, model.verification.failures)
+
+
+def test_a_model_whose_forward_fails_is_refused_even_when_unverified_is_allowed(monkeypatch):
+    def fails(*args):
+        raise RuntimeError("expected m1 and m2 to have the same dtype")
+
+    monkeypatch.setattr(verify, "_reference", fails)
+    hf, tok = tiny_family("llama", seed=26)
+    with pytest.raises(ModelLoadError, match="cannot run through TransformerLens' bridge in float32: a forward pass"):
+        bridge_model(hf, tok, name="fails", device="cpu", allow_unverified=True)
