@@ -20,7 +20,7 @@ import torch
 
 import circuitkit as ck
 from circuitkit import hookimpl
-from circuitkit.data import Example, tokenize_examples
+from circuitkit.data import Example, TaskData, tokenize_examples
 from circuitkit.errors import CircuitkitError, ConfigError, ModelLoadError
 from circuitkit.graph import Graph
 from circuitkit.plugins import build_registry, make_plugin_manager
@@ -403,7 +403,12 @@ def test_nan_metric_during_evaluation(tiny_model):
 def test_clean_and_corrupted_metric_equal_makes_faithfulness_undefined(tiny_model):
     same = Example("The nurse said that", "The nurse said that", (" she",), (" he",))
     task = hand_task([same] * 4)
-    data = task.build(tiny_model.tokenizer)
+    # Tasks reject a pair with the same ids (no counterfactual), so the data is put together by hand.
+    tok = tiny_model.tokenizer
+    ids = [tok.bos_token_id] + tok.encode(same.clean)
+    data = TaskData("hand", [same] * 4, [ids] * 4, [ids] * 4, [tok.encode(" she")] * 4, [tok.encode(" he")] * 4)
+    with pytest.raises(CircuitkitError, match="clean and corrupted prompts with the same token ids"):
+        task.build(tok)
     res = ck.build("evaluators", "faithfulness").evaluate(
         tiny_model, task, data, Circuit.full(tiny_model.graph), ck.RunContext(progress=False)
     )
