@@ -17,10 +17,10 @@ import subprocess
 import sys
 
 import pytest
+import tokenizer_styles as styles
 import torch
 
 import circuitkit
-import tokenizer_styles as styles
 from circuitkit.data import (
     DIFFERENT_LENGTHS,
     IDENTICAL_PAIR,
