@@ -10,15 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import float_tol
 
 import circuitkit as ck
 from circuitkit import engine
 from circuitkit.errors import ConfigError
 from circuitkit.evaluation import EvaluationCache, evaluate_keeps
-from circuitkit.results import Circuit
 from circuitkit.search import GRID_PERCENTAGES, grid_sizes, smallest_reaching
 from circuitkit.testing import TINY_EXAMPLES, TinyTask
-from helpers import float_tol
 
 # ----- the search on a known faithfulness function ------------------------------------------------
 
