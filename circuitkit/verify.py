@@ -181,7 +181,6 @@ def check_model(model: CircuitModel, *, allow_unverified: bool = False) -> None:
     """Run :func:`verify_model`; refuse a model that fails (:class:`~circuitkit.errors.ModelLoadError`, one
     line), or, with ``allow_unverified``, warn and set ``model.unverified`` to the failure."""
     import logging
-    import warnings
 
     from circuitkit.errors import ModelLoadError
 
@@ -200,9 +199,10 @@ def check_model(model: CircuitModel, *, allow_unverified: bool = False) -> None:
     what = "; ".join(v.failures)
     if allow_unverified:
         model.unverified = f"{model.name} ({v.family}): {what}"
-        text = f"circuitkit could not verify '{model.name}' ({v.family}): {what}. Going on because allow_unverified is set: scores may not describe this model."
-        logging.getLogger("circuitkit").warning(text)
-        warnings.warn(text, stacklevel=3)
+        logging.getLogger("circuitkit").warning(
+            "circuitkit could not verify '%s' (%s): %s. Going on because allow_unverified is set: scores may not "
+            "describe this model.", model.name, v.family, what
+        )
         return
     raise ModelLoadError(
         f"'{model.name}' ({v.family}) fails circuitkit's check against the model's own forward pass: {what}. "

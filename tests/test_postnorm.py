@@ -6,7 +6,6 @@ model with plain PyTorch hooks on its own modules (``post_attention_layernorm``,
 from __future__ import annotations
 
 import json
-import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -343,7 +342,7 @@ def test_missing_logit_transform_is_refused(monkeypatch):
         bridge_model(hf, tok, name="uncapped-gemma2", device="cpu")
 
 
-def test_allow_unverified_warns_and_is_recorded_in_results(monkeypatch, tmp_path):
+def test_allow_unverified_warns_and_is_recorded_in_results(monkeypatch, tmp_path, caplog):
     from circuitkit.pipeline import run
 
     monkeypatch.setattr(engine, "head_output_hooks", _old_head_outputs)
@@ -358,9 +357,11 @@ def test_allow_unverified_warns_and_is_recorded_in_results(monkeypatch, tmp_path
         "cache": False,
         "pictures": False,
     }
-    with pytest.warns(UserWarning, match="could not verify"):
+    with caplog.at_level("WARNING", logger="circuitkit"):
         result = run(cfg, tmp_path / "run")
     assert result.status == "complete"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "could not verify" in r.getMessage()]
+    assert len(warned) == 1 and "Olmo2ForCausalLM" in warned[0] and "allow_unverified" in warned[0]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert "Olmo2ForCausalLM" in saved["meta"]["model_unverified"]
     assert "not the input plus the sum" in saved["meta"]["model_unverified"]
@@ -386,10 +387,46 @@ def test_the_check_runs_once_per_weights(monkeypatch):
 def test_verified_on_pre_norm_families_too():
     for family in ("gpt2", "llama", "gpt_neox_parallel", "falcon"):
         hf, tok = tiny_family(family, seed=25)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no warning: verified
-            model = bridge_model(hf, tok, name=family, device="cpu")
+        model = bridge_model(hf, tok, name=family, device="cpu")
         assert model.verification.ok and model.unverified is None, (family, model.verification.failures)
+
+
+def _logit_scaled(family):
+    from transformers import CohereConfig, CohereForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    from circuitkit.testing_families import _llama_like
+    from circuitkit.testing_models import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    torch.manual_seed(31)
+    if family == "granite":  # logits divided by logits_scaling; residual and embedding multipliers too
+        cfg = GraniteConfig(**_llama_like(tok, num_key_value_heads=2), logits_scaling=4.0, residual_multiplier=0.5, embedding_multiplier=3.0)
+        hf = GraniteForCausalLM(cfg)
+    else:  # logits multiplied by logit_scale
+        hf = CohereForCausalLM(CohereConfig(**_llama_like(tok, num_key_value_heads=2), logit_scale=0.25))
+    _randomise(hf, torch.Generator().manual_seed(32))
+    return hf.eval(), tok
+
+
+@pytest.mark.parametrize("family", ["granite", "cohere"])
+def test_logit_scales_are_applied(family):
+    import copy
+
+    hf, tok = _logit_scaled(family)
+    ref = copy.deepcopy(hf)
+    model = bridge_model(hf, tok, name=family, device="cpu")
+    tokens = torch.randint(0, len(tok), (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(input_ids=tokens).logits
+        final = engine.run_sources(model, tokens).final
+        got = model.unembed(final)
+        raw = model.bridge.unembed(model.bridge.ln_final(final))
+        ids = torch.tensor([3, 50, 1000])
+        cols = engine._unembed_columns(model, final[:, -1], ids)
+    tol = model.graph.n_layers * model.d_model * torch.finfo(torch.float32).eps * float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    torch.testing.assert_close(cols, want[:, -1, ids], rtol=0, atol=tol)
+    assert float((raw - want).abs().max()) > 1e3 * tol  # the scale changes these logits
 
 
 def test_a_model_whose_forward_fails_is_refused_even_when_unverified_is_allowed(monkeypatch):
