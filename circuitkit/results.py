@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitkit.errors import CircuitkitError
+from circuitkit.errors import CircuitkitError, quote
 from circuitkit.graph import Graph
 
 #: Granularities of scores and circuits.
@@ -398,10 +398,8 @@ class Circuit:
         try:
             return cls._from_json(obj, graph, source)
         except (TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as e:
-            from circuitkit.errors import quote
-
             raise CircuitkitError(
-                f"{source} is not a valid circuit file ({type(e).__name__}: {quote(str(e), 120)[1:-1] if str(e) else '-'}). "
+                f"{source} is not a valid circuit file ({type(e).__name__}: {quote(str(e), 120)}). "
                 "Expected the EAP-IG graph JSON: 'cfg' (n_layers, n_heads), 'nodes', and 'edges' mapping each edge "
                 'name to {"score": number, "in_graph": true/false}.'
             ) from None
@@ -446,13 +444,13 @@ class Circuit:
         g = graph or file_graph
         unknown = [n for n in edges if n not in g.edge_index]
         if unknown:
-            raise CircuitkitError(f"{source} names {len(unknown)} edges this graph does not have (e.g. '{unknown[0]}').")
+            raise CircuitkitError(f"{source} names {len(unknown)} edges this graph does not have (e.g. {quote(unknown[0], 60)}).")
         mask = np.zeros(g.n_edges, dtype=bool)
         vals = np.zeros(g.n_edges, dtype=np.float64)
         have_scores = obj.get("scored", True) is not False
         for n, e in edges.items():
             if not isinstance(e, dict):
-                raise CircuitkitError(f'{source}: edge \'{n}\' must map to {{"score": ..., "in_graph": ...}}, got {e!r}.')
+                raise CircuitkitError(f'{source}: edge {quote(n, 60)} must map to {{"score": ..., "in_graph": ...}}, got {quote(e, 60)}.')
             i = g.edge_index[n]
             mask[i] = bool(e.get("in_graph", False))
             s = e.get("score")
@@ -473,7 +471,7 @@ class Circuit:
             index = {n: i for i, n in enumerate(g.source_names)}
             for n, dims in obj["neurons"].items():
                 if n not in index:
-                    raise CircuitkitError(f"{source}: neurons of unknown node '{n}'.")
+                    raise CircuitkitError(f"{source}: neurons of unknown node {quote(n, 60)}.")
                 neurons[index[n], dims] = True
         return cls(g, mask, scores, int(d_model) if d_model is not None else None, level, neurons)
 
