@@ -349,7 +349,10 @@ def test_node_click_search_views_and_exports(browser, runs, tmp_path):
     svg = (tmp_path / "view.svg").read_text()
     assert (
         svg.startswith("<svg")
-        and set(__import__("re").findall(r'<g class="edge[^"]*" data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<"))) == p.drawn()
+        and set(
+            __import__("re").findall(r'<g class="edge[^"]*" data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<"))
+        )
+        == p.drawn()
     )
     with p.page.expect_download() as dl:
         p.page.click("#export-png")
@@ -479,3 +482,17 @@ def test_wandb_logs_the_explorer_and_the_pictures(tiny_model, tmp_path):
     assert row["explorer/_type"] == "html-file"
     assert (wb.files_dir / row["explorer/path"]).read_text(encoding="utf-8") == (d / "circuit.html").read_text(encoding="utf-8")
     assert {"images/circuit/_type", "images/curve/_type"} <= wb.history_keys()
+
+
+def test_a_page_storing_part_of_the_ranking_exports_an_unscored_circuit(browser, tmp_path):
+    g = Graph(3, 4)
+    s = random_scores(g, 7)
+    path = explorer.write(tmp_path / "p.html", g, [explorer.run_view(s, top_n(s, 20), "r", max_stored=50)], title="p", d_model=16)
+    p = Page(browser, path)
+    assert p.page.get_attribute("#slider", "max") == "50"  # the slider stops at the stored ranking
+    p.slide(30)
+    got = p.page.evaluate("circuitExplorer.circuitJSON()")
+    want = top_n(s, 30)
+    assert got["scored"] is False and {e["score"] for e in got["edges"].values()} == {0}
+    assert Circuit.from_json(got).edge_names == want.edge_names and Circuit.from_json(got).scores is None
+    p.close()
