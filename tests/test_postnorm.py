@@ -437,3 +437,15 @@ def test_a_model_whose_forward_fails_is_refused_even_when_unverified_is_allowed(
     hf, tok = tiny_family("llama", seed=26)
     with pytest.raises(ModelLoadError, match="cannot run through TransformerLens' bridge in float32: a forward pass"):
         bridge_model(hf, tok, name="fails", device="cpu", allow_unverified=True)
+
+
+def test_a_post_attention_norm_other_than_rmsnorm_is_refused(monkeypatch):
+    """The shares are written for RMSNorm; a model whose post-attention norm centres (LayerNorm) is refused."""
+    from circuitkit.model import _check_post_norms
+
+    hf, tok = tiny_family("gemma2", seed=27)
+    model = bridge_model(hf, tok, name="g2", device="cpu")
+    norm = model.bridge.blocks[1].ln1_post
+    monkeypatch.setattr(type(norm), "uses_rms_norm", property(lambda self: False))
+    with pytest.raises(ModelLoadError, match="before it joins the residual stream; circuitkit splits such a normed output between the heads for RMSNorm only"):
+        _check_post_norms(model.bridge, "g2", "Gemma2ForCausalLM", model.graph.n_layers)
