@@ -245,12 +245,12 @@ class FaithfulnessCurve(Evaluator):
                 res.intervals["cpr"] = mi.interval(area_samples(fractions, for_cpr))
                 res.intervals["cmd"] = mi.interval(area_samples(fractions, main, distance_to_one=True))
                 res.intervals["average_faithfulness"] = mi.interval(main.mean(0))
-        if full.circuit_values is not None:
-            res.per_example["curve_circuit_metric"] = full.circuit_values[1 : 1 + nb].tolist()
         else:
             res.values.update({"cpr": None, "cmd": None, "average_faithfulness": None})
             if defined:
                 res.notes.append("CPR and CMD need at least two budgets.")
+        if full.circuit_values is not None:
+            res.per_example["curve_circuit_metric"] = full.circuit_values[1 : 1 + nb].tolist()
 
         if defined:
             self._target(res, model, task, data, scores, ctx, requested, f_main, total)  # type: ignore[arg-type]
