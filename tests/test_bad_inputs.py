@@ -225,3 +225,15 @@ def test_a_blocked_builtin_says_it_is_blocked(tmp_path):
     assert "selector=top_n comes from plugin 'top_n', which is blocked (plugins.block)" in line and "selector=greedy" in line
     p = cli("method=eap", f"hydra.run.dir={tmp_path / 'b'}", env={"CIRCUITKIT_BLOCK_PLUGINS": "eap"})
     assert "method=eap comes from plugin 'eap', which is blocked (CIRCUITKIT_BLOCK_PLUGINS)" in one_clear_line(p)
+
+
+def test_every_test_file_docs_errors_names_exists():
+    """docs/errors.md says which test asserts each row: the files it names exist."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "errors.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"tests/(test_\w+\.py)", text))
+    assert {"test_rundir.py", "test_bad_inputs.py", "test_fuzz.py", "test_wandb.py"} <= named
+    assert [n for n in sorted(named) if not (root / "tests" / n).is_file()] == []
