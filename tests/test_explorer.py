@@ -308,6 +308,8 @@ def test_hover_shows_the_score_and_rank(browser, runs):
         # Six significant digits are shown: half a unit in the sixth digit, relative.
         assert shown == pytest.approx(scores[name], rel=5e-6, abs=1e-300), (name, text)
         assert f"rank {order.index(scores.graph.index_of(name)) + 1} of {scores.graph.n_edges}" in text
+    p.page.mouse.click(x, y)  # a click pins the last edge's text in the selection panel
+    assert p.page.text_content("#info") == text
     p.page.mouse.move(1, 1)
     p.close()
 
