@@ -260,14 +260,32 @@ def curve_series(run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None 
 
 
 def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
-    """Plot every run's faithfulness curve(s) into one PNG. Returns None when no run has a curve.
-
-    One panel per task, one colour per method, one line style per further distinction (model, run); the x
-    axis is the fraction of the graph's edges in the circuit on a log scale by default (``x`` picks another
-    curve column), and the legend sits outside the panels.
+    """Plot every run's faithfulness curve(s) into one PNG (:func:`curve_figure`). Returns None when no run
+    has a curve.
 
     Raises:
         ImportError: matplotlib is not installed.
+    """
+    fig = curve_figure(runs, root, x)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    try:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def curve_figure(runs: Sequence[RunSummary], root: Path | None = None, x: str | None = None) -> Any:
+    """The matplotlib figure of every run's faithfulness curve(s), or None when no run has a curve.
+
+    One panel per task, one colour per method, one line style per further distinction (model, run); the x
+    axis is the fraction of the graph's edges in the circuit on a log scale by default (``x`` picks another
+    curve column), and the legend sits outside the panels. The caller closes the figure.
     """
     series = []
     for r in runs:
@@ -334,12 +352,10 @@ def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None =
         )  # fmt: skip
         fig.suptitle("Faithfulness curves (dotted: 0.85)")
         fig.tight_layout()
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out
+        raise
+    return fig
 
 
 def _common_root(dirs: Sequence[Path]) -> Path | None:
