@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+import circuitkit as ck
 from circuitkit import cache
 from circuitkit.pipeline import run
+from circuitkit.results import Circuit, Scores
 
 
 def config(tmp_path, **top):
@@ -82,18 +88,14 @@ def test_key_changes_with_every_input(change):
 
 # ----- what the key covers, checked through cached_attribute ------------------------------------------
 
-import importlib  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import torch  # noqa: E402
-
-import circuitkit as ck  # noqa: E402
-from circuitkit.results import Circuit, Scores  # noqa: E402
 
 HAND_ROWS = [
-    {"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Anne gave a drink to", "correct": " Mary", "incorrect": " John"},
+    {
+        "clean": "When Mary and John went to the store, John gave a drink to",
+        "corrupted": "When Mary and John went to the store, Anne gave a drink to",
+        "correct": " Mary",
+        "incorrect": " John",
+    },
     {"clean": "The key to the cabinets", "corrupted": "The keys to the cabinets", "correct": " is", "incorrect": " are"},
     {"clean": "Paris, the capital of", "corrupted": "London, the capital of", "correct": " France", "incorrect": " England"},
     {"clean": "The nurse said that", "corrupted": "The pilot said that", "correct": " she", "incorrect": " he"},
@@ -171,7 +173,12 @@ def test_every_input_of_the_scores_is_in_the_key(tiny_model, tmp_path, custom, c
         assert data2.content_hash() == data.content_hash()  # the same data: only the option differs
         data = data2
     elif change == "task data":
-        pronoun = {"clean": "She went to the park and then", "corrupted": "He went to the park and then", "correct": " she", "incorrect": " he"}
+        pronoun = {
+            "clean": "She went to the park and then",
+            "corrupted": "He went to the park and then",
+            "correct": " she",
+            "incorrect": " he",
+        }
         write_rows(path, [*HAND_ROWS[:3], pronoun])  # same options, one row of the file replaced
         task, data = build()
     elif change == "seed":
@@ -218,7 +225,7 @@ def test_model_dtype_device_and_weights_are_in_the_key(tiny_model, tmp_path, cus
     assert scores.values.tolist() == [value] * tiny_model.graph.n_edges
 
 
-PLUGIN = '''
+PLUGIN = """
 from dataclasses import dataclass
 
 import torch
@@ -238,7 +245,7 @@ class Method(ck.Attributor):
 
 
 FACTOR = {factor}
-'''
+"""
 
 
 def test_a_changed_plugin_or_core_source_misses_the_cache(tiny_model, tmp_path, custom, monkeypatch):

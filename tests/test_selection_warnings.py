@@ -1,15 +1,20 @@
-"""Choices that would print confident nonsense: a threshold selector without a threshold is refused, and a
-threshold keeping (nearly) every edge, or none, is warned about with the scale of the scores."""
+"""Choices that would print confident nonsense: a threshold selector without a threshold is refused, a
+threshold keeping (nearly) every edge, or none, is warned about with the scale of the scores, and a
+faithfulness over a clean-corrupted gap that is noise is flagged (faithfulness_meaningful)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 
 import pytest
 import torch
+from helpers import plain_metric
 
 import circuitkit as ck
 from circuitkit.errors import ConfigError
+from circuitkit.evaluation import GAP_MIN_RELATIVE, GAP_SE_FACTOR, Evaluation, gap_check
 from circuitkit.graph import Graph
 from circuitkit.pipeline import run
 from circuitkit.results import Scores
@@ -42,7 +47,14 @@ def test_threshold_is_required(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     ("level", "threshold", "warned"),
-    [("edge", 0.0, "all"), ("edge", 0.05, "nearly all"), ("edge", 1.5, "none"), ("edge", 0.5, None), ("node", 0.0, "all"), ("node", 0.5, None)],
+    [
+        ("edge", 0.0, "all"),
+        ("edge", 0.05, "nearly all"),
+        ("edge", 1.5, "none"),
+        ("edge", 0.5, None),
+        ("node", 0.0, "all"),
+        ("node", 0.5, None),
+    ],
 )
 def test_a_threshold_keeping_nearly_everything_or_nothing_is_warned_about(caplog, level, threshold, warned):
     s = scores(level)
@@ -68,13 +80,6 @@ def test_a_threshold_keeping_nearly_everything_or_nothing_is_warned_about(caplog
 
 
 # ----- a faithfulness over a gap that is noise ------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-
-from helpers import plain_metric  # noqa: E402
-
-from circuitkit.evaluation import GAP_MIN_RELATIVE, GAP_SE_FACTOR, Evaluation, gap_check  # noqa: E402
 
 
 def evaluation(clean, corrupted):
