@@ -204,13 +204,33 @@ def _browser_or_reason():
     return (pw, browser), None
 
 
+def _no_browser(reason: str) -> None:
+    """Skip, saying why; under CI=true fail instead: CI must run the browser tests."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the browser tests, but {reason}.")
+    pytest.skip(f"browser tests need headless Chromium: {reason}")
+
+
+def test_without_a_browser_tests_skip_with_the_reason_and_fail_under_ci(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    got, reason = _browser_or_reason()
+    assert got is None and reason in (
+        "no chromium executable on PATH (apt-get install chromium)",
+        "the playwright package is not installed (pip install -e '.[dev]')",
+    )
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="browser tests need headless Chromium: "):
+        _no_browser(reason)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        _no_browser(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
     got, reason = _browser_or_reason()
     if got is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run the browser tests, but {reason}.")
-        pytest.skip(f"browser tests need headless Chromium: {reason}")
+        _no_browser(reason)
     pw, b = got
     yield b
     b.close()
