@@ -68,9 +68,18 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert cache.default_cache_dir() == tmp_path / "xdg" / "circuitkit"
 
 
-@pytest.mark.parametrize("change", ["weights", "data", "method", "seed", "device", "extra"])
+@pytest.mark.parametrize("change", ["weights", "data", "method", "task", "seed", "device", "dtype", "extra", "code"])
 def test_key_changes_with_every_input(change):
-    base = dict(weights_hash="w", data_hash="d", method={"name": "eap"}, seed=0, device_type="cpu")
+    base = dict(
+        weights_hash="w",
+        data_hash="d",
+        method={"name": "eap"},
+        task={"name": "ioi"},
+        seed=0,
+        device_type="cpu",
+        dtype="torch.float32",
+        code={"circuitkit-source": "a"},
+    )
     other = dict(base)
     other.update(
         {
@@ -80,6 +89,9 @@ def test_key_changes_with_every_input(change):
             "seed": {"seed": 1},
             "device": {"device_type": "cuda"},
             "extra": {"extra": {"buffer_dtype": "bfloat16"}},
+            "task": {"task": {"name": "ioi", "metric": "prob_diff"}},
+            "dtype": {"dtype": "torch.float64"},
+            "code": {"code": {"circuitkit-source": "b"}},
         }[change]
     )
     assert cache.attribution_key(**base) != cache.attribution_key(**other)
