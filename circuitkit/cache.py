@@ -16,6 +16,8 @@ The key is a hash of:
 So an edited method, task or core file, in an editable install or a plugin under development, never gets
 the scores of the code before the edit. Source is read once per process for the core and once per class
 object for plugins: a module edited but not re-imported keeps its old hash, which is the code that runs.
+A class without a source file (typed into a notebook) is keyed by its source where :mod:`inspect` finds
+it, else by a token of the process, so it reuses scores only within that process.
 A package with more than :data:`MAX_PACKAGE_FILES` ``.py`` files contributes only the defining module.
 Entries are ``scores.json`` files written atomically, so concurrent jobs of a sweep can share one cache
 directory. To clear the cache delete its directory (``rm -rf ~/.cache/circuitkit``, or the directory
@@ -39,6 +41,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +133,26 @@ def _module_sources(cls: type) -> tuple[str, str]:
         file = None
     if file and Path(file).is_file():
         return module_name, source_hash([Path(file)])
+    return f"{module_name}.{cls.__qualname__}", hashlib.sha256(_class_source(cls).encode()).hexdigest()[:32]
+
+
+def _class_source(cls: type) -> str:
+    """The source of a class without a module file (typed into a notebook): the class's, else its functions'
+    (notebooks keep cell sources where :mod:`inspect` finds them); else a token of this process and class,
+    so such a class never reuses scores computed in another process."""
     try:
-        text = inspect.getsource(cls)
+        return inspect.getsource(cls)
     except (OSError, TypeError):
-        text = "no-source"
-    return f"{module_name}.{cls.__qualname__}", hashlib.sha256(text.encode()).hexdigest()[:32]
+        pass
+    parts = []
+    for name, attr in sorted(vars(cls).items()):
+        func = getattr(attr, "__func__", attr)
+        if inspect.isfunction(func):
+            try:
+                parts.append(f"{name}:{inspect.getsource(func)}")
+            except (OSError, TypeError):
+                return f"no-source:{os.getpid()}:{id(cls)}:{uuid.uuid4()}"
+    return "\n".join(parts) if parts else f"no-source:{os.getpid()}:{id(cls)}:{uuid.uuid4()}"
 
 
 _CLASS_CODE: dict[type, dict[str, str]] = {}

@@ -328,3 +328,34 @@ def test_cached_scores_keep_their_level(tiny_model, tmp_path, level, selector):
     assert (level == "edge") == (second.scores.nodes is None) and (level == "neuron") == (second.scores.neurons is not None)
     assert second.circuit.edges.tolist() == first.circuit.edges.tolist()
     assert Circuit.load(tmp_path / "b" / "circuit.json").edges.tolist() == first.circuit.edges.tolist()
+
+
+NOTEBOOK_CELL = """
+class Method:
+    def attribute(self, model, task, data, ctx):
+        return {factor}
+"""
+
+
+def notebook_class(factor, cell, keep_source=True):
+    """A class defined the way a notebook cell defines it: in a module without a file, its source known only
+    to linecache (where IPython puts each cell) or not at all."""
+    import linecache
+    import types
+
+    module = types.ModuleType("ck_notebook_main")
+    text = NOTEBOOK_CELL.format(factor=factor)
+    if keep_source:
+        linecache.cache[cell] = (len(text), None, text.splitlines(True), cell)
+    exec(compile(text, cell, "exec"), module.__dict__)
+    return module.Method
+
+
+def test_a_class_without_a_source_file_is_keyed_by_its_source_or_never_shared():
+    one, same, edited = notebook_class(1, "<cell-1>"), notebook_class(1, "<cell-2>"), notebook_class(2, "<cell-3>")
+    assert cache._class_source(one) == cache._class_source(same) != cache._class_source(edited)
+    assert "return 1" in cache._class_source(one)
+    label, digest = cache._module_sources(one)  # the path cached_attribute takes for such a class
+    assert label == "ck_notebook_main.Method" and digest != cache._module_sources(edited)[1]
+    lost_a, lost_b = notebook_class(1, "<gone-1>", False), notebook_class(1, "<gone-2>", False)
+    assert cache._class_source(lost_a).startswith("no-source:") and cache._class_source(lost_a) != cache._class_source(lost_b)
