@@ -8,9 +8,11 @@ Python selector and the run's files. They skip, saying why, where no browser can
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -68,9 +70,9 @@ def test_size_budget_and_self_contained():
         text = explorer.render(g, [view], title="t <script>", d_model=768)
         sizes[name] = len(text.encode())
         # Every ranked edge is stored (the slider covers the whole graph) ...
-        assert len(np.frombuffer(__import__("base64").b64decode(view["order"]), dtype="<u2")) == g.n_edges
+        assert len(np.frombuffer(base64.b64decode(view["order"]), dtype="<u2")) == g.n_edges
         # ... and nothing is fetched: no URL but the SVG namespace, no external script, style or image.
-        urls = {u for u in __import__("re").findall(r"https?://[^\s\"'<>)]+", text)}
+        urls = {u for u in re.findall(r"https?://[^\s\"'<>)]+", text)}
         assert urls <= {NS}, urls
         assert "<script src" not in text and "<link" not in text and "@import" not in text
         assert "<title>t &lt;script&gt;</title>" in text and "t <script>" not in text.split("ck-data")[1].split("</script>")[0]
@@ -82,7 +84,7 @@ def test_large_graph_stores_the_strongest_edges_and_the_circuit():
     s = random_scores(g, 1)
     c = Circuit.from_mask(g, np.arange(g.n_edges) % 7 == 0, s)  # not a top-n circuit
     view = explorer.run_view(s, c, "x", max_stored=50)
-    order = np.frombuffer(__import__("base64").b64decode(view["order"]), dtype="<u2")
+    order = np.frombuffer(base64.b64decode(view["order"]), dtype="<u2")
     assert order.tolist() == explorer.ranking(s)[:50].tolist()
     stored_circuit = set(order.tolist()) | {e for e, _, _ in view["extra"]}
     assert set(view["circuit"]) == set(np.flatnonzero(c.edges).tolist()) <= stored_circuit
@@ -371,9 +373,7 @@ def test_node_click_search_views_and_exports(browser, runs, tmp_path):
     svg = (tmp_path / "view.svg").read_text()
     assert (
         svg.startswith("<svg")
-        and set(
-            __import__("re").findall(r'<g class="edge[^"]*" data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<"))
-        )
+        and set(re.findall(r'<g class="edge[^"]*" data-edge="([^"]+)"', svg.replace("&gt;", ">").replace("&lt;", "<")))
         == p.drawn()
     )
     with p.page.expect_download() as dl:
