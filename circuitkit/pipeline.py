@@ -19,7 +19,7 @@ from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.interfaces import RunContext
 from circuitkit.interventions import build_intervention, check_intervention
 from circuitkit.model import CircuitModel, load_model
-from circuitkit.plugins import get_registry
+from circuitkit.plugins import get_registry, set_run_block
 from circuitkit.registry import Registry
 from circuitkit.results import RunResult, write_json
 
@@ -46,6 +46,9 @@ class ModelConfig:
         allow_unverified: go on when the model fails circuitkit's check at load against its own forward
             pass (the residual stream as the sum of the graph's node outputs, the model's own logits); the
             run then warns and records the failure in results.json (``model_unverified``).
+        fast_paths: take the shortcuts that give the plain forward's numbers up to float rounding (each
+            checked once per model against the plain forward; see docs/concepts.md, "Fast paths"); false:
+            the exact path everywhere.
     """
 
     name: str = "bundled"
@@ -55,6 +58,7 @@ class ModelConfig:
     device_map: Any = None
     n_devices: int | None = None
     allow_unverified: bool = False
+    fast_paths: bool = True
 
 
 MODEL_PRESETS = {"bundled": ModelConfig(name="bundled"), "gpt2": ModelConfig(name="gpt2")}
@@ -186,7 +190,9 @@ def signal_name(signum: int) -> str:
 def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Any]:
     """The run's stages, filling ``result`` as they finish (scores.json, circuit.json written on the way);
     returns the reporters to run once the result files are complete."""
-    registry = registry or get_registry(cfg.get("plugins", {}).get("block", []))
+    block = list(cfg.get("plugins", {}).get("block", []) or [])
+    set_run_block(block)
+    registry = registry or get_registry(block)
     ctx = RunContext(
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
     )
@@ -234,6 +240,7 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
             n_devices=mc.get("n_devices"),
             allow_unverified=bool(mc.get("allow_unverified", False)),
         )
+        model.fast_paths = bool(mc.get("fast_paths", True))
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)
 
@@ -259,7 +266,11 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         **({"model_unverified": model.unverified} if getattr(model, "unverified", None) else {}),
         "task_data_hash": data.content_hash(),
         "n_examples": len(data),
-        "n_dropped": len(data.dropped),
+        "n_dropped": data.n_dropped,
+        "dropped_by_reason": dict(data.drop_counts),
+        "task_info": data.info,
+        "prepend_bos": bool(model.prepend_bos),
+        "bos_token": getattr(model.tokenizer, "bos_token", None) if model.prepend_bos else None,
         "seed": ctx.seed,
         "intervention": intervention,
         "batch_size": ctx.batch_size,
@@ -268,8 +279,8 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         "config": cfg,
     })
     _write_results(result, run_dir)
-    if data.dropped:
-        log.info("Task %s: kept %d examples, dropped %d that did not fit the tokenizer.", task_name, len(data), len(data.dropped))
+    if data.n_dropped:
+        log.info("Task %s: kept %d examples, dropped %d candidates: %s.", task_name, len(data), data.n_dropped, data.drop_summary())
 
     t0 = time.perf_counter()
     # --- attribution cache (circuitkit/cache.py): same weights, data and method -> reuse scores ---

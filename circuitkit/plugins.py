@@ -27,6 +27,17 @@ def blocked_from_env() -> list[str]:
     return [n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()]
 
 
+#: The plugins a run blocks with ``plugins.block`` (set by the pipeline for the run it executes), so that
+#: components looking up other components (a curve's selector, a transfer's tasks) see the run's registry.
+_RUN_BLOCK: tuple[str, ...] = ()
+
+
+def set_run_block(block: Iterable[str]) -> None:
+    """Make ``block`` the plugins that :func:`get_registry` leaves out when it is called without a list."""
+    global _RUN_BLOCK
+    _RUN_BLOCK = tuple(block)
+
+
 def make_plugin_manager(block: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
     """Build a plugin manager with every installed ``circuitkit`` entry point, minus the blocked ones."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -87,8 +98,9 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
 
 def get_registry(block: Iterable[str] | None = None, *, require: bool = True) -> Registry:
-    """The registry of all installed, unblocked plugins (cached per block list)."""
-    names = tuple(sorted(set(blocked_from_env()) | set(block or ())))
+    """The registry of all installed, unblocked plugins (cached per block list). Without ``block``, the
+    current run's ``plugins.block`` (:func:`set_run_block`) applies."""
+    names = tuple(sorted(set(blocked_from_env()) | set(_RUN_BLOCK if block is None else block)))
     if names not in _CACHE:
         pm = make_plugin_manager(names)
         _CACHE[names] = (pm, build_registry(pm))
@@ -104,7 +116,7 @@ def get_registry(block: Iterable[str] | None = None, *, require: bool = True) ->
 
 def get_plugin_manager(block: Iterable[str] | None = None) -> pluggy.PluginManager:
     get_registry(block, require=False)
-    names = tuple(sorted(set(blocked_from_env()) | set(block or ())))
+    names = tuple(sorted(set(blocked_from_env()) | set(_RUN_BLOCK if block is None else block)))
     return _CACHE[names][0]
 
 

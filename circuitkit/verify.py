@@ -24,6 +24,8 @@ A model that fails is refused (:class:`~circuitkit.errors.ModelLoadError`) unles
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 import torch
 
@@ -151,11 +153,16 @@ def verify_model(model: CircuitModel) -> Verification:
     rest = engine._answer_and_rest_logits(model, last, ids).to(logits.device)
     probs = rest.double().softmax(-1)[:, : len(ids)]
     ref_probs = logits[:, -1].double().softmax(-1)[:, ids]
+    # A probability's relative error is its logit's error minus the normaliser's: both sides round each logit
+    # (d_model products of magnitude up to ``scale``) and the normaliser adds the rounding of its sum over the
+    # vocabulary and of the other tokens' share (a few eps). Compared relative to each probability, so tiny
+    # probabilities are held to the same standard as large ones.
+    rel = (probs - ref_probs).abs() / ref_probs.clamp(min=torch.finfo(torch.float64).tiny)
     record(
         "answer_probs",
-        float((probs - ref_probs).abs().max()),
-        model.d_model * eps * scale * float(ref_probs.max()),
-        "the answer probabilities from the chunked normaliser differ from the model's",
+        float(rel.max()),
+        2 * model.d_model * eps * scale + (2 * math.log2(vocab) + 8) * eps,
+        "the answer probabilities from the chunked normaliser differ from the model's (relative difference)",
     )
 
     # Masked forwards: a full circuit on the clean tokens, and an empty one whose edges all carry the
