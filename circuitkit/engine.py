@@ -24,6 +24,7 @@ values are returned on ``model.device``. On one device every such move is a no-o
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from circuitkit.data import Batch
 from circuitkit.model import CircuitModel, to_module
 
 Metric = Callable[[torch.Tensor, Batch], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def _on(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -62,14 +64,19 @@ def _forward(
     skip_early: bool = True,
     answer_at: torch.Tensor | None = None,
     fused_gelu: bool = True,
+    *,
+    resid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the bridge with ``hooks`` up to the final residual stream and return it ``[batch, pos, d]``.
 
-    With ``start_at_layer``, ``tokens`` is the residual stream entering that layer. With ``answer_at``
-    (``[batch]`` positions), only those positions of the result are needed, and the last block's MLP runs
-    there alone (:func:`_last_mlp_at`): the other positions of the result are then meaningless. With
-    ``fused_gelu``, tanh-approximate GELUs run as PyTorch's fused kernel where that was checked to give
-    this model's outputs (:func:`_fused_gelu_ok`)."""
+    ``tokens`` are the token ids ``[batch, pos]``. With ``start_at_layer``, ``resid`` is the residual
+    stream entering that layer in this run (everything before it is taken as given), and the pass
+    re-enters the model there (:func:`_reentry_mode`: the bridge's own re-entry where it was checked to
+    give this model's plain forward, else the tokens run and ``resid`` replaces that layer's input).
+    With ``answer_at`` (``[batch]`` positions), only those positions of the result are needed, and the
+    last block's MLP runs there alone (:func:`_last_mlp_at`): the other positions of the result are then
+    meaningless. With ``fused_gelu``, tanh-approximate GELUs run as PyTorch's fused kernel where that was
+    checked to give this model's outputs (:func:`_fused_gelu_ok`)."""
     box: dict[str, torch.Tensor] = {}
 
     def stop(t: torch.Tensor, hook: object) -> torch.Tensor:
@@ -78,25 +85,65 @@ def _forward(
         box["final"] = t
         raise _StopForward
 
-    # The bridge's ``start_at_layer`` still runs the earlier blocks and discards their output, so starting
-    # late would save nothing: those blocks are made identities when that is exact for this model
-    # (checked once, outside this pass's hooks).
-    skip = bool(start_at_layer) and skip_early and _skipping_is_exact(model)
+    # Every check runs here, before this pass's hooks are on (a check inside them would see them).
+    _run_checks(model)
+    mode = None
+    if start_at_layer is not None:
+        if resid is None:
+            raise ValueError("start_at_layer needs the residual stream entering that layer (resid=)")
+        mode = _reentry_mode(model) if start_at_layer > 0 else "hook"
+        if mode == "skip" and not skip_early:
+            mode = "bridge"
     gelus = fused_gelu and _fused_gelu_ok(model)
+    pre: list = []
+    if mode == "hook":
+        # The exact path: the tokens run as usual and the given residual replaces the layer's input (the
+        # first hook there, before any of ``hooks``).
+        def inject(t: torch.Tensor, hook: object) -> torch.Tensor:
+            assert resid is not None
+            return _on(resid, t).to(t.dtype)
+
+        pre = [(f"blocks.{start_at_layer}.hook_resid_pre", inject)]
     try:
         with (
-            model.bridge.hooks(fwd_hooks=[*hooks, (model.LOGITS_HOOK, stop)]),
+            model.bridge.hooks(fwd_hooks=[*pre, *hooks, (model.LOGITS_HOOK, stop)]),
             _last_mlp_at(model, answer_at),
             _fused_tanh_gelus(_tanh_gelu_modules(model)) if gelus else contextlib.nullcontext(),
         ):
-            if start_at_layer is None:
+            if mode in (None, "hook"):
                 model.bridge(tokens)
             else:
-                with _identity_blocks(model, start_at_layer) if skip else contextlib.nullcontext():
-                    model.bridge(tokens, start_at_layer=start_at_layer)
+                assert resid is not None and start_at_layer is not None
+                _bridge_reentry(model, resid, start_at_layer, identity=mode == "skip")
     except _StopForward:
         pass
     return box["final"]
+
+
+def _bridge_reentry(model: CircuitModel, resid: torch.Tensor, layer: int, *, identity: bool) -> None:
+    """The bridge's own re-entry at ``layer`` with ``resid``. The bridge's ``start_at_layer`` still runs the
+    earlier blocks and discards their output, so starting late would save nothing: with ``identity`` those
+    blocks return their input unchanged (:func:`_identity_blocks`)."""
+    with _identity_blocks(model, layer) if identity else contextlib.nullcontext():
+        model.bridge(resid, start_at_layer=layer)
+
+
+def _reentry_mode(model: CircuitModel) -> str:
+    """How a pass re-enters this model at a later layer from a given residual stream:
+
+    - ``"skip"``: the bridge's ``start_at_layer`` with the earlier blocks made identities (fastest),
+    - ``"bridge"``: the bridge's ``start_at_layer`` with the earlier blocks run and discarded,
+    - ``"hook"``: the tokens run from the start and the residual replaces the layer's input (exact by
+      construction; it costs the earlier layers).
+
+    The first two are used only where they were checked, once per model, to give the plain forward's
+    final residual stream from that forward's own residual at every layer (:func:`_skipping_is_exact`,
+    :func:`_reentry_is_exact`). Bloom's bridge, for instance, ignores ``start_at_layer``."""
+    if _skipping_is_exact(model):
+        return "skip"
+    if _reentry_is_exact(model):
+        return "bridge"
+    return "hook"
 
 
 @contextlib.contextmanager
@@ -155,16 +202,17 @@ def _answer_only_mlp(model: CircuitModel, last: torch.Tensor) -> contextlib.Abst
 
 
 def _last_mlp_ok(model: CircuitModel) -> bool:
-    def check() -> bool:
-        gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (3, 6), generator=gen).to(model.device)
-        last = torch.tensor([5, 2, 0], device=model.device)
-        rows = torch.arange(3, device=model.device)
-        full = _forward(model, tokens, [])[rows, last]
+    """Whether the answer-only last MLP gives the plain forward's final residual at the answer positions
+    (checked once)."""
+
+    def check() -> tuple[bool, str]:
+        ref = _plain_reference(model)
+        b, p = ref.tokens.shape
+        last = torch.tensor([p - 1, p // 2, 0][:b], device=model.device)
+        rows = torch.arange(b, device=model.device)
         with _answer_only_mlp(model, last):
-            part = _forward(model, tokens, [])[rows, last]
-        tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
-        return bool(torch.isfinite(part).all()) and float((part - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+            part = _forward(model, ref.tokens, [])[rows, last]
+        return _agrees(part, ref.final[rows, last], model.dtype)
 
     return _checked_once(model, "_last_mlp_ok", check)
 
@@ -199,19 +247,16 @@ def _fused_tanh_gelus(mods: list[torch.nn.Module]) -> contextlib.AbstractContext
 
 
 def _fused_gelu_ok(model: CircuitModel) -> bool:
-    """Whether this model has tanh-approximate GELU modules and gives the same outputs (1e-5 relative;
-    1e-2 in float16/bfloat16) with them fused. Checked once."""
+    """Whether this model has tanh-approximate GELU modules and gives the plain forward's outputs (within
+    :func:`_rel_tol`) with them fused. Checked once."""
     if not _tanh_gelu_modules(model):
         return False
 
-    def check() -> bool:
-        gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
-        full = _forward(model, tokens, [], fused_gelu=False)
+    def check() -> tuple[bool, str]:
+        ref = _plain_reference(model)
         with _fused_tanh_gelus(_tanh_gelu_modules(model)):
-            fused = _forward(model, tokens, [], fused_gelu=False)
-        tol = 1e-5 if model.dtype in (torch.float32, torch.float64) else 1e-2
-        return bool(torch.isfinite(fused).all()) and float((fused - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+            fused = _forward(model, ref.tokens, [], fused_gelu=False)
+        return _agrees(fused, ref.final, model.dtype)
 
     return _checked_once(model, "_fused_gelu_ok", check)
 
@@ -224,6 +269,7 @@ def attention_modes(model: CircuitModel, modes: dict[int, tuple[bool, bool]]) ->
     The values are the same either way (up to float rounding in the order of sums); whether that holds
     for this model is checked once, and if not, nothing is changed.
     """
+    _run_checks(model)  # before any configuration changes: a check must see the model as configured
     if not modes or not _plain_attention_is_close(model):
         yield
         return
@@ -253,45 +299,165 @@ def _attention_configs(model: CircuitModel, modes: dict[int, tuple[bool, bool]])
             attn.config = cfg
 
 
-def _checked_once(model: CircuitModel, attr: str, check: Callable[[], bool]) -> bool:
-    """``check()`` run once per model and remembered as ``model.<attr>``; an exception counts as False."""
+# ----- checks of the fast paths ---------------------------------------------------------------------------
+#
+# Every fast path (re-entry at a later layer, skipped blocks, the answer-only last MLP, fused GELUs, layers
+# without per-head inputs or outputs, replaced q/k/v projections, answer-only unembedding columns) is used
+# only where a check, run once per model, found that it gives the result of the plain forward pass: the
+# bridge run from the tokens with nothing replaced and no other fast path on (never one fast path against
+# another). Where a check fails, the exact path is used. ``model.fast_paths = False`` (``model.fast_paths=
+# false`` in the config) turns them all off. Each outcome is logged (debug) and kept in
+# ``model.fast_path_checks``.
+
+
+def _rel_tol(dtype: torch.dtype) -> float:
+    """Relative tolerance of a fast path against the plain forward: float rounding of a different order of
+    operations, a few hundred units in the last place of float32 (1e-5), well under a million of float64
+    (1e-10), a few of float16/bfloat16 (1e-2)."""
+    if dtype == torch.float64:
+        return 1e-10
+    if dtype == torch.float32:
+        return 1e-5
+    return 1e-2
+
+
+def _agrees(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, factor: float = 1.0) -> tuple[bool, str]:
+    """Whether ``got`` equals ``ref`` within ``factor`` times :func:`_rel_tol` of ``ref``'s largest
+    magnitude, and the error."""
+    if got.shape != ref.shape:
+        return False, f"shape {tuple(got.shape)} instead of {tuple(ref.shape)}"
+    if not bool(torch.isfinite(got).all()):
+        return False, "non-finite values"
+    err = float((got.double() - _on(ref, got).double()).abs().max())
+    scale = float(ref.abs().max()) or 1.0
+    return err <= factor * _rel_tol(dtype) * scale, f"max error {err:.3g} of {scale:.3g}"
+
+
+def fast_paths_on(model: CircuitModel) -> bool:
+    """Whether fast paths may be used for ``model`` now: not turned off (``model.fast_paths``) and no check
+    running (a check compares one fast path with the plain forward, every other one off)."""
+    return bool(getattr(model, "fast_paths", True)) and not model.__dict__.get("_checking", False)
+
+
+def _checked_once(model: CircuitModel, attr: str, check: Callable[[], bool | tuple[bool, str]]) -> bool:
+    """``check()`` (True/False, or with a description of the error) run once per model with every other
+    fast path off and remembered as ``model.<attr>``; False without running it when fast paths are off.
+    A check that raises counts as failed (the fast path does not work for this model): the exception is
+    logged at debug level with its traceback, as every outcome is, and kept in ``model.fast_path_checks``."""
+    if not fast_paths_on(model):
+        return False
     ok = getattr(model, attr, None)
     if ok is None:
+        model.__dict__["_checking"] = True
         try:
             with torch.no_grad():
-                ok = bool(check())
-        except Exception:  # noqa: BLE001 - any failure means: keep the bridge's own behaviour
-            ok = False
+                res = check()
+            ok, detail = res if isinstance(res, tuple) else (bool(res), "")
+        except Exception as e:  # noqa: BLE001 - the fast path does not run on this model: use the exact path
+            ok, detail = False, f"{type(e).__name__}: {e}"
+            log.debug("fast path %s raised on %s", attr.strip("_"), model.name, exc_info=True)
+        finally:
+            model.__dict__["_checking"] = False
+        ok = bool(ok)
         setattr(model, attr, ok)
+        model.__dict__.setdefault("fast_path_checks", {})[attr.strip("_")] = (ok, detail)
+        log.debug(
+            "fast path %s %s on %s%s",
+            attr.strip("_"),
+            "used" if ok else "off (exact path instead)",
+            model.name,
+            f" ({detail})" if detail else "",
+        )
     return bool(ok)
 
 
-def _plain_attention_is_close(model: CircuitModel) -> bool:
-    def check() -> bool:
+@dataclass
+class _Reference:
+    """The plain forward of a few random tokens: the residual entering every layer and the final one."""
+
+    tokens: torch.Tensor  # [batch, pos]
+    resid: list[torch.Tensor]
+    final: torch.Tensor
+
+
+def _plain_reference(model: CircuitModel) -> _Reference:
+    """The plain forward (from the tokens, nothing replaced, no fast path) of 3 random sequences of 6
+    tokens, computed once per model: what every fast path is checked against."""
+    ref = model.__dict__.get("_plain_reference")
+    if ref is None:
         gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
-        full = _forward(model, tokens, [])
+        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (3, 6), generator=gen).to(model.device)
+        was = model.__dict__.get("_checking", False)
+        model.__dict__["_checking"] = True
+        try:
+            run = run_sources(model, tokens, keep_resid=True)
+        finally:
+            model.__dict__["_checking"] = was
+        assert run.resid is not None
+        ref = _Reference(tokens, run.resid, run.final)
+        model.__dict__["_plain_reference"] = ref
+    return ref
+
+
+def _run_checks(model: CircuitModel) -> None:
+    """Run every fast path's check not run yet (each once per model). Called before a pass puts its hooks on
+    or changes the attention's configuration, so no check runs inside such a context."""
+    if not fast_paths_on(model) or model.__dict__.get("_checks_done"):
+        return
+    _fused_gelu_ok(model)
+    _last_mlp_ok(model)
+    _plain_attention_is_close(model)
+    _reentry_mode(model)
+    _projected_inputs_ok(model)
+    _unembed_columns_ok(model)
+    model.__dict__["_checks_done"] = True
+
+
+def _plain_attention_is_close(model: CircuitModel) -> bool:
+    """Whether layers run without per-head inputs and outputs give the plain forward's result (checked once)."""
+
+    def check() -> tuple[bool, str]:
+        ref = _plain_reference(model)
         with _attention_configs(model, {layer: (False, False) for layer in range(model.graph.n_layers)}):
-            plain = _forward(model, tokens, [])
-        tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
-        return bool(torch.isfinite(plain).all()) and float((plain - full).abs().max()) <= tol * (float(full.abs().max()) or 1.0)
+            plain = _forward(model, ref.tokens, [])
+        return _agrees(plain, ref.final, model.dtype, factor=10)
 
     return _checked_once(model, "_plain_attention_ok", check)
 
 
-def _skipping_is_exact(model: CircuitModel) -> bool:
-    def check() -> bool:
-        if model.graph.n_layers < 2:
-            return False
-        gen = torch.Generator().manual_seed(0)
-        resid = torch.randn(2, 3, model.d_model, generator=gen).to(device=model.device, dtype=model.dtype)
-        start = model.graph.n_layers - 1
-        full = _forward(model, resid, [], start_at_layer=start, skip_early=False)
-        with _identity_blocks(model, start):
-            skipped = _forward(model, resid, [], start_at_layer=start, skip_early=False)
-        return torch.equal(full, skipped)
+def _reentry_check(model: CircuitModel, identity: bool) -> tuple[bool, str]:
+    """The bridge's re-entry at every layer from 1 on, from the plain forward's own residual there, against
+    that forward's final residual stream."""
+    if model.graph.n_layers < 2:
+        return False, "one layer: nothing to re-enter"
+    ref = _plain_reference(model)
+    for layer in range(1, model.graph.n_layers):
+        box: dict[str, torch.Tensor] = {}
 
-    return _checked_once(model, "_skip_blocks_ok", check)
+        def stop(t: torch.Tensor, hook: object, box: dict[str, torch.Tensor] = box) -> torch.Tensor:
+            box["final"] = t
+            raise _StopForward
+
+        try:
+            with model.bridge.hooks(fwd_hooks=[(model.LOGITS_HOOK, stop)]):
+                _bridge_reentry(model, ref.resid[layer], layer, identity=identity)
+        except _StopForward:
+            pass
+        ok, detail = _agrees(box["final"], ref.final, model.dtype)
+        if not ok:
+            return False, f"layer {layer}: {detail}"
+    return True, ""
+
+
+def _reentry_is_exact(model: CircuitModel) -> bool:
+    """Whether the bridge's ``start_at_layer`` re-entry gives the plain forward's result (checked once)."""
+    return _checked_once(model, "_reentry_ok", lambda: _reentry_check(model, identity=False))
+
+
+def _skipping_is_exact(model: CircuitModel) -> bool:
+    """Whether the bridge's re-entry with the earlier blocks made identities gives the plain forward's
+    result (checked once)."""
+    return _checked_once(model, "_skip_blocks_ok", lambda: _reentry_check(model, identity=True))
 
 
 def answer_logits(model: CircuitModel, final: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -328,7 +494,9 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
         return _metric_on(metric, answer_logits(model, final, batch.last), batch, home)
     k = batch.correct.numel()
     ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
-    renumbered = Batch(**{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)})
+    renumbered = Batch(
+        **{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)}
+    )
     rows = torch.arange(final.shape[0], device=final.device)
     resid = final[rows, batch.last.to(final.device)]
     if logits_fn is not None:
@@ -605,9 +773,13 @@ def _contract(flat_delta: torch.Tensor, n_up: int, grad: torch.Tensor) -> torch.
 
 def _contract_per_example(delta: torch.Tensor, n_up: int, grad: torch.Tensor) -> torch.Tensor:
     """Per-example contraction: ``delta [S, b, k]`` (sources, examples, positions*width) with ``grad
-    [b, w, k]`` as float64 ``[n_up, w, b]`` (summed over positions only). One matrix product per example
-    on strided views of the buffer (no copy of it); a bf16/fp16 buffer is converted a few sources at a time."""
+    [b, w, k]`` as float64 ``[n_up, w, b]`` (summed over positions only). Several outputs (a layer's heads):
+    one batched product over the examples on a strided view of the buffer; one output (an MLP or the
+    logits, where a batched matrix-vector product is slow): one product per example. A bf16/fp16 buffer is
+    converted a few sources at a time."""
     b = grad.shape[0]
+    if grad.shape[1] > 1 and delta.dtype == grad.dtype:
+        return torch.bmm(delta[:n_up].transpose(0, 1), grad.transpose(1, 2)).double().permute(1, 2, 0)
     out = torch.empty(n_up, grad.shape[1], b, dtype=torch.float64, device=grad.device)
     for i in range(b):
         g = grad[i].T  # [k, w]
@@ -926,7 +1098,9 @@ def masked_forward(
             return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch)
         assert clean is not None and clean.resid is not None
         start = clean.resid[start_layer].repeat(c, 1, 1)
-        return _forward(model, start, hooks, final_hook=final_patch, start_at_layer=start_layer)
+        return _forward(
+            model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch, start_at_layer=start_layer, resid=start
+        )
 
 
 def masked_metric(
@@ -1037,13 +1211,22 @@ def single_edge_metric(
     modes = {layer: (layer in head_dst, False) for layer in range(g.n_layers)}
     with torch.no_grad(), attention_modes(model, modes):
         start = clean.resid[start_layer].repeat(c, 1, 1)
-        final = _forward(model, start, hooks, final_hook=final_add, start_at_layer=start_layer, answer_at=rep.last)
+        final = _forward(
+            model, rep.clean, hooks, final_hook=final_add, start_at_layer=start_layer, answer_at=rep.last, resid=start
+        )
         return answer_metric(model, final, rep, metric).reshape(c, b)
 
 
 def _head_input_hook(
-    model: CircuitModel, clean: Run, delta: torch.Tensor, src: list[int], cbp: tuple[int, int, int], layer: int,
-    qkv: str, width: int, edits: list[tuple[int, int]],
+    model: CircuitModel,
+    clean: Run,
+    delta: torch.Tensor,
+    src: list[int],
+    cbp: tuple[int, int, int],
+    layer: int,
+    qkv: str,
+    width: int,
+    edits: list[tuple[int, int]],
 ) -> tuple[str, Callable | None]:
     """Copy ``k`` of ``edits`` adds its source's difference to slot ``h`` of the per-head ``qkv`` input
     (the bridge's split q/k/v inputs must be on in ``layer``)."""
@@ -1057,8 +1240,15 @@ def _head_input_hook(
 
 
 def _projected_head_hook(
-    model: CircuitModel, clean: Run, delta: torch.Tensor, src: list[int], cbp: tuple[int, int, int], layer: int,
-    qkv: str, width: int, edits: list[tuple[int, int]],
+    model: CircuitModel,
+    clean: Run,
+    delta: torch.Tensor,
+    src: list[int],
+    cbp: tuple[int, int, int],
+    layer: int,
+    qkv: str,
+    width: int,
+    edits: list[tuple[int, int]],
 ) -> tuple[str, Callable | None]:
     """The same edit as :func:`_head_input_hook` without per-head inputs: in copy ``k`` only head slot
     ``h`` reads the changed input, and everything upstream of it is clean, so its projection is
@@ -1085,13 +1275,15 @@ def _projected_head_hook(
 
 def _projected_inputs_ok(model: CircuitModel) -> bool:
     """Whether :func:`_projected_head_hook` gives this model's own per-head-input results (checked once:
-    random differences on every kind of head input of two layers, against the split-input pass)."""
+    random differences on every kind of head input of the last layer, against the plain forward from the
+    tokens with the differences added to the per-head inputs)."""
 
-    def check() -> bool:
+    def check() -> tuple[bool, str]:
         g = model.graph
         gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, int(model.bridge.cfg.d_vocab), (2, 5), generator=gen).to(model.device)
-        clean = run_sources(model, tokens, keep_resid=True)
+        ref = _plain_reference(model)
+        b, p = ref.tokens.shape
+        clean = run_sources(model, ref.tokens, keep_resid=True)
         assert clean.sources is not None
         delta = (torch.randn(clean.sources.shape, generator=gen) * clean.sources.float().std()).to(clean.sources)
         layer = g.n_layers - 1
@@ -1102,14 +1294,14 @@ def _projected_inputs_ok(model: CircuitModel) -> bool:
             hooks = []
             for k, v in enumerate(dst):
                 x, first, width = next(h for h in g.head_inputs(layer) if h[1] <= v < h[1] + h[2])
-                hooks.append(make(model, clean, delta, src, (len(dst), 2, 5), layer, x, width, [(k, v - first)]))
-            modes = {layer: (make is _head_input_hook, False)}
-            with torch.no_grad(), attention_modes(model, modes):
-                start = clean.resid[layer].repeat(len(dst), 1, 1)
-                finals.append(_forward(model, start, hooks, start_at_layer=layer))
-        tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
-        scale = float(finals[0].abs().max()) or 1.0
-        return bool(torch.isfinite(finals[1]).all()) and float((finals[1] - finals[0]).abs().max()) <= tol * scale
+                hooks.append(make(model, clean, delta, src, (len(dst), b, p), layer, x, width, [(k, v - first)]))
+            # The projections replace the per-head inputs: that layer runs without them.
+            split_off = (
+                _attention_configs(model, {layer: (False, True)}) if make is _projected_head_hook else contextlib.nullcontext()
+            )
+            with split_off:
+                finals.append(_forward(model, ref.tokens.repeat(len(dst), 1), hooks))
+        return _agrees(finals[1], finals[0], model.dtype, factor=10)
 
     return _checked_once(model, "_projected_ok", check)
 
@@ -1173,5 +1365,6 @@ def single_unit_metric(
             final = _forward(model, batch.clean.to(model.device).repeat(c, 1), hooks)
         else:
             assert clean is not None and clean.resid is not None
-            final = _forward(model, clean.resid[start_layer].repeat(c, 1, 1), hooks, start_at_layer=start_layer)
+            start = clean.resid[start_layer].repeat(c, 1, 1)
+            final = _forward(model, rep.clean, hooks, start_at_layer=start_layer, resid=start)
         return answer_metric(model, final, rep, metric).reshape(c, b)

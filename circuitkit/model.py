@@ -202,6 +202,8 @@ class CircuitModel:
             (:class:`circuitkit.verify.Verification`).
         unverified: None, or what failed that check when the model was loaded with
             ``allow_unverified=True`` (recorded in results.json as ``model_unverified``).
+        fast_paths: whether passes may take their shortcuts (each checked once against the plain forward;
+            :mod:`circuitkit.engine`); False: the exact path everywhere.
     """
 
     bridge: Any
@@ -212,6 +214,7 @@ class CircuitModel:
     prepend_bos: bool = True
     verification: Any = None
     unverified: str | None = None
+    fast_paths: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -581,9 +584,12 @@ def bridge_model(
     except (NotImplementedError, AttributeError, ValueError) as e:
         raise ModelLoadError(
             f"'{name}' (architecture {arch}) loads in TransformerLens' TransformerBridge, but the bridge cannot give "
-            f"the per-head q/k/v inputs, per-head outputs and MLP inputs that edge attribution needs: "
-            f"{str(e).splitlines()[0]} Use a decoder-only causal LM such as GPT-2, Pythia/GPT-NeoX or OPT."
+            f"the per-head q/k/v inputs, per-head outputs and MLP inputs that edge attribution needs "
+            f"({str(e).splitlines()[0].rstrip('.')}). For some families (OPT, GPT-J among them) the bridge's attention "
+            "has no hook before the q/k/v projections, so circuitkit cannot give each head its own input. Families "
+            f"that work: {', '.join(WORKING_FAMILIES)} (docs/architectures.md lists the checks behind each)."
         ) from e
+    _wire_capture_hooks(bridge)
     for p in bridge.parameters():
         p.requires_grad_(False)
     cfg = bridge.cfg
@@ -612,6 +618,38 @@ def _check_post_norms(bridge: Any, name: str, arch: str, n_layers: int) -> None:
                 "such a normed output between the heads for RMSNorm only (Gemma-2, Gemma-3, OLMo-2). Use a model "
                 "without post-attention norms or with RMSNorm ones."
             )
+
+
+#: Architecture families whose tiny models pass every check of ``tests/test_architectures.py`` (named in
+#: the message that refuses a model; the test checks each name against its results).
+WORKING_FAMILIES = (
+    "GPT-2",
+    "GPT-NeoX/Pythia",
+    "Llama",
+    "Mistral",
+    "Qwen2",
+    "Qwen3",
+    "Gemma",
+    "Phi",
+    "Phi-3",
+    "Falcon",
+    "OLMo",
+    "StableLM",
+    "SmolLM",
+    "SmolLM3",
+    "Bloom",
+)
+
+
+def _wire_capture_hooks(bridge: Any) -> None:
+    """Install each block's capture hooks (the residual before the attention's norm, from which the
+    per-head q/k/v inputs are formed, and the MLP-input hook). TransformerLens' generic block installs them
+    on its first forward, but a block with its own forward (Bloom's) never does: its q/k/v inputs then
+    start after the norm and its MLP-input hook is never called. Installing them is idempotent."""
+    for block in getattr(bridge, "blocks", []):
+        wire = getattr(block, "_maybe_wire_capture_hooks", None)
+        if callable(wire):
+            wire()
 
 
 class _Seen(Exception):

@@ -49,7 +49,9 @@ def _llama_like(tok: Any, **extra: Any) -> dict[str, Any]:
 def _gpt2(tok: Any) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(**_common(tok), n_layer=N_LAYERS, n_head=N_HEADS, n_embd=D_MODEL, n_positions=N_POSITIONS, initializer_range=0.1)
+    cfg = GPT2Config(
+        **_common(tok), n_layer=N_LAYERS, n_head=N_HEADS, n_embd=D_MODEL, n_positions=N_POSITIONS, initializer_range=0.1
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -57,9 +59,7 @@ def _neox(parallel: bool) -> Callable[[Any], Any]:
     def build(tok: Any) -> Any:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-        cfg = GPTNeoXConfig(
-            **_llama_like(tok), use_parallel_residual=parallel, rotary_pct=0.5, tie_word_embeddings=False
-        )
+        cfg = GPTNeoXConfig(**_llama_like(tok), use_parallel_residual=parallel, rotary_pct=0.5, tie_word_embeddings=False)
         return GPTNeoXForCausalLM(cfg)
 
     return build
@@ -216,7 +216,13 @@ def _gptj(tok: Any) -> Any:
     from transformers import GPTJConfig, GPTJForCausalLM
 
     cfg = GPTJConfig(
-        **_common(tok), n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, rotary_dim=8, n_positions=N_POSITIONS, initializer_range=0.1
+        **_common(tok),
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        rotary_dim=8,
+        n_positions=N_POSITIONS,
+        initializer_range=0.1,
     )
     return GPTJForCausalLM(cfg)
 

@@ -201,7 +201,7 @@ def test_model_the_bridge_cannot_use(tmp_path, tokenizer):
         BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     ).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(CircuitkitError, match="cannot give the per-head q/k/v inputs.*Use a decoder-only causal LM"):
+    with pytest.raises(CircuitkitError, match="cannot give the per-head q/k/v inputs.*Families that work: GPT-2"):
         ck.load_model(str(tmp_path), device="cpu")
 
 
