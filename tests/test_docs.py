@@ -10,7 +10,7 @@ from circuitkit import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["quickstart.md", "concepts.md", "configuration.md", "writing-plugins.md", "hooks.md", "results-format.md", "analysis.md"]
+PAGES = ["quickstart.md", "concepts.md", "configuration.md", "writing-plugins.md", "hooks.md", "results-format.md", "analysis.md", "uncertainty.md"]
 
 
 def gen_reference():
