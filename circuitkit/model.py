@@ -123,7 +123,9 @@ def resolve_device_map(device: str | None, device_map: Any = None, n_devices: in
     Clear :class:`ConfigError` messages for everything this machine cannot do, before any loading.
     """
     if n_devices is not None and (isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1):
-        raise ConfigError(f"model.n_devices must be a positive integer (the number of GPUs to split the model over), got {n_devices!r}.")
+        raise ConfigError(
+            f"model.n_devices must be a positive integer (the number of GPUs to split the model over), got {n_devices!r}."
+        )
     split = n_devices is not None and n_devices > 1
     if device_map is not None and split:
         raise ConfigError(
@@ -405,8 +407,7 @@ def _check_config_json(path: Path) -> None:
             return
         problem = "is not a JSON object with the model's settings (model_type, ...)"
     raise ModelLoadError(
-        f"The model's {cfg_path} {problem}; the directory holds a damaged model. Re-save it with "
-        "model.save_pretrained(dir)."
+        f"The model's {cfg_path} {problem}; the directory holds a damaged model. Re-save it with model.save_pretrained(dir)."
     )
 
 
@@ -422,7 +423,9 @@ def _tokenizer_from_dir(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad directory
-        raise ModelLoadError(f"Could not load the tokenizer in {path}: {e}. Re-save it with tokenizer.save_pretrained(dir).") from e
+        raise ModelLoadError(
+            f"Could not load the tokenizer in {path}: {e}. Re-save it with tokenizer.save_pretrained(dir)."
+        ) from e
 
 
 def _load_hf(name: str, dtype: torch.dtype, placement: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
@@ -590,6 +593,7 @@ def bridge_model(
             f"that work: {', '.join(WORKING_FAMILIES)} (docs/architectures.md lists the checks behind each)."
         ) from e
     _wire_capture_hooks(bridge)
+    _check_mlp_inputs(bridge, name, arch)
     for p in bridge.parameters():
         p.requires_grad_(False)
     cfg = bridge.cfg
@@ -630,9 +634,7 @@ WORKING_FAMILIES = (
     "Qwen2",
     "Qwen3",
     "Gemma",
-    "Phi",
     "Phi-3",
-    "Falcon",
     "OLMo",
     "StableLM",
     "SmolLM",
@@ -650,6 +652,44 @@ def _wire_capture_hooks(bridge: Any) -> None:
         wire = getattr(block, "_maybe_wire_capture_hooks", None)
         if callable(wire):
             wire()
+
+
+def _check_mlp_inputs(bridge: Any, name: str, arch: str) -> None:
+    """Every MLP must read its input hook: a change there must change the model's output. Where attention
+    and MLP share one input norm (Phi, Falcon's parallel blocks, GPT-J), TransformerLens' bridge puts the MLP-
+    input hook on a norm the MLP never reads, and every edge into an MLP would silently score zero. Checked
+    with two forwards of one token per layer."""
+    dev = module_device(getattr(bridge, "embed", None)) or next(bridge.parameters()).device
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=dev)
+    box: dict[str, torch.Tensor] = {}
+
+    def grab(t: torch.Tensor, hook: Any) -> torch.Tensor:
+        box["final"] = t.detach().clone()
+        return t
+
+    def shift(t: torch.Tensor, hook: Any) -> torch.Tensor:
+        # Not a constant (a LayerNorm would remove it): a ramp over the model dimension.
+        ramp = torch.linspace(-1.0, 1.0, t.shape[-1], device=t.device, dtype=t.dtype)
+        return t + ramp * t.detach().abs().mean().clamp(min=1e-3)
+
+    dead = []
+    with torch.no_grad():
+        with bridge.hooks(fwd_hooks=[("ln_final.hook_in", grab)]):
+            bridge(tokens)
+        plain = box["final"]
+        for layer in range(int(bridge.cfg.n_layers)):
+            with bridge.hooks(fwd_hooks=[(f"blocks.{layer}.hook_mlp_in", shift), ("ln_final.hook_in", grab)]):
+                bridge(tokens)
+            if torch.equal(box["final"], plain):
+                dead.append(layer)
+    if dead:
+        raise ModelLoadError(
+            f"'{name}' (architecture {arch}) loads in TransformerLens' TransformerBridge, but its MLP-input hook is not "
+            f"what the MLP reads (layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))}): attention and MLP "
+            "share one input norm here, and the bridge hooks a norm the MLP never uses, so every edge into an MLP "
+            f"would score zero. Families that work: {', '.join(WORKING_FAMILIES)} (docs/architectures.md lists the "
+            "checks behind each)."
+        )
 
 
 class _Seen(Exception):
