@@ -38,7 +38,7 @@ STAGING_PREFIX = ".staging-"
 #: Files and folders a run writes into its directory (besides its reporters' pictures).
 RESULT_NAMES = ("results.json", "scores.json", "circuit.json", ".hydra")
 #: File name patterns reporters write (pictures).
-RESULT_PATTERNS = ("*.png", "*.svg")
+RESULT_PATTERNS = ("*.png", "*.svg", "*.html")
 
 
 class RunDirError(CircuitkitError):

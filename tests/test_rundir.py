@@ -124,11 +124,13 @@ def test_an_incomplete_earlier_run_is_replaced_not_mixed(tiny_model, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"status": "failed", "meta": {"error": "old"}}))
     (tmp_path / "scores.json").write_text("{}")  # the earlier run's, which got as far as attribution
     (tmp_path / "circuit.png").write_bytes(b"old picture")
+    (tmp_path / "circuit.html").write_text("old explorer")
     with pytest.raises(CircuitkitError):
         run(cfg(task={"name": "custom", "path": str(tmp_path / "missing.jsonl")}), tmp_path, model=tiny_model)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "failed" and "missing.jsonl" in res["meta"]["error"]
     assert not (tmp_path / "scores.json").exists() and not (tmp_path / "circuit.png").exists()
+    assert not (tmp_path / "circuit.html").exists()
 
 
 # ----- one run at a time -----------------------------------------------------------------------------
