@@ -65,6 +65,8 @@ def complete_run_dir(tmp_path_factory, tiny_model_dir):
         "method=eap",
         "task.n_examples=4",
         "selector.n_edges=10",
+        "evaluator=[faithfulness]",
+        "pictures=false",
         "progress=false",
         f"hydra.run.dir={out}",
     )
