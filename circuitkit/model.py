@@ -593,7 +593,7 @@ def bridge_model(
             f"that work: {', '.join(WORKING_FAMILIES)} (docs/architectures.md lists the checks behind each)."
         ) from e
     _wire_capture_hooks(bridge)
-    _check_mlp_inputs(bridge, name, arch)
+    _check_mlp_inputs(bridge, name, arch, allow_unverified)
     for p in bridge.parameters():
         p.requires_grad_(False)
     cfg = bridge.cfg
@@ -654,11 +654,11 @@ def _wire_capture_hooks(bridge: Any) -> None:
             wire()
 
 
-def _check_mlp_inputs(bridge: Any, name: str, arch: str) -> None:
+def _check_mlp_inputs(bridge: Any, name: str, arch: str, allow_unverified: bool = False) -> None:
     """Every MLP must read its input hook: a change there must change the model's output. Where attention
     and MLP share one input norm (Phi, Falcon's parallel blocks, GPT-J), TransformerLens' bridge puts the MLP-
     input hook on a norm the MLP never reads, and every edge into an MLP would silently score zero. Checked
-    with two forwards of one token per layer."""
+    with two forwards of one token per layer. With ``allow_unverified`` a failure is a warning."""
     dev = module_device(getattr(bridge, "embed", None)) or next(bridge.parameters()).device
     tokens = torch.zeros(1, 2, dtype=torch.long, device=dev)
     box: dict[str, torch.Tensor] = {}
@@ -683,13 +683,16 @@ def _check_mlp_inputs(bridge: Any, name: str, arch: str) -> None:
             if torch.equal(box["final"], plain):
                 dead.append(layer)
     if dead:
-        raise ModelLoadError(
+        error = ModelLoadError(
             f"'{name}' (architecture {arch}) loads in TransformerLens' TransformerBridge, but its MLP-input hook is not "
             f"what the MLP reads (layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))}): attention and MLP "
             "share one input norm here, and the bridge hooks a norm the MLP never uses, so every edge into an MLP "
             f"would score zero. Families that work: {', '.join(WORKING_FAMILIES)} (docs/architectures.md lists the "
             "checks behind each)."
         )
+        if not allow_unverified:
+            raise error
+        log.warning("%s Going on (allow_unverified): edges into MLPs score zero.", error)
 
 
 class _Seen(Exception):

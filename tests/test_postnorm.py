@@ -387,7 +387,7 @@ def test_the_check_runs_once_per_weights(monkeypatch):
 
 
 def test_verified_on_pre_norm_families_too():
-    for family in ("gpt2", "llama", "gpt_neox_parallel", "falcon"):
+    for family in ("gpt2", "llama", "gpt_neox_parallel", "phi3"):
         hf, tok = tiny_family(family, seed=25)
         model = bridge_model(hf, tok, name=family, device="cpu")
         assert model.verification.ok and model.unverified is None, (family, model.verification.failures)
@@ -416,7 +416,9 @@ def test_logit_scales_are_applied(family):
 
     hf, tok = _logit_scaled(family)
     ref = copy.deepcopy(hf)
-    model = bridge_model(hf, tok, name=family, device="cpu")
+    # Cohere's attention and MLP share one input norm, so its MLP-input hook is dead (refused by default);
+    # the logits are what this test is about.
+    model = bridge_model(hf, tok, name=family, device="cpu", allow_unverified=family == "cohere")
     tokens = torch.randint(0, len(tok), (3, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = ref(input_ids=tokens).logits
