@@ -41,7 +41,10 @@ Hugging Face model (never circuitkit's engine or TransformerLens' bridge):
 - **exact patching**: eight or nine single edges (into q, k and v inputs, MLPs and the logits) against the
   same patch written as hooks on the Hugging Face model;
 - **EAP vs FD**: the same edges' EAP scores against central finite differences of the hooked patch
-  (Richardson-extrapolated; the tolerance is the two step sizes' disagreement plus rounding over the step);
+  (Richardson-extrapolated from steps h and h/2; the tolerance is the two steps' disagreement plus the
+  metric's rounding over the step; h = 1e-3, or 1e-2 where the Hugging Face code computes norms, rotary
+  tables or the softmax in float32 whatever the dtype: there float32 rounding sets the errors of every
+  column);
 - **heads**: pre-norm families: node patching of two heads (all outgoing edges corrupted) against the head
   corrupted inside the model (its values replaced at the output projection's input); families with a norm
   after the attention: the heads' shares summing to the normed attention output in the clean and corrupted
@@ -68,7 +71,9 @@ def notes(rep: FamilyReport) -> str:
     parts = []
     spec = SPECS[rep.family]
     if rep.status != "supported":
+        # The message without the temporary directory it names.
         first = rep.message.split(". ")[0]
+        first = first[first.find("(architecture") :] if "(architecture" in first else first
         parts.append(first.replace("|", "/"))
     if spec.post_attn_norm is not None and rep.status == "supported":
         gap = rep.notes.get("all outgoing edges vs head inside the model (max gap)")
