@@ -76,14 +76,20 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plot", default=None, help="PNG for the scatter plot")
-    ap.add_argument("--out", default="overlap_vs_faithfulness.json")
+    ap.add_argument("--out", default="overlap_vs_faithfulness.json", help="the points, written after each task")
+    ap.add_argument("--from-json", default=None, help="summarise the points of an earlier --out file (no computation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        summarise(saved["points"], saved["sizes"], saved["n_edges"], args)
+        return
     model = ck.load_model("bundled", device="cpu")
     g = model.graph
     sizes = [max(1, int(p / 100 * g.n_edges)) for p in PERCENT]
     points: list[dict] = []
-    t0 = time.perf_counter()
     for t in [x for x in args.tasks.split(",") if x]:
         task = ck.build("tasks", t, n_examples=args.examples)
         data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
@@ -98,10 +104,16 @@ def main() -> None:
                     continue
                 points.append({"task": t, "method": method, "size": r["n_edges"], "edge_iou": r["edge_iou"], "node_iou": r["node_iou"],
                                "faithfulness": f, "faithfulness_patching": r["faithfulness_patching"]})  # fmt: skip
-        print(f"[{time.perf_counter() - t0:5.0f} s] {t}: done", flush=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"points": points, "sizes": sizes, "percent": PERCENT, "n_edges": g.n_edges}, fh, indent=1)
+        print(f"[{time.perf_counter() - t0:5.0f} s] {t}: done (points so far in {args.out})", flush=True)
+    summarise(points, sizes, g.n_edges, args)
+    print(f"{time.perf_counter() - t0:.0f} s")
 
+
+def summarise(points: list[dict], sizes: list[int], n_edges: int, args: argparse.Namespace) -> None:
     methods = [m for m, _ in METHODS]
-    print(f"\n{len(points)} points ({len({p['task'] for p in points})} tasks x {len(methods)} methods x {len(sizes)} sizes: {PERCENT} % of {g.n_edges} edges)")
+    print(f"\n{len(points)} points ({len({p['task'] for p in points})} tasks x {len(methods)} methods x {len(sizes)} sizes: {PERCENT} % of {n_edges} edges)")
     for within in (False, True):
         for key in ("edge_iou", "node_iou"):
             v, ci = cluster_bootstrap(points, key, "faithfulness", within, args.resamples, 0)
@@ -118,8 +130,6 @@ def main() -> None:
         print(f"| {m} | " + " | ".join(cells) + " |")
     ref_f = [np.mean([p["faithfulness_patching"] for p in points if p["size"] == n]) for n in sizes]
     print("| exact patching (reference) | " + " | ".join(f"1.00 / {f:.2f}" for f in ref_f) + " |")
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump({"points": points, "sizes": sizes, "percent": PERCENT}, fh, indent=1)
     if args.plot:
         import matplotlib
 
@@ -138,7 +148,6 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"plot written to {args.plot}")
-    print(f"written to {args.out}; {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
