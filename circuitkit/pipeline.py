@@ -19,7 +19,7 @@ from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.interfaces import RunContext
 from circuitkit.interventions import build_intervention, check_intervention
 from circuitkit.model import CircuitModel, load_model
-from circuitkit.plugins import get_registry, set_run_block
+from circuitkit.plugins import get_registry, run_block
 from circuitkit.registry import Registry
 from circuitkit.results import RunResult, write_json
 
@@ -130,7 +130,7 @@ def run(
     try:
         if rd.replaced is not None and rd.staging is None:
             log.info("Replacing the earlier run in %s, which did not complete (status %s).", rd.final, rd.replaced)
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), run_block(_blocked(cfg)):
             return _run(cfg, rd, model=model, registry=registry, extra_files=extra_files or {})
     finally:
         rd.close()
@@ -187,12 +187,15 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+def _blocked(cfg: dict[str, Any]) -> list[str]:
+    """The plugins the run's ``plugins.block`` leaves out."""
+    return [str(n) for n in ((cfg.get("plugins") or {}).get("block") or [])]
+
+
 def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Any]:
     """The run's stages, filling ``result`` as they finish (scores.json, circuit.json written on the way);
     returns the reporters to run once the result files are complete."""
-    block = list(cfg.get("plugins", {}).get("block", []) or [])
-    set_run_block(block)
-    registry = registry or get_registry(block)
+    registry = registry or get_registry(_blocked(cfg))
     ctx = RunContext(
         batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
     )

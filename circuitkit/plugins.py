@@ -6,8 +6,9 @@ with ``CIRCUITKIT_BLOCK_PLUGINS=name1,name2`` (or ``plugins.block=[...]`` in the
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -32,10 +33,16 @@ def blocked_from_env() -> list[str]:
 _RUN_BLOCK: tuple[str, ...] = ()
 
 
-def set_run_block(block: Iterable[str]) -> None:
-    """Make ``block`` the plugins that :func:`get_registry` leaves out when it is called without a list."""
+@contextlib.contextmanager
+def run_block(block: Iterable[str]) -> Iterator[None]:
+    """During the context, :func:`get_registry` called without a list leaves out ``block`` (a run's
+    ``plugins.block``); afterwards the previous setting is back."""
     global _RUN_BLOCK
-    _RUN_BLOCK = tuple(block)
+    saved, _RUN_BLOCK = _RUN_BLOCK, tuple(block)
+    try:
+        yield
+    finally:
+        _RUN_BLOCK = saved
 
 
 def make_plugin_manager(block: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:

@@ -109,6 +109,10 @@ def test_pipeline_honours_plugins_block(tmp_path):
     }
     with pytest.raises(ConfigError, match="Unknown method: 'eap'"):
         run(cfg, tmp_path, model=object())  # components are built (and fail) before the model is used
+    # The run's block applies to lookups during the run only, not to whatever runs next in the process.
+    from circuitkit.plugins import get_registry
+
+    assert "eap" in get_registry().methods.names()
 
 
 @pytest.mark.parametrize(
