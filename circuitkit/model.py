@@ -12,7 +12,6 @@ import contextlib
 import copy
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -658,7 +657,7 @@ def _wire_capture_hooks(bridge: Any) -> None:
 
 
 def _check_mlp_inputs(bridge: Any, name: str, arch: str, allow_unverified: bool = False) -> None:
-    """Every MLP must read its input hook: a change there must change the model's output. Where attention
+    """Every MLP must read its input hook: a change there must change what the MLP is called with. Where attention
     and MLP share one input norm (Phi, Falcon's parallel blocks, GPT-J), TransformerLens' bridge puts the MLP-
     input hook on a norm the MLP never reads, and every edge into an MLP would silently score zero. Checked
     with two forwards of one token per layer. With ``allow_unverified`` a failure is a warning."""
@@ -666,9 +665,12 @@ def _check_mlp_inputs(bridge: Any, name: str, arch: str, allow_unverified: bool 
     tokens = torch.zeros(1, 2, dtype=torch.long, device=dev)
     box: dict[str, torch.Tensor] = {}
 
-    def grab(t: torch.Tensor, hook: Any) -> torch.Tensor:
-        box["final"] = t.detach().clone()
-        return t
+    def grab(module: Any, args: tuple, kwargs: dict) -> None:
+        # What the MLP module is called with: its input, whatever its weights (an MLP with zero weights,
+        # whose output never changes, still reads its input).
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(x, torch.Tensor) and "x" not in box:
+            box["x"] = x.detach().clone()
 
     def shift(t: torch.Tensor, hook: Any) -> torch.Tensor:
         # Not a constant (a LayerNorm would remove it): a ramp over the model dimension.
@@ -677,13 +679,20 @@ def _check_mlp_inputs(bridge: Any, name: str, arch: str, allow_unverified: bool 
 
     dead = []
     with torch.no_grad():
-        with bridge.hooks(fwd_hooks=[("ln_final.hook_in", grab)]):
-            bridge(tokens)
-        plain = box["final"]
         for layer in range(int(bridge.cfg.n_layers)):
-            with bridge.hooks(fwd_hooks=[(f"blocks.{layer}.hook_mlp_in", shift), ("ln_final.hook_in", grab)]):
-                bridge(tokens)
-            if torch.equal(box["final"], plain):
+            mlp = bridge.blocks[layer].mlp
+            seen = []
+            for hooks in ([], [(f"blocks.{layer}.hook_mlp_in", shift)]):
+                box.clear()
+                handle = mlp.register_forward_pre_hook(grab, with_kwargs=True)
+                try:
+                    with bridge.hooks(fwd_hooks=hooks):
+                        bridge(tokens)
+                finally:
+                    handle.remove()
+                seen.append(box.get("x"))
+            plain, shifted = seen
+            if plain is None or shifted is None or torch.equal(plain, shifted):
                 dead.append(layer)
     if dead:
         error = ModelLoadError(
