@@ -31,7 +31,6 @@ from circuitkit.attribution import gradient_attribution  # noqa: E402
 from circuitkit.evaluation import evaluate_keeps  # noqa: E402
 from circuitkit.uncertainty import BootstrapConfig, area_samples, metric_intervals  # noqa: E402
 
-
 #: Times are CPU seconds of this process (time.process_time): other processes' load on a shared machine
 #: lengthens wall time, much less the CPU time a computation needs (run with --threads 1 for a clean count).
 clock = time.process_time

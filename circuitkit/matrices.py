@@ -55,7 +55,7 @@ def transfer_matrix(results: Sequence[dict[str, Any]], labels: Sequence[str]) ->
     "ci_high": ...}``; a row is labelled with the run's task, plus its method when the runs mix methods."""
     found = []
     for res, label in zip(results, labels, strict=True):
-        for key, ev in res.items():
+        for ev in res.values():
             if isinstance(ev, dict) and isinstance(ev.get("tables"), dict) and "transfer" in ev["tables"]:
                 meta = res.get("meta") or {}
                 found.append((label, meta.get("task"), meta.get("method"), ev["tables"]["transfer"]))
@@ -203,7 +203,7 @@ def log_wandb(files: dict[str, Path], project: str, name: str | None = None) -> 
     wandb = import_wandb()
     run = wandb.init(project=project, name=name, job_type="compare")
     try:
-        for key, path in files.items():
+        for path in files.values():
             if path.suffix == ".csv":
                 with open(path, newline="", encoding="utf-8") as f:
                     rows = list(csv.reader(f))

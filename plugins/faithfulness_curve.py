@@ -50,8 +50,8 @@ from circuitkit.errors import ConfigError
 from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, add_gap_check, evaluate_keeps
 from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
 from circuitkit.results import Circuit, EvalResult, Scores
-from circuitkit.uncertainty import add_circuit_uncertainty, area_samples, evaluation_intervals
 from circuitkit.search import smallest_reaching
+from circuitkit.uncertainty import add_circuit_uncertainty, area_samples, evaluation_intervals
 
 log = logging.getLogger("circuitkit")
 

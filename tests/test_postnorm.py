@@ -128,7 +128,7 @@ def ref_shares(ref, cap, layer):
     if attn.o_proj.bias is not None:
         r = r + attn.o_proj.bias.detach() / n_heads
     x = cap[("x", layer)]
-    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
+    eps = getattr(norm, "eps", None) or norm.variance_epsilon
     inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return r * (inv * norm_scale(norm)).unsqueeze(-2)
 

@@ -246,7 +246,7 @@ def test_compare_matrices_from_run_directories(transfer_setup, tmp_path):
     import json
 
     from circuitkit import matrices
-    from circuitkit.results import EvalResult, RunResult, write_json
+    from circuitkit.results import RunResult, write_json
 
     model, task, data, ctx, circuit, res = transfer_setup
     dirs, sets = [], []
