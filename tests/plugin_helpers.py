@@ -38,3 +38,25 @@ def on_sys_path(root: str | Path, modules: tuple[str, ...] = ()):
             del sys.modules[name]
         importlib.invalidate_caches()
         clear_cache()
+
+
+def empty_selector_plugin(name: str) -> str:
+    """The source of a plugin module registering one selector, ``name``, that selects the empty circuit."""
+    return f'''
+from dataclasses import dataclass
+from circuitkit import hookimpl
+from circuitkit.interfaces import PluginConfig, Selector
+from circuitkit.results import Circuit
+
+@dataclass
+class NothingConfig(PluginConfig):
+    pass
+
+class Nothing(Selector):
+    def select(self, scores):
+        return Circuit.empty(scores.graph)
+
+@hookimpl
+def circuitkit_register_selectors(registry):
+    registry.add("{name}", Nothing, NothingConfig)
+'''

@@ -6,28 +6,11 @@ import subprocess
 import sys
 from importlib import metadata
 
-from plugin_helpers import write_distribution
+from plugin_helpers import empty_selector_plugin, write_distribution
 
 from circuitkit.plugins import get_registry
 
-THIRD_PARTY = '''
-from dataclasses import dataclass
-from circuitkit import hookimpl
-from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.results import Circuit
-
-@dataclass
-class NothingConfig(PluginConfig):
-    pass
-
-class Nothing(Selector):
-    def select(self, scores):
-        return Circuit.empty(scores.graph)
-
-@hookimpl
-def circuitkit_register_selectors(registry):
-    registry.add("ck_help_nothing", Nothing, NothingConfig)
-'''
+THIRD_PARTY = empty_selector_plugin("ck_help_nothing")
 
 
 def cli(*args, pythonpath=None):

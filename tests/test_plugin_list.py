@@ -8,30 +8,13 @@ import sys
 from importlib import metadata
 
 import pytest
-from plugin_helpers import on_sys_path, write_distribution
+from plugin_helpers import empty_selector_plugin, on_sys_path, write_distribution
 
 from circuitkit import list as ck_list
 from circuitkit.overrides import plugin_block_from_overrides
 from circuitkit.plugins import BLOCK_ENV, clear_cache, get_registry
 
-GOOD = '''
-from dataclasses import dataclass
-from circuitkit import hookimpl
-from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.results import Circuit
-
-@dataclass
-class NothingConfig(PluginConfig):
-    pass
-
-class Nothing(Selector):
-    def select(self, scores):
-        return Circuit.empty(scores.graph)
-
-@hookimpl
-def circuitkit_register_selectors(registry):
-    registry.add("ck_test_nothing", Nothing, NothingConfig)
-'''
+GOOD = empty_selector_plugin("ck_test_nothing")
 
 
 @pytest.fixture
