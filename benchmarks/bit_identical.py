@@ -72,7 +72,7 @@ def run_all(out: Path, only: list[str] | None) -> None:
                 if f == "results.json":
                     r = json.loads(data)
                     r.pop("seconds", None)
-                    r.get("meta", {}).pop("output_dir", None)
+                    r.get("meta", {}).get("config", {}).pop("output_dir", None)
                     data = json.dumps(r, indent=1, sort_keys=True).encode()
                 (dest / f).write_bytes(data)
         print(f"{name}: done", flush=True)
@@ -93,9 +93,9 @@ def _numbers(x, path="") -> dict[str, object]:
     return {path: x}
 
 
-def compare(before: Path, after: Path) -> bool:
+def compare(before: Path, after: Path, names: list[str]) -> bool:
     same = True
-    for name in RUNS:
+    for name in names:
         if not (before / name).exists():
             continue
         for f in FILES:
@@ -134,8 +134,9 @@ def main() -> None:
         run_all(args.save, args.only)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        run_all(Path(tmp), args.only or [n for n in RUNS if (args.against / n).exists()])
-        ok = compare(args.against, Path(tmp))
+        names = args.only or [n for n in RUNS if (args.against / n).exists()]
+        run_all(Path(tmp), names)
+        ok = compare(args.against, Path(tmp), names)
     print("all identical" if ok else "DIFFERENCES FOUND")
     sys.exit(0 if ok else 1)
 
