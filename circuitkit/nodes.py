@@ -36,10 +36,6 @@ def node_scores_from_edges(scores: Scores) -> torch.Tensor:
     return torch.nan_to_num(scores.dense(), nan=0.0).sum(1)
 
 
-def node_score_dict(graph: Graph, values: torch.Tensor) -> dict[str, float]:
-    return dict(zip(graph.source_names, values.tolist()))
-
-
 def _layer_of_sources(g: Graph) -> torch.Tensor:
     """``[n_sources]``: the layer each source node is computed in (the input: 0)."""
     out = torch.zeros(g.n_sources, dtype=torch.long)

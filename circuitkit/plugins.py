@@ -21,7 +21,7 @@ from circuitkit.registry import KINDS, Registry
 ENTRY_POINT_GROUP = "circuitkit"
 BLOCK_ENV = "CIRCUITKIT_BLOCK_PLUGINS"
 
-_CACHE: dict[tuple[str, ...], tuple[pluggy.PluginManager, Registry]] = {}
+_CACHE: dict[tuple[str, ...], Registry] = {}
 
 
 def blocked_from_env() -> list[str]:
@@ -45,45 +45,75 @@ def run_block(block: Iterable[str]) -> Iterator[None]:
         _RUN_BLOCK = saved
 
 
-def make_plugin_manager(block: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
-    """Build a plugin manager with every installed ``circuitkit`` entry point, minus the blocked ones."""
+def new_plugin_manager() -> pluggy.PluginManager:
+    """An empty plugin manager that knows circuitkit's hookspecs."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in block:
-        pm.set_blocked(name)
+    return pm
+
+
+def installed_entry_points() -> list[metadata.EntryPoint]:
+    """Every entry point of the ``circuitkit`` group, sorted by name (a name declared by two distributions
+    appears twice; the first one is loaded)."""
     try:
         eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
     except Exception as e:  # noqa: BLE001
         raise PluginError(f"Could not read the installed plugins' entry points: {e}") from e
-    for ep in sorted(eps, key=lambda e: e.name):
-        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as e:  # noqa: BLE001 - any import failure of a plugin
-            dist = ep.dist.name if ep.dist else "?"
-            raise PluginError(
-                f"Plugin '{ep.name}' ({ep.value}, from distribution '{dist}') failed to import: {type(e).__name__}: {e}. "
-                f"Fix or uninstall it, or block it with {BLOCK_ENV}={ep.name}."
-            ) from e
-        pm.register(plugin, name=ep.name)
-        pm._circuitkit_dists = getattr(pm, "_circuitkit_dists", {})  # type: ignore[attr-defined]
-        pm._circuitkit_dists[ep.name] = ep.dist.name if ep.dist else ""  # type: ignore[attr-defined]
-    for plugin in extra_plugins:
-        pm.register(plugin)
+    return sorted(eps, key=lambda e: e.name)
+
+
+def load_entry_point(pm: pluggy.PluginManager, ep: metadata.EntryPoint) -> None:
+    """Load the plugin(s) named ``ep.name`` of the ``circuitkit`` group into ``pm`` through pluggy
+    (``load_setuptools_entrypoints(group, name=...)``, which skips a blocked or already loaded name).
+
+    Raises:
+        PluginError: naming the plugin, its module and distribution when it fails to import (the
+            original exception is the error's ``__cause__``).
+    """
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+    except Exception as e:  # noqa: BLE001 - any import failure of a plugin
+        dist = ep.dist.name if ep.dist else "?"
+        raise PluginError(
+            f"Plugin '{ep.name}' ({ep.value}, from distribution '{dist}') failed to import: {type(e).__name__}: {e}. "
+            f"Fix or uninstall it, or block it with {BLOCK_ENV}={ep.name}."
+        ) from e
+
+
+def check_hooks(pm: pluggy.PluginManager) -> None:
+    """``pm.check_pending()``, with an error that lists the hook names (a misspelt hook is caught here)."""
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
         raise PluginError(
             f"{e}. Hook names must be one of: {', '.join(sorted(n for n in dir(hookspecs) if n.startswith('circuitkit_')))}."
         ) from None
+
+
+def plugin_distributions(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Plugin name -> the distribution that installed it, for the plugins loaded from entry points."""
+    return {name: dist.metadata["name"] for plugin, dist in pm.list_plugin_distributions() if (name := pm.get_name(plugin))}
+
+
+def make_plugin_manager(block: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """Build a plugin manager with every installed ``circuitkit`` entry point, minus the blocked ones
+    (never imported), plus ``extra_plugins`` (registered directly, e.g. in tests)."""
+    pm = new_plugin_manager()
+    for name in block:
+        pm.set_blocked(name)
+    for ep in installed_entry_points():
+        if not (pm.is_blocked(ep.name) or pm.has_plugin(ep.name)):
+            load_entry_point(pm, ep)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    check_hooks(pm)
     return pm
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Call every registration hook, one plugin at a time so errors name the plugin."""
     registry = Registry()
-    dists = getattr(pm, "_circuitkit_dists", {})
+    dists = plugin_distributions(pm)
     for kind in KINDS:
         reg = registry.kinds[kind]
         hook_name = f"circuitkit_register_{kind}"
@@ -106,12 +136,11 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
 def get_registry(block: Iterable[str] | None = None, *, require: bool = True) -> Registry:
     """The registry of all installed, unblocked plugins (cached per block list). Without ``block``, the
-    current run's ``plugins.block`` (:func:`set_run_block`) applies."""
+    current run's ``plugins.block`` (:func:`run_block`) applies."""
     names = tuple(sorted(set(blocked_from_env()) | set(_RUN_BLOCK if block is None else block)))
     if names not in _CACHE:
-        pm = make_plugin_manager(names)
-        _CACHE[names] = (pm, build_registry(pm))
-    registry = _CACHE[names][1]
+        _CACHE[names] = build_registry(make_plugin_manager(names))
+    registry = _CACHE[names]
     if require and registry.is_empty():
         raise PluginError(
             "No circuitkit plugins are registered: no methods, tasks or selectors are available. Install "
@@ -119,12 +148,6 @@ def get_registry(block: Iterable[str] | None = None, *, require: bool = True) ->
             f"and check that {BLOCK_ENV} does not block them."
         )
     return registry
-
-
-def get_plugin_manager(block: Iterable[str] | None = None) -> pluggy.PluginManager:
-    get_registry(block, require=False)
-    names = tuple(sorted(set(blocked_from_env()) | set(_RUN_BLOCK if block is None else block)))
-    return _CACHE[names][0]
 
 
 def clear_cache() -> None:

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 from plugin_helpers import empty_selector_plugin, on_sys_path, write_distribution
 
-from circuitkit import list as ck_list
+from circuitkit import listing as ck_list
 from circuitkit.overrides import plugin_block_from_overrides
 from circuitkit.plugins import BLOCK_ENV, clear_cache, get_registry
 
