@@ -29,7 +29,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,12 +121,16 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise CircuitkitError(f"{what} file {path} cannot be read: {e.strerror or e}.") from None
 
 
-@dataclass
-class Scores(Mapping[str, float]):
+@dataclass(eq=False)
+class Scores:
     """One score per edge: the estimated drop of the metric when that edge alone is corrupted.
 
-    Index by edge name (``scores["a0.h0->m0"]``); ``values`` is the ``[n_edges]`` float64 tensor in the
-    graph's edge order.
+    Index by edge name (``scores["a0.h0->m0"]``, ``"a0.h0->m0" in scores``); ``keys()``, ``items()``,
+    iteration and ``len()`` go over the edges in the graph's order. ``values`` is the ``[n_edges]`` float64
+    tensor in that order (an attribute, not a method: ``scores.values.tolist()`` for a list). Scores are a
+    value: ``==`` compares the graph, the level, the meta and the edge, node, neuron scores and standard
+    errors exactly (NaN equal to NaN in the same place); ``per_example`` is not compared. They are not
+    hashable and not a :class:`~collections.abc.Mapping`.
 
     Node- and neuron-level scores (``level="node"`` / ``"neuron"``, from a method's ``level`` option) add
     ``nodes`` ``[n_sources]`` (the drop when every outgoing edge of a node is corrupted, in
@@ -193,11 +197,48 @@ class Scores(Mapping[str, float]):
     def __getitem__(self, edge: str) -> float:
         return float(self.values[self.graph.index_of(edge)])
 
+    def __contains__(self, edge: object) -> bool:
+        return edge in self.graph.edge_index
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.graph.edge_names)
 
     def __len__(self) -> int:
         return self.graph.n_edges
+
+    def keys(self) -> list[str]:
+        """The edge names, in the graph's order."""
+        return list(self.graph.edge_names)
+
+    def items(self) -> list[tuple[str, float]]:
+        """``(edge name, score)`` pairs, in the graph's order."""
+        return list(zip(self.graph.edge_names, self.values.tolist()))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scores):
+            return NotImplemented
+        return (
+            self.level == other.level
+            and self.graph == other.graph
+            and all(
+                _same(a, b)
+                for a, b in (
+                    (self.values, other.values),
+                    (self.nodes, other.nodes),
+                    (self.neurons, other.neurons),
+                    (self.stderr, other.stderr),
+                )
+            )
+            and self.meta == other.meta
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable value: not hashable
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes that do not exist: name what replaced the Mapping methods.
+        if name in _GONE:
+            raise AttributeError(f"Scores has no {name}(); {_GONE[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def dense(self) -> torch.Tensor:
         """``[n_sources, n_destinations]`` (0 where there is no edge)."""
@@ -277,6 +318,18 @@ class Scores(Mapping[str, float]):
         return cls(
             g, torch.tensor([edges[n] for n in g.edge_names], dtype=torch.float64), meta, level, nodes, neurons, stderr=stderr
         )
+
+
+_GONE = {
+    "get": "index by edge name (scores[edge], after checking edge in scores) or use scores.values, the tensor of all edge scores.",
+}
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Both None, or the same shape and exactly the same numbers (NaN equal to NaN in the same place)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 @dataclass
