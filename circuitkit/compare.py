@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from circuitkit.errors import CircuitkitError
 from circuitkit.results import read_json
@@ -38,7 +38,7 @@ CURVE_X = ("n_edges", "edges", "edges_in_circuit", "k", "n", "top_n", "fraction"
 CURVE_Y = ("faithfulness", "normalized_faithfulness", "cpr", "performance", "score", "metric", "value")
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -259,9 +259,10 @@ def curve_series(run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None 
     return curve_points(rows, x)
 
 
-def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
-    """Plot every run's faithfulness curve(s) into one PNG (:func:`curve_figure`). Returns None when no run
-    has a curve.
+def write_comparison_plot(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
+    """Write :func:`curve_figure` (every run's faithfulness curves, a panel per task) to ``out`` (the format
+    follows the suffix). Returns None when no run has a curve. One run's curves, or methods overlaid in one
+    panel, are :func:`circuitkit.plot.plot_curves`.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -271,13 +272,12 @@ def plot_curves(runs: Sequence[RunSummary], out: str | Path, root: Path | None =
         return None
     import matplotlib.pyplot as plt
 
+    from circuitkit.plot import save_figure
+
     try:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+        return save_figure(fig, [out], dpi=120)[0]
     finally:
         plt.close(fig)
-    return out
 
 
 def curve_figure(runs: Sequence[RunSummary], root: Path | None = None, x: str | None = None) -> Any:
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_plot:
         out = Path(args.out) if args.out else (root or Path.cwd()) / "compare.png"
         try:
-            written = plot_curves(runs, out, root, args.x)
+            written = write_comparison_plot(runs, out, root, args.x)
         except ImportError:
             print("no plot: matplotlib cannot be imported (pip install matplotlib).", file=sys.stderr)
         else:

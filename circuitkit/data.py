@@ -316,7 +316,8 @@ def tokenize_examples(
             continue
         i += 1
         ex = item
-        key = detail = None
+        key: str | None = None
+        detail = ""
         clean_text, corrupted_text = encode(tokenizer, ex.clean), encode(tokenizer, ex.corrupted)
         clean, corrupted = prefix + clean_text, prefix + corrupted_text
         correct = [answer_id(tokenizer, a, ex.clean) for a in ex.correct]

@@ -44,7 +44,7 @@ def overlap_matrices(circuits: Sequence[Circuit | None], labels: Sequence[str]) 
                 continue
             ov = overlap(a, b)
             for k in OVERLAP_KEYS:
-                out[k][i][j] = ov[k]  # type: ignore[assignment]
+                out[k][i][j] = ov[k]
     return out, notes
 
 

@@ -6,7 +6,8 @@
   MLPs and logits, dashed into a head's query, dotted into its key, dash-dotted into its value. With
   grouped-query attention an edge into a key/value head's input is drawn into each head of its group that
   is in the circuit.
-- :func:`plot_curves`: faithfulness against the percentage of edges kept, several methods overlaid.
+- :func:`plot_curves`: faithfulness against the percentage of edges kept, several methods overlaid (the
+  comparison of many runs, a panel per task, is :func:`circuitkit.compare.curve_figure`).
 
 Both write every path they are given; the format follows the suffix (``.svg``, ``.png``, ``.pdf``).
 Neither touches pyplot's global state, so they are safe in scripts, tests and threads.
@@ -30,7 +31,7 @@ log = logging.getLogger("circuitkit")
 INSTALL_HINT = "matplotlib cannot be imported (pip install matplotlib)"
 
 #: line style of an edge by its destination input
-LINESTYLES = {"q": (0, (5, 2)), "k": (0, (1, 1.5)), "v": (0, (6, 2, 1, 2)), "": "solid"}
+LINESTYLES: dict[str, Any] = {"q": (0, (5, 2)), "k": (0, (1, 1.5)), "v": (0, (6, 2, 1, 2)), "": "solid"}
 POSITIVE = "#1f5fbf"
 NEGATIVE = "#c62828"
 UNSCORED = "#555555"
@@ -53,7 +54,8 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def _save(fig: Any, paths: Iterable[str | Path], dpi: int) -> list[Path]:
+def save_figure(fig: Any, paths: Iterable[str | Path], dpi: int) -> list[Path]:
+    """Write ``fig`` to every path (the format follows the suffix), creating directories; the paths written."""
     out = []
     for p in paths:
         p = Path(p)
@@ -188,7 +190,7 @@ def draw_circuit(
         if len(idx) > len(shown):
             title += f" (the {len(shown)} largest |score| drawn)"
     ax.set_title(title, fontsize=9)
-    return _save(fig, paths, dpi)
+    return save_figure(fig, paths, dpi)
 
 
 def _curve_xy(curve: Any) -> tuple[list[float], list[float]]:
@@ -243,7 +245,7 @@ def plot_curves(
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, paths, dpi)
+    return save_figure(fig, paths, dpi)
 
 
-__all__ = ["available", "draw_circuit", "node_positions", "plot_curves"]
+__all__ = ["available", "draw_circuit", "node_positions", "plot_curves", "save_figure"]

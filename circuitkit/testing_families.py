@@ -59,7 +59,9 @@ def _neox(parallel: bool) -> Callable[[Any], Any]:
     def build(tok: Any) -> Any:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-        cfg = GPTNeoXConfig(**_llama_like(tok), use_parallel_residual=parallel, rotary_pct=0.5, tie_word_embeddings=False)
+        # rotary_pct: a keyword transformers still reads (into rope_parameters), though the signature lacks it
+        rotary: dict[str, Any] = {"rotary_pct": 0.5}
+        cfg = GPTNeoXConfig(**_llama_like(tok), use_parallel_residual=parallel, tie_word_embeddings=False, **rotary)
         return GPTNeoXForCausalLM(cfg)
 
     return build
@@ -144,7 +146,8 @@ def _olmo2(tok: Any) -> Any:
 def _phi(tok: Any) -> Any:
     from transformers import PhiConfig, PhiForCausalLM
 
-    return PhiForCausalLM(PhiConfig(**_llama_like(tok), partial_rotary_factor=0.5))
+    rotary: dict[str, Any] = {"partial_rotary_factor": 0.5}  # read into rope_parameters
+    return PhiForCausalLM(PhiConfig(**_llama_like(tok), **rotary))
 
 
 def _phi3(tok: Any) -> Any:

@@ -41,7 +41,7 @@ def tiny_gpt2(
     tok = tokenizer or gpt2_tokenizer()
     torch.manual_seed(seed)
     cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=len(tok), **{"n_positions": 64, **config})
-    model = GPT2LMHeadModel(cfg)
+    model: Any = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -92,7 +92,7 @@ def tiny_llama(
         eos_token_id=tok.eos_token_id,
         **{"max_position_embeddings": 64, **config},
     )
-    model = LlamaForCausalLM(cfg)
+    model: Any = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

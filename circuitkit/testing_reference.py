@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,14 +93,14 @@ class Spec:
     float32_internals: bool = True
 
 
-_NEOX = {
+_NEOX: dict[str, Any] = {
     "layers": "gpt_neox.layers",
     "proj": {"qkv": "attention.query_key_value"},
     "layout": "interleaved",
     "o_proj": "attention.dense",
     "final_norm": "gpt_neox.final_layer_norm",
 }
-_GEMMA2 = {
+_GEMMA2: dict[str, Any] = {
     "n_kv": 2,
     "mlp_in": ("add", "pre_feedforward_layernorm"),
     "mlp_out": "post_feedforward_layernorm",
@@ -244,7 +244,7 @@ class HFReference:
 
     def __init__(self, hf: torch.nn.Module, spec: Spec) -> None:
         self.hf, self.spec = hf, spec
-        cfg = hf.config
+        cfg: Any = hf.config
         self.n_heads = 4
         self.layers = _get(hf, spec.layers)
         self.n_layers = len(self.layers)
@@ -267,9 +267,10 @@ class HFReference:
             return heads
         # Behind a norm: each head's share of the normed sum (normaliser of the whole output, bias split).
         norm = _get(self.layers[layer], self.spec.post_attn_norm)
-        if getattr(o, "bias", None) is not None:
-            heads = heads + o.bias / self.n_heads
-        eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+        bias = getattr(o, "bias", None)
+        if bias is not None:
+            heads = heads + bias / self.n_heads
+        eps: Any = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
         inv = torch.rsqrt(out.double().pow(2).mean(-1, keepdim=True) + eps)
         w = norm.weight.double() + (1.0 if self.spec.norm_offset else 0.0)
         return (heads.double() * (inv * w).unsqueeze(-2)).to(heads.dtype)
@@ -330,7 +331,7 @@ class HFReference:
 
     @torch.no_grad()
     def logits(
-        self, tokens: torch.Tensor, edits: list[tuple[str, torch.Tensor]] = (), z_edits: dict | None = None
+        self, tokens: torch.Tensor, edits: Sequence[tuple[str, torch.Tensor]] = (), z_edits: dict | None = None
     ) -> torch.Tensor:
         """The model's logits with ``edits``: ``(destination, added)`` pairs, ``added [b, p, d]`` added to
         that destination's input only (``a1.h2<q>``, ``a1.kv0<k>``, ``m0``, ``logits``); ``z_edits``

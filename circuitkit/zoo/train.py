@@ -45,7 +45,7 @@ from circuitkit.metrics import accuracy, get_metric
 
 TOKENIZER_DIR = Path(__file__).parent / "gpt2-tokenizer"
 TASKS = ["ioi", "greater_than", "gender_pronoun", "sva", "hypernymy", "country_capital", "induction"]
-ARCH = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_positions": 64}
+ARCH: dict[str, Any] = {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_positions": 64}
 
 
 def task_classes() -> dict[str, tuple[type, type]]:
@@ -140,7 +140,7 @@ _F_JOINS = [", and then it", ". Later it", ". In the evening it", ", but soon it
 def filler_pool(tokenizer: Any, rng: random.Random, n: int) -> list[tuple[list[int], Targets]]:
     from circuitkit.data import encode
 
-    pool = []
+    pool: list[tuple[list[int], Targets]] = []
     bos = tokenizer.bos_token_id
     while len(pool) < n:
         text = f"{rng.choice(_F_SUBJECTS)} {rng.choice(_F_PREDICATES)} {rng.choice(_F_TAILS)}"
@@ -221,7 +221,7 @@ def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Te
 
 # Eight frequencies for the position code: sum of cos(w d) is 8 at d = 0 and at most 2.6 for 1 <= d <= 64.
 POSITION_FREQS = (0.657, 0.898, 1.075, 1.374, 1.451, 1.707, 1.794, 2.959)
-INDUCTION_INIT = {"amplitude": 0.3, "prev_gain": 3.0, "emb_std": 0.1, "match_gain": 3.0, "copy_gain": 3.0, "heads": 4}
+INDUCTION_INIT: dict[str, Any] = {"amplitude": 0.3, "prev_gain": 3.0, "emb_std": 0.1, "match_gain": 3.0, "copy_gain": 3.0, "heads": 4}
 
 
 def position_code(n_positions: int, amplitude: float) -> torch.Tensor:
