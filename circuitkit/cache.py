@@ -128,7 +128,7 @@ def _module_sources(cls: type) -> tuple[str, str]:
             return top, source_hash(files, paths[0].parent) if len(paths) == 1 else source_hash(files)
     mod = sys.modules.get(module_name)
     try:
-        file = inspect.getsourcefile(mod) if mod is not None else None  # type: ignore[arg-type]
+        file = inspect.getsourcefile(mod) if mod is not None else None
     except TypeError:
         file = None
     if file and Path(file).is_file():

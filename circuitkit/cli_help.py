@@ -40,8 +40,9 @@ def _defaults() -> dict[str, Any]:
     """The primary config's values and the default choice of each group (``{"method": "eap_ig", ...}``)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml"))
-    assert isinstance(cfg, dict)
+    raw = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml"))
+    assert isinstance(raw, dict)
+    cfg: dict[str, Any] = {str(k): v for k, v in raw.items()}
     choices: dict[str, Any] = {}
     for item in cfg.pop("defaults", []):
         if isinstance(item, dict):
@@ -55,8 +56,8 @@ def _field_default(entry: Any, name: str) -> Any:
         if f.name == name:
             if f.default is not dataclasses.MISSING:
                 return f.default
-            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                return f.default_factory()  # type: ignore[misc]
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
     return None
 
 
@@ -160,8 +161,8 @@ def version_text() -> str:
     lines = [f"circuitkit {_version('circuitkit')} (python {platform.python_version()}; {deps})"]
     by_dist: dict[tuple[str, str], list[str]] = {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "")
-        by_dist.setdefault(dist, []).append(ep.name)
+        name_version = (ep.dist.name, ep.dist.version) if ep.dist else ("?", "")
+        by_dist.setdefault(name_version, []).append(ep.name)
     n = sum(len(v) for v in by_dist.values())
     lines.append(f"plugins (entry-point group '{ENTRY_POINT_GROUP}'): {n} installed")
     for (dist, ver), names in sorted(by_dist.items(), key=lambda kv: (kv[0][0] != "circuitkit", kv[0][0])):

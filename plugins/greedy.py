@@ -62,12 +62,12 @@ def check_n_edges(n: object, graph: Graph) -> int:
     return int(n)
 
 
-def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
+def greedy_order(scores: Scores, n: int | None, absolute: bool = True) -> list[int]:
     """The flat indices of the first ``n`` edges the greedy search adds, in the order it adds them."""
     g = scores.graph
-    n = check_n_edges(n, g)
-    key = scores.values.abs() if absolute else scores.values
-    key = torch.nan_to_num(key, nan=-math.inf).tolist()
+    count = check_n_edges(n, g)
+    magnitude = scores.values.abs() if absolute else scores.values
+    key = torch.nan_to_num(magnitude, nan=-math.inf).tolist()
     edge_src = g.edge_src
     # The edges into each node (a grouped key/value input is an input of every head of its group).
     into: list[list[int]] = [[] for _ in g.node_names]
@@ -82,7 +82,7 @@ def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
     candidate[into[logits]] = True
     heapq.heapify(heap)
     order: list[int] = []
-    while len(order) < n and heap:
+    while len(order) < count and heap:
         _, e = heapq.heappop(heap)
         order.append(e)
         s = int(edge_src[e])  # source indices equal node indices
@@ -95,7 +95,7 @@ def greedy_order(scores: Scores, n: int, absolute: bool = True) -> list[int]:
     return order
 
 
-def greedy_mask(scores: Scores, n: int, absolute: bool = True) -> np.ndarray:
+def greedy_mask(scores: Scores, n: int | None, absolute: bool = True) -> np.ndarray:
     mask = np.zeros(scores.graph.n_edges, dtype=bool)
     mask[greedy_order(scores, n, absolute)] = True
     return mask

@@ -190,7 +190,7 @@ class Stability(Evaluator):
         res.values["faithfulness"] = f_ref
         if f_ref is None:
             res.notes.append(UNDEFINED_NOTE)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, (kind, v) in enumerate(variants):
             rows.append(
                 {
@@ -212,20 +212,20 @@ class Stability(Evaluator):
         # --- inclusion frequency of the circuit's edges -------------------------------------------------
         if c.inclusion_resamples and scores.per_example is not None and scores.per_example.shape[0] == len(data):
             freq = inclusion_frequency(scores.per_example, n, c.inclusion_resamples, ctx.seed + 2, absolute=c.absolute)
-            idx = np.flatnonzero(ref)
+            kept = np.flatnonzero(ref)
             se = scores.stderr
-            table = [
+            table: list[dict[str, Any]] = [
                 {
                     "edge": scores.graph.edge_names[i],
                     "score": float(scores.values[i]),
                     "stderr": None if se is None or not math.isfinite(float(se[i])) else float(se[i]),
                     "inclusion_frequency": float(freq[i]),
                 }
-                for i in idx
+                for i in kept
             ]
             table.sort(key=lambda r: -abs(r["score"]))
             res.tables["inclusion"] = table
-            fr = freq[torch.as_tensor(idx, dtype=torch.long)] if len(idx) else torch.zeros(0, dtype=torch.float64)
+            fr = freq[torch.as_tensor(kept, dtype=torch.long)] if len(kept) else torch.zeros(0, dtype=torch.float64)
             res.values["inclusion_frequency_mean"] = float(fr.mean()) if len(fr) else None
             res.values["edges_included_95"] = int((fr >= 0.95).sum())
             res.values["edges_included_50"] = int((fr >= 0.5).sum())

@@ -59,7 +59,7 @@ class TopNConfig(PluginConfig):
     circuits_per_pass: int = 8
 
 
-def top_n_mask(scores: Scores, n: int, absolute: bool) -> np.ndarray:
+def top_n_mask(scores: Scores, n: int | None, absolute: bool) -> np.ndarray:
     total = scores.graph.n_edges
     if not isinstance(n, int) or n < 0:
         raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")

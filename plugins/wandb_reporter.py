@@ -114,8 +114,9 @@ def sweep_info() -> tuple[str | None, int | None, str | None]:
         if hc.mode != RunMode.MULTIRUN:
             return None, None, None
         sweep_dir = str(hc.sweep.dir)
-        num = hc.job.get("num")
-        job_id = hc.job.get("id")
+        job: Any = hc.job  # a DictConfig at run time (typed as the JobConf dataclass)
+        num = job.get("num")
+        job_id = job.get("id")
         return sweep_dir, (int(num) if num is not None else None), (str(job_id) if job_id is not None else None)
     except Exception:  # noqa: BLE001 - no Hydra, or a Hydra without these fields
         return None, None, None
