@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import pickle
 from collections.abc import Mapping
 
 import pytest
@@ -80,6 +82,12 @@ def test_level_and_graph_take_part(graph):
     assert node != Scores(graph, node.values, node.meta)  # same edge scores, different level
     assert scores(Graph(2, 3, parallel_attn_mlp=True)) != edge  # another graph (and another number of edges)
     assert scores(Graph(3, 2)) != scores(Graph(2, 3))
+
+
+@pytest.mark.parametrize("level", ["edge", "node", "neuron"])
+def test_copies_and_pickles_are_equal(graph, level):
+    s = scores(graph, level)
+    assert copy.deepcopy(s) == s and copy.copy(s) == s and pickle.loads(pickle.dumps(s)) == s
 
 
 @pytest.mark.parametrize("level", ["edge", "node", "neuron"])
