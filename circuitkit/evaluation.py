@@ -23,6 +23,7 @@ import torch
 
 from circuitkit import engine
 from circuitkit.data import TaskData
+from circuitkit.engine.forward import _forward
 from circuitkit.errors import CircuitkitError
 from circuitkit.interfaces import RunContext, Task
 from circuitkit.interventions import Intervention
@@ -216,7 +217,7 @@ def _batch_state(model: CircuitModel, task: Task, batch: Any, ctx: RunContext, k
             removed = iv.values(model, batch)
             none = torch.zeros(1, *keep_shape, dtype=removed.dtype, device=model.device)
             corrupted_metric = engine.masked_metric(model, batch, task.metric, removed, none)[0]
-        clean_final = engine._forward(model, batch.clean, [])
+        clean_final = _forward(model, batch.clean, [])
         clean_metric = engine.answer_metric(model, clean_final, batch, task.metric)
     return _BatchState(batch, removed, clean_metric.double().cpu(), corrupted_metric.double().cpu())
 

@@ -86,6 +86,7 @@ class KLToClean:
     def prepare(self, batch: Batch) -> torch.Tensor:
         """Clean log-probabilities ``[batch, vocab]`` at each example's answer position (cached)."""
         from circuitkit import engine
+        from circuitkit.engine.forward import _forward
 
         keys = self._keys(batch)
         if not keys:
@@ -100,7 +101,7 @@ class KLToClean:
                 tokens[r, : len(k)] = torch.tensor(k, dtype=torch.long)
             last = torch.tensor([len(k) - 1 for k in missing], dtype=torch.long)
             with torch.no_grad():
-                final = engine._forward(model, tokens.to(model.device), [])
+                final = _forward(model, tokens.to(model.device), [])
                 logits = engine.answer_logits(model, final, last)
                 logp = torch.log_softmax(logits.to(_float_dtype(logits)), dim=-1)
             self.clean_forwards += 1

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from circuitkit import engine
+from circuitkit.engine.readout import _answer_and_rest_logits, _unembed_columns
+from circuitkit.engine.sources import _source_writers
 from circuitkit.model import CircuitModel
 
 #: Random tokens per check: rows of each run and positions.
@@ -72,7 +74,7 @@ def _reference(model: CircuitModel, tokens: torch.Tensor) -> tuple[torch.Tensor,
     same pass (circuitkit's hooks only read)."""
     buf = engine.new_source_buffer(model, tokens)
     box: dict[str, torch.Tensor] = {}
-    hooks = engine._source_writers(model, buf)
+    hooks = _source_writers(model, buf)
     hooks.append((model.LOGITS_HOOK, lambda t, hook: (box.__setitem__("final", t.detach().to(model.device)), t)[1]))
     with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
         out = model.bridge.original_model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
@@ -148,9 +150,9 @@ def verify_model(model: CircuitModel) -> Verification:
     record("logits", float((model.unembed(final) - logits).abs().max()), allowed, "circuitkit's logits differ from the model's")
     last = final[:, -1]
     ids = torch.tensor([0, 7 % vocab, vocab - 1], device=model.device)
-    cols = engine._unembed_columns(model, last, ids).to(logits.device)
+    cols = _unembed_columns(model, last, ids).to(logits.device)
     record("answer_columns", float((cols - logits[:, -1, ids]).abs().max()), allowed, "the answer-column logits differ from the model's")
-    rest = engine._answer_and_rest_logits(model, last, ids).to(logits.device)
+    rest = _answer_and_rest_logits(model, last, ids).to(logits.device)
     probs = rest.double().softmax(-1)[:, : len(ids)]
     ref_probs = logits[:, -1].double().softmax(-1)[:, ids]
     # A probability's relative error is its logit's error minus the normaliser's: both sides round each logit

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 import torch
 
 from circuitkit import engine, hookimpl
+from circuitkit.engine import source_groups, stacked_gradient_pass
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import removed_values, source_groups, stacked_gradient_pass
+from circuitkit.interventions import removed_values
 from circuitkit.objectives import bind_objective
 from circuitkit.progress import progress
 from circuitkit.results import Scores

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from circuitkit import hookimpl
+from circuitkit.engine import information_flow_scores
 from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import information_flow_scores
 from circuitkit.progress import progress
 from circuitkit.results import Scores
 

@@ -153,18 +153,18 @@ def test_bloom_reentry_falls_back_to_the_exact_path(caplog):
     """Bloom's bridge ignores ``start_at_layer``: the check against the plain forward fails, is logged, and
     exact patching re-enters by replacing the layer's input in a run from the tokens (the patching checks
     above then agree with the independent patch)."""
-    from circuitkit import engine
+    from circuitkit.engine import fastpaths, forward
     from circuitkit.model import bridge_model
 
     hf, tok = tiny_family("bloom", dtype=torch.float64)
     model = bridge_model(hf, tok, name="bloom", device="cpu")
     with caplog.at_level(logging.DEBUG, logger="circuitkit.engine"):
-        assert engine._reentry_mode(model) == "hook"
+        assert forward._reentry_mode(model) == "hook"
     assert model.fast_path_checks["reentry_ok"][0] is False
     assert "reentry_ok off (exact path instead)" in caplog.text
-    ref = engine._plain_reference(model)
+    ref = fastpaths._plain_reference(model)
     # The exact path gives the plain forward's final residual from the residual at layer 1.
-    final = engine._forward(model, ref.tokens, [], start_at_layer=1, resid=ref.resid[1])
+    final = forward._forward(model, ref.tokens, [], start_at_layer=1, resid=ref.resid[1])
     assert torch.allclose(final, ref.final, rtol=0, atol=1e-12 * float(ref.final.abs().max()))
 
 
@@ -189,8 +189,9 @@ def test_fast_paths_off_runs_no_check_and_gives_the_same_scores(tokenizer):
     assert "fast_path_checks" not in plain_model.__dict__
     # A score is a difference of two metric values: rounding on the metric's scale.
     from circuitkit import engine
+    from circuitkit.engine import forward
 
     batch = next(iter(data.batches(4, model.pad_id)))
-    scale = float(engine.answer_metric(model, engine._forward(model, batch.clean, []), batch, task.metric).abs().max())
+    scale = float(engine.answer_metric(model, forward._forward(model, batch.clean, []), batch, task.metric).abs().max())
     eps = torch.finfo(torch.float64).eps
     assert torch.allclose(fast, plain, rtol=0, atol=model.graph.n_layers * model.d_model * eps * scale)

@@ -10,6 +10,7 @@ from helpers import float_tol, input_gradient_scores, patched_metric, plain_metr
 import circuitkit as ck
 from circuitkit import engine
 from circuitkit.data import Example, tokenize_examples
+from circuitkit.engine import fastpaths, forward, gradient, memory, readout
 from circuitkit.evaluation import evaluate_keeps
 from circuitkit.metrics import logit_diff
 from circuitkit.results import Circuit
@@ -225,13 +226,13 @@ def test_low_precision_buffer_is_close_and_contraction_chunking_is_exact(tiny_mo
     scale = float(full.values.abs().max())
     assert float((low.values - full.values).abs().max()) < 2e-2 * scale
     # Chunked conversion of a low-precision buffer equals converting it whole.
-    monkeypatch.setattr(engine, "CONTRACT_CHUNK", 3)
+    monkeypatch.setattr(gradient, "CONTRACT_CHUNK", 3)
     low3 = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, c)
     assert torch.allclose(low3.values, low.values, rtol=1e-6, atol=1e-9 * scale)
 
 
 def test_memory_estimate_refuses_runs_that_cannot_fit(tiny_model, task, monkeypatch):
-    monkeypatch.setattr(engine, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
     with pytest.raises(ck.CircuitkitError, match="Lower batch_size"):
         ck.build("methods", "eap").attribute(tiny_model, task, data_for(tiny_model), ctx())
 
@@ -266,7 +267,7 @@ def test_positions_per_pass_divides_the_memory_estimate_and_is_checked(tiny_mode
     data = data_for(tiny_model)
     width = max(len(x) for x in data.clean_ids)
     full = engine.buffer_bytes(tiny_model, 8, width)
-    monkeypatch.setattr(engine, "available_bytes", lambda device: full // 2)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: full // 2)
     with pytest.raises(ck.CircuitkitError, match="positions_per_pass"):
         ck.build("methods", "eap").attribute(tiny_model, task, data, ctx())
     c = ctx()
@@ -323,12 +324,12 @@ def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer
         model = tiny_model64
     else:
         model = tiny_llama(n_layers=3, n_heads=4, n_kv_heads=2, d_model=32, dtype=torch.float64, tokenizer=tokenizer)
-    assert engine._projected_inputs_ok(model) and engine._skipping_is_exact(model) and engine._plain_attention_is_close(model)
+    assert fastpaths._projected_inputs_ok(model) and fastpaths._skipping_is_exact(model) and fastpaths._plain_attention_is_close(model)
     shortcut = task.answer_logits_metric() if metric == "logit_diff" else task.answer_probs_metric()
-    assert engine._unembed_columns_ok(model) and shortcut is not None and engine._last_mlp_ok(model)
+    assert fastpaths._unembed_columns_ok(model) and shortcut is not None and fastpaths._last_mlp_ok(model)
     data = data_for(model)
     fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
-    assert engine._fused_gelu_ok(model) == (arch == "gpt2")  # GPT-2's gelu_new; Llama's SiLU is fused already
+    assert fastpaths._fused_gelu_ok(model) == (arch == "gpt2")  # GPT-2's gelu_new; Llama's SiLU is fused already
     for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok", "_fused_gelu_ok"):
         monkeypatch.setattr(model, attr, False, raising=False)
     plain = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
@@ -344,13 +345,13 @@ def test_fused_gelu_leaves_gradient_and_patching_scores_unchanged_and_is_undone(
     from circuitkit.testing_models import tiny_gpt2
 
     model = tiny_gpt2(tokenizer=tokenizer, seed=3)
-    mods = engine._tanh_gelu_modules(model)
+    mods = forward._tanh_gelu_modules(model)
     assert len(mods) == 2 and all(type(m).__name__ == "NewGELUActivation" for m in mods)
-    assert engine._fused_gelu_ok(model)
+    assert fastpaths._fused_gelu_ok(model)
     data = data_for(model)
     calls = []
-    fused_gelu = engine._fused_tanh_gelu
-    monkeypatch.setattr(engine, "_fused_tanh_gelu", lambda x: calls.append(1) or fused_gelu(x))
+    fused_gelu = forward._fused_tanh_gelu
+    monkeypatch.setattr(forward, "_fused_tanh_gelu", lambda x: calls.append(1) or fused_gelu(x))
     runs = {}
     for fused in (True, False):
         model._fused_gelu_ok = fused
@@ -371,7 +372,7 @@ def test_fused_gelu_leaves_gradient_and_patching_scores_unchanged_and_is_undone(
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        engine._forward(model, torch.tensor([list(data.clean_ids[0])]), [("blocks.1.hook_resid_pre", fail)])
+        forward._forward(model, torch.tensor([list(data.clean_ids[0])]), [("blocks.1.hook_resid_pre", fail)])
     assert all("forward" not in m.__dict__ for m in mods)
 
 
@@ -393,7 +394,7 @@ def test_answer_and_rest_logits_give_the_full_softmax(tiny_model, gain, chunk, m
     """The answer columns plus the other tokens' log-mass give the answers the probabilities and log
     probabilities of the full softmax: from a flat distribution (final norm gain 0) to one where one answer
     holds all the mass (gain 3000), with the vocabulary in many chunks, a few, or one."""
-    monkeypatch.setattr(engine, "VOCAB_CHUNK", chunk)
+    monkeypatch.setattr(readout, "VOCAB_CHUNK", chunk)
     ln = tiny_model.bridge.ln_final.original_component
     gen = torch.Generator().manual_seed(1)
     resid = torch.randn(5, tiny_model.d_model, generator=gen)
@@ -403,7 +404,7 @@ def test_answer_and_rest_logits_give_the_full_softmax(tiny_model, gain, chunk, m
             ln.weight.mul_(gain)
             full = tiny_model.unembed(resid).double()
             ids = torch.cat([full.argmax(-1).unique(), torch.tensor([262, 4000, 50256])]).unique()
-            mine = engine._answer_and_rest_logits(tiny_model, resid, ids).double()
+            mine = readout._answer_and_rest_logits(tiny_model, resid, ids).double()
     finally:
         with torch.no_grad():
             ln.weight.copy_(saved)
@@ -415,7 +416,7 @@ def test_answer_and_rest_logits_give_the_full_softmax(tiny_model, gain, chunk, m
     with torch.no_grad():
         ln.weight.mul_(gain)
         try:
-            normed, w, bias = engine._final_norm_and_unembedding(tiny_model, resid)
+            normed, w, bias = readout._final_norm_and_unembedding(tiny_model, resid)
         finally:
             ln.weight.copy_(saved)
     eps = torch.finfo(normed.dtype).eps

@@ -298,7 +298,7 @@ def test_ig_activations_source_mode_integrates_to_the_node_effect(tiny_model64):
 
 
 def test_route_importance_formula_on_hand_made_activations():
-    from circuitkit.interventions import route_importance
+    from circuitkit.engine import route_importance
 
     # One example, positions 0..1 real, position 2 padding; d = 2; three sources.
     x = torch.tensor([[[1.0, 0.0], [2.0, 2.0], [9.0, 9.0]]])  # [b=1, p=3, d=2]

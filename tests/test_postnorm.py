@@ -6,7 +6,7 @@ model with plain PyTorch hooks on its own modules (``post_attention_layernorm``,
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from helpers import HandTask
 
 import circuitkit as ck
 from circuitkit import engine, verify
+from circuitkit.engine import readout
 from circuitkit.errors import ModelLoadError
 from circuitkit.interfaces import TaskConfig
 from circuitkit.interventions import build_intervention
@@ -324,8 +325,15 @@ def _old_head_outputs(model, layer, fn):
     return [(model.head_out_hook(layer), fn)]
 
 
+def _break_head_outputs(monkeypatch):
+    """Every engine module that reads head outputs reads them with :func:`_old_head_outputs`."""
+    for mod in [engine, *(m for m in vars(engine).values() if isinstance(m, ModuleType))]:
+        if hasattr(mod, "head_output_hooks"):
+            monkeypatch.setattr(mod, "head_output_hooks", _old_head_outputs)
+
+
 def test_a_broken_decomposition_is_refused_naming_the_identity_and_family(monkeypatch):
-    monkeypatch.setattr(engine, "head_output_hooks", _old_head_outputs)
+    _break_head_outputs(monkeypatch)
     hf, tok = tiny_family("gemma2", seed=21)
     with pytest.raises(ModelLoadError) as err:
         bridge_model(hf, tok, name="broken-gemma2", device="cpu")
@@ -345,7 +353,7 @@ def test_missing_logit_transform_is_refused(monkeypatch):
 def test_allow_unverified_warns_and_is_recorded_in_results(monkeypatch, tmp_path, caplog):
     from circuitkit.pipeline import run
 
-    monkeypatch.setattr(engine, "head_output_hooks", _old_head_outputs)
+    _break_head_outputs(monkeypatch)
     path = save_family("olmo2", tmp_path / "olmo2", seed=23)
     cfg = {
         "model": {"name": str(path), "device": "cpu", "allow_unverified": True},
@@ -367,7 +375,7 @@ def test_allow_unverified_warns_and_is_recorded_in_results(monkeypatch, tmp_path
     assert "not the input plus the sum" in saved["meta"]["model_unverified"]
     monkeypatch.undo()
     # without the option the same directory is refused
-    monkeypatch.setattr(engine, "head_output_hooks", _old_head_outputs)
+    _break_head_outputs(monkeypatch)
     verify._VERIFIED.clear()
     with pytest.raises(ModelLoadError):
         ck.load_model(str(path), device="cpu")
@@ -426,7 +434,7 @@ def test_logit_scales_are_applied(family):
         got = model.unembed(final)
         raw = model.bridge.unembed(model.bridge.ln_final(final))
         ids = torch.tensor([3, 50, 1000])
-        cols = engine._unembed_columns(model, final[:, -1], ids)
+        cols = readout._unembed_columns(model, final[:, -1], ids)
     tol = model.graph.n_layers * model.d_model * torch.finfo(torch.float32).eps * float(want.abs().max())
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
     torch.testing.assert_close(cols, want[:, -1, ids], rtol=0, atol=tol)
