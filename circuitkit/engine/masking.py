@@ -1,9 +1,15 @@
 """Circuit masking: one forward in which every edge not in the circuit carries its removed value, for
-several circuits at once (stacked copies of the batch)."""
+several circuits at once (stacked copies of the batch).
+
+Two forms of the same pass: the sparse one (the default), whose cost beyond a forward pass follows the
+circuit's kept edges (or its removed ones, whichever are fewer), and the dense one, one contraction over
+every upstream source per destination (``path="dense"``, the reference)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,6 +19,191 @@ from circuitkit.engine.forward import _forward
 from circuitkit.engine.readout import answer_metric
 from circuitkit.engine.sources import SourceRun, head_output_hooks
 from circuitkit.model import CircuitModel
+
+#: Which masked forward :func:`masked_forward` runs by default: ``"sparse"`` (cost follows the circuit's size,
+#: :func:`_masked_forward_sparse`) or ``"dense"`` (every removed edge corrected at its destination with one
+#: contraction over all upstream sources: the reference the sparse one is tested against).
+MASKING = "sparse"
+MASKING_PATHS = ("sparse", "dense")
+
+
+def set_masking(path: str) -> None:
+    """Make ``path`` (``"sparse"`` or ``"dense"``) the masked forward that evaluations use."""
+    global MASKING
+    if path not in MASKING_PATHS:
+        raise ValueError(f"masking path must be one of {', '.join(MASKING_PATHS)}, got {path!r}")
+    MASKING = path
+
+
+@dataclass
+class _GroupPlan:
+    """How one destination group (a layer's q, k or v inputs, an MLP input, the logits) is corrected in a
+    stacked pass: the copies that start from the fully removed input (``from_removed``: this run's input
+    plus the running total of every upstream difference), and the single edges then added, each
+    ``(copy, slot, source, factor)``: ``factor * diff[source]`` added to that copy's slot (a kept edge's
+    difference taken away again, or a removed edge's added)."""
+
+    from_removed: list[int]
+    edits: list[tuple[int, int, int, float]]
+
+
+def _plan_group(keep: torch.Tensor, dst0: int, width: int, n_up: int, neurons: bool) -> _GroupPlan:
+    """Per copy, the cheaper of the two forms: add the removed edges' differences to this run's input, or
+    start from the fully removed input and take the kept edges' differences away, whichever has fewer
+    edges (ties: the first, which needs no running total). Neuron masks always take the second (an edge
+    carries its clean value only in the dimensions kept)."""
+    from_removed: list[int] = []
+    edits: list[tuple[int, int, int, float]] = []
+    for k in range(keep.shape[0]):
+        w = keep[k, :n_up, dst0 : dst0 + width]  # [S, width]
+        kept = (w != 0).nonzero()
+        if not neurons:
+            removed = (w != 1).nonzero()
+            if len(removed) == 0:
+                continue
+            if len(removed) <= len(kept):
+                factors = (1 - w[removed[:, 0], removed[:, 1]]).tolist()
+                edits += [(k, h, u, f) for (u, h), f in zip(removed.tolist(), factors, strict=True)]
+                continue
+        from_removed.append(k)
+        factors = (-w[kept[:, 0], kept[:, 1]]).tolist()
+        edits += [(k, h, u, f) for (u, h), f in zip(kept.tolist(), factors, strict=True)]
+    return _GroupPlan(from_removed, edits)
+
+
+def _masked_forward_sparse(
+    model: CircuitModel,
+    tokens: torch.Tensor,
+    removed: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    start_layer: int,
+    clean: SourceRun | None,
+    kept_dims: torch.Tensor | None,
+    answer_at: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`masked_forward` at a cost that follows the circuit's size.
+
+    With ``diff_u = removed_u - out_u`` (``out_u`` the source's output in this run), destination ``v``'s
+    input gets ``sum over removed edges u -> v of diff_u``. That equals the input with every edge removed,
+    ``input_v + sum over all upstream u of diff_u``, minus ``sum over kept edges of diff_u``; the sum over all
+    upstream sources is a running total that grows by one source's difference at a time (one residual-sized
+    addition per source, whatever the number of destinations). For each destination group and circuit the
+    form with fewer single edges is used (:func:`_plan_group`), and each single edge costs one in-place
+    addition of a ``[batch, pos, d]`` difference into its destination's slot: a small circuit costs about
+    its kept edges, a large one its removed edges. Only the differences of sources some edge reads, and the
+    running total only where some circuit starts from it, are computed. The result equals the dense form's
+    up to the rounding of the changed order of the sums."""
+    g = model.graph
+    c = keep.shape[0]
+    b, p = tokens.shape
+    d = model.d_model
+    dev = model.device
+    keep_cpu = keep.detach().to("cpu", torch.float64)
+    groups: list[tuple[str, int, int, int, bool]] = []  # (hook, dst0, width, n_up, per_head)
+    for layer in range(start_layer, g.n_layers):
+        n_up = g.n_upstream_heads(layer)
+        for x, dst0, width in g.head_inputs(layer):
+            groups.append((model.head_in_hook(layer, x), dst0, width, n_up, True))
+        groups.append((model.mlp_in_hook(layer), g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False))
+    groups.append((model.LOGITS_HOOK, g.dst_logits, 1, g.n_sources, False))
+    plans = [_plan_group(keep_cpu, dst0, width, n_up, kept_dims is not None) for _, dst0, width, n_up, _ in groups]
+    read = torch.zeros(g.n_sources, dtype=torch.bool)
+    for pl in plans:
+        read[[u for _, _, u, _ in pl.edits]] = True
+    totals_read = {n_up for (_, _, _, n_up, _), pl in zip(groups, plans, strict=True) if pl.from_removed}
+    diffs = torch.empty(g.n_sources, c, b, p, d, dtype=removed.dtype, device=dev) if bool(read.any()) else None
+    # The running total of the differences of sources 0 .. n - 1 (``n`` the sources summed so far).
+    state: dict[str, Any] = {"n": 0, "total": None, "saved": {}}
+    n_pre = g.n_upstream_heads(start_layer) if start_layer > 0 else 0
+    if n_pre:
+        assert clean is not None and clean.sources is not None
+        pre = removed[:n_pre] - clean.sources[:n_pre]  # the sources before the start have their clean outputs
+        if diffs is not None:
+            diffs[:n_pre] = pre.unsqueeze(1)
+        if totals_read:
+            state["total"] = pre.sum(0).unsqueeze(0).repeat(c, 1, 1, 1)
+        state["n"] = n_pre
+    parallel = g.parallel_attn_mlp
+
+    def total(n: int) -> torch.Tensor:
+        return state["total"] if state["n"] == n else state["saved"][n]
+
+    def put(index: int, per_head: bool) -> Callable:
+        k = g.n_heads if per_head else 1
+        stores = bool(read[index : index + k].any())
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            if not stores and not totals_read:
+                return t
+            out = t.reshape(c, b, p, g.n_heads, d).permute(3, 0, 1, 2, 4) if per_head else t.reshape(1, c, b, p, d)
+            if stores:
+                assert diffs is not None
+                diff = diffs[index : index + k]
+                torch.sub(removed[index : index + k].unsqueeze(1), _on(out, diff), out=diff)
+            else:
+                diff = _on(removed[index : index + k], out).unsqueeze(1) - out
+            if totals_read:
+                if parallel and state["n"] in totals_read:  # a parallel block's MLP may read it after its heads
+                    state["saved"][state["n"]] = state["total"]
+                    state["total"] = state["total"].clone()
+                added = diff.sum(0)
+                state["total"] = added if state["total"] is None else state["total"].add_(_on(added, state["total"]))
+                state["n"] = index + k
+            return t
+
+        return hook
+
+    def patch(pl: _GroupPlan, width: int, n_up: int, per_head: bool) -> Callable | None:
+        if not pl.from_removed and not pl.edits:
+            return None
+        every = len(pl.from_removed) == c
+        dims = None if kept_dims is None else kept_dims.to(removed.dtype)
+
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            # The bridge's own per-head copy of the residual (contiguous, not a view) is changed in place; the
+            # MLP input and the final residual are the residual stream itself, changed in a copy.
+            fresh = per_head and t._base is None and t.is_contiguous()
+            x = t.reshape(c, b, p, width, d)
+            if every:
+                x = x.add_(_on(total(n_up), x)[:, :, :, None]) if fresh else x + _on(total(n_up), x)[:, :, :, None]
+            else:
+                x = x if fresh else x.clone()
+                for k in pl.from_removed:
+                    x[k] += _on(total(n_up)[k], x)[:, :, None]
+            for k, h, u, f in pl.edits:
+                assert diffs is not None
+                if dims is None:
+                    x[k, :, :, h].add_(_on(diffs[u, k], x), alpha=f)
+                else:
+                    x[k, :, :, h].addcmul_(_on(diffs[u, k], x), _on(dims[k, u], x), value=f)
+            return x.reshape(t.shape)
+
+        return hook
+
+    hooks: list = [(model.INPUT_HOOK, put(0, False))] if start_layer == 0 else []
+    at = {name: patch(pl, width, n_up, per_head) for (name, _, width, n_up, per_head), pl in zip(groups, plans, strict=True)}
+    for layer in range(start_layer, g.n_layers):
+        for x, _, _ in g.head_inputs(layer):
+            hooks.append((model.head_in_hook(layer, x), at[model.head_in_hook(layer, x)]))
+        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
+        hooks.append((model.mlp_in_hook(layer), at[model.mlp_in_hook(layer)]))
+        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
+    hooks = [(name, h) for name, h in hooks if h is not None]
+    with torch.no_grad():
+        if start_layer == 0:
+            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=at[model.LOGITS_HOOK], answer_at=answer_at)
+        assert clean is not None and clean.resid is not None
+        start = clean.resid[start_layer].repeat(c, 1, 1)
+        return _forward(
+            model,
+            tokens.to(dev).repeat(c, 1),
+            hooks,
+            final_hook=at[model.LOGITS_HOOK],
+            start_at_layer=start_layer,
+            resid=start,
+            answer_at=answer_at,
+        )
 
 
 def masked_forward(
@@ -24,6 +215,8 @@ def masked_forward(
     start_layer: int = 0,
     clean: SourceRun | None = None,
     neurons: torch.Tensor | None = None,
+    path: str | None = None,
+    answer_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the clean tokens with every edge *not* kept carrying its removed value (``removed``).
 
@@ -42,6 +235,11 @@ def masked_forward(
         neurons: ``[copies, n_sources, d]`` (1 = kept): output dimensions of each source that carry
             their removed value on *every* edge, kept or not (neuron-level circuits). An edge then
             carries, per dimension, its clean value only where it is kept and the dimension is kept.
+        path: ``"sparse"`` (cost following the circuit's size, :func:`_masked_forward_sparse`) or
+            ``"dense"`` (one contraction over every upstream source per destination); None: :data:`MASKING`.
+            Both give the same result up to the rounding of a different order of sums.
+        answer_at: ``[copies * batch]`` positions: only the result there is needed (the last block's MLP
+            then runs there alone where that was checked to be exact; the other positions are meaningless).
 
     Returns:
         The final residual stream ``[copies * batch, pos, d]`` (copy-major).
@@ -68,6 +266,20 @@ def masked_forward(
         w = remove[:, :, g.dst_logits]  # [c, S]
         add = torch.einsum("sbpd,cs->cbpd", removed - clean.sources, w)
         return (clean.final.unsqueeze(0) + _on(add, clean.final)).reshape(c * b, p, d)
+    path = MASKING if path is None else path
+    if path not in MASKING_PATHS:
+        raise ValueError(f"masking path must be one of {', '.join(MASKING_PATHS)}, got {path!r}")
+    if path == "sparse":
+        return _masked_forward_sparse(
+            model,
+            tokens,
+            removed,
+            keep,
+            start_layer=start_layer,
+            clean=clean,
+            kept_dims=None if neurons is None else kept_dims,
+            answer_at=answer_at,
+        )
     run = torch.zeros(g.n_sources, c, b, p, d, dtype=removed.dtype, device=dev)
     if start_layer > 0:
         assert clean is not None and clean.sources is not None
@@ -130,11 +342,17 @@ def masked_forward(
     final_patch = patch(g.dst_logits, 1, g.n_sources, False)
     with torch.no_grad():
         if start_layer == 0:
-            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch)
+            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch, answer_at=answer_at)
         assert clean is not None and clean.resid is not None
         start = clean.resid[start_layer].repeat(c, 1, 1)
         return _forward(
-            model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch, start_at_layer=start_layer, resid=start
+            model,
+            tokens.to(dev).repeat(c, 1),
+            hooks,
+            final_hook=final_patch,
+            start_at_layer=start_layer,
+            resid=start,
+            answer_at=answer_at,
         )
 
 
@@ -148,10 +366,13 @@ def masked_metric(
     start_layer: int = 0,
     clean: SourceRun | None = None,
     neurons: torch.Tensor | None = None,
+    path: str | None = None,
 ) -> torch.Tensor:
     """Per-example metric ``[copies, batch]`` with the non-kept edges removed (see :func:`masked_forward`)."""
     c = keep.shape[0]
-    final = masked_forward(model, batch.clean, removed, keep, start_layer=start_layer, clean=clean, neurons=neurons)
     rep = batch.repeat(c).to(model.device)
+    final = masked_forward(
+        model, batch.clean, removed, keep, start_layer=start_layer, clean=clean, neurons=neurons, path=path, answer_at=rep.last
+    )
     with torch.no_grad():
         return answer_metric(model, final, rep, metric).reshape(c, len(batch))
