@@ -18,6 +18,7 @@ import torch
 
 from circuitkit import engine
 from circuitkit.data import TaskData
+from circuitkit.engine.memory import check_attribution_fits
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import RunContext, Task
 from circuitkit.interventions import Intervention, removed_values
@@ -68,11 +69,20 @@ def gradient_attribution(
     width = max((len(x) for x in data.clean_ids), default=1)
     span = resolve_positions_per_pass(ctx, width)
     batch = min(ctx.batch_size, max(len(data), 1))
-    # The corrupted outputs and the difference buffer are the peak. In the model's precision they share
-    # one buffer: the clean pass overwrites each corrupted output with clean - corrupted in place.
+    # In the model's precision the corrupted outputs and the differences share one buffer: the clean pass
+    # overwrites each corrupted output with clean - corrupted in place.
     shared = buffer_dtype == model.dtype
-    need = engine.buffer_bytes(model, batch, span) + (0 if shared else engine.buffer_bytes(model, batch, span, buffer_dtype))
-    engine.check_fits(model, need, method)
+    check_attribution_fits(
+        model,
+        batch,
+        width,
+        method,
+        positions=span,
+        buffer_dtype=buffer_dtype,
+        interpolates=any(a != 1.0 for a in alphas),
+        per_example=stderr,
+        neurons=level == "neuron",
+    )
     n = 0
     acc = PerExampleScores(g.n_edges) if stderr else None
     has_clean = any(a == 1.0 for a in alphas)

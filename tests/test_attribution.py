@@ -266,8 +266,10 @@ def test_positions_per_pass_gives_the_same_scores(tiny_model64, task, method, op
 def test_positions_per_pass_divides_the_memory_estimate_and_is_checked(tiny_model, task, monkeypatch):
     data = data_for(tiny_model)
     width = max(len(x) for x in data.clean_ids)
-    full = engine.buffer_bytes(tiny_model, 8, width)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: full // 2)
+    full = memory.attribution_memory(tiny_model, 8, width, per_example=True).total
+    two = memory.attribution_memory(tiny_model, 8, width, positions=2, per_example=True).total
+    assert two < full
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (full + two) // 2)
     with pytest.raises(ck.CircuitkitError, match="positions_per_pass"):
         ck.build("methods", "eap").attribute(tiny_model, task, data, ctx())
     c = ctx()
