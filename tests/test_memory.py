@@ -85,7 +85,9 @@ def test_out_of_memory_advice_names_settings_that_fit_and_they_do(setup, monkeyp
     assert "CIRCUITKIT_MEMORY_LIMIT" in msg and "Each of these would fit:" in msg and "device map" in msg
     k = int(msg.split("positions_per_pass=")[1].split(" ")[0])
     assert 1 <= k < width
-    limited = gradient_attribution(model, task, data, ck.RunContext(batch_size=len(data), progress=False, positions_per_pass=k), alphas, method="eap_ig")
+    grouped = ck.RunContext(batch_size=len(data), progress=False)
+    grouped.positions_per_pass = k
+    limited = gradient_attribution(model, task, data, grouped, alphas, method="eap_ig")
     monkeypatch.delenv(memory.MEMORY_LIMIT_ENV)
     plain = gradient_attribution(model, task, data, ctx, alphas, method="eap_ig")
     scale = float(plain.values.abs().max())
