@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -324,6 +325,8 @@ def test_cached_scores_keep_their_level(tiny_model, tmp_path, level, selector):
     assert second.scores.level == level
     for part in ("values", "nodes", "neurons"):
         a, b = getattr(first.scores, part), getattr(second.scores, part)
+    # Everything else read back as computed (stderr included); the meta differs by the cache's own keys.
+    assert dataclasses.replace(second.scores, meta=first.scores.meta) == first.scores
         assert (a is None) == (b is None) and (a is None or a.tolist() == b.tolist()), part
     assert (level == "edge") == (second.scores.nodes is None) and (level == "neuron") == (second.scores.neurons is not None)
     assert second.circuit.edges.tolist() == first.circuit.edges.tolist()
