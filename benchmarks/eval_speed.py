@@ -13,7 +13,7 @@ data:
   an empty cache.
 
 Prints CPU seconds of this process (``time.process_time``, best of ``--repeat``; with ``--threads 1`` other
-processes' load barely moves them) and each time as a multiple of the bare forward. ``--path dense`` /
+processes' load barely moves them; on a GPU, ``--device cuda``, wall seconds after the queued work) and each time as a multiple of the bare forward. ``--path dense`` /
 ``--path sparse`` / ``--path both`` times the dense masked forward (every non-circuit edge corrected at its
 destination), the sparse one (the corrupted input plus the kept edges' differences, or the full input
 minus the removed ones, whichever set is smaller), or both, with the largest relative difference of their
@@ -35,11 +35,17 @@ import circuitkit as ck
 from circuitkit.analysis import MIB_PERCENTAGES
 from circuitkit.evaluation import EvaluationCache, evaluate_keeps
 
-clock = time.process_time
+
+def clock() -> float:
+    """CPU seconds of this process; on a GPU, wall seconds after the queued work is done."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def best_of(fn, repeat: int, setup=None) -> tuple[float, object]:  # noqa: ANN001
-    """Best CPU time of ``repeat`` calls after one untimed call; ``setup()`` runs untimed before each."""
+    """Best time of ``repeat`` calls after one untimed call; ``setup()`` runs untimed before each."""
     if setup is not None:
         setup()
     out = fn()
@@ -59,10 +65,10 @@ def _paths(choice: str) -> list[str]:
 
 def _set_path(path: str) -> None:
     """Which masked forward evaluation uses (the sparse one, if this checkout has it; else the dense)."""
-    from circuitkit import engine
+    from circuitkit.engine import masking
 
-    if hasattr(engine, "set_masking"):
-        engine.set_masking(path)
+    if hasattr(masking, "set_masking"):
+        masking.set_masking(path)
     elif path != "dense":
         raise SystemExit("this checkout has only the dense masked forward: use --path dense")
 
@@ -83,6 +89,7 @@ def main() -> None:
     ap.add_argument("--path", choices=("dense", "sparse", "both"), default="sparse")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (on a GPU: wall seconds)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -90,18 +97,18 @@ def main() -> None:
 
     tok = gpt2_tokenizer()
     if args.arch == "llama":
-        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate)
+        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate, device=args.device)
     else:
-        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok)
+        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok, device=args.device)
     g = model.graph
     task = ck.build("tasks", args.task, n_examples=args.examples)
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
-    batch = next(data.batches(len(data), model.pad_id))
+    batch = next(data.batches(len(data), model.pad_id)).to(model.device)
     hf = model.bridge.original_model
     ctx = ck.RunContext(batch_size=args.batch_size, progress=False)
     print(f"model: {args.arch} shape, {args.layers} layers, {args.heads} heads, d_model {args.d_model}; {g.n_edges} edges; "
           f"task {args.task}, {len(data)} prompts x {batch.clean.shape[1]} tokens, batch {args.batch_size}; "
-          f"torch threads {torch.get_num_threads()}; CPU seconds, best of {args.repeat}")  # fmt: skip
+          f"device {model.device}, torch threads {torch.get_num_threads()}; {'wall' if model.device.type == 'cuda' else 'CPU'} seconds, best of {args.repeat}")  # fmt: skip
 
     scores = ck.build("methods", "eap").attribute(model, task, data, ctx)
 
@@ -129,11 +136,11 @@ def main() -> None:
         cctx = ck.RunContext(batch_size=args.batch_size, progress=False, evaluations=cache)
         evaluate_keeps(model, task, data, endpoints, cctx)  # the shared passes, kept by the cache
 
-        def forget() -> None:  # the cache keeps the shared passes, not the circuit
+        def forget(cache: EvaluationCache = cache) -> None:  # the cache keeps the shared passes, not the circuit
             for entry in cache._entries:
                 entry.circuits.clear()
 
-        t_one, ev_one = best_of(lambda: evaluate_keeps(model, task, data, one, cctx), args.repeat, setup=forget)
+        t_one, ev_one = best_of(lambda cctx=cctx: evaluate_keeps(model, task, data, one, cctx), args.repeat, setup=forget)
         t_curve, ev_curve = best_of(
             lambda: evaluate_keeps(model, task, data, curve, ctx, circuits_per_pass=args.circuits_per_pass), args.repeat
         )

@@ -67,8 +67,8 @@ def child(args: argparse.Namespace) -> None:
     import gc
 
     import circuitkit as ck
-    from circuitkit.engine.memory import attribution_memory
     from circuitkit.attribution import gradient_attribution
+    from circuitkit.engine.memory import attribution_memory
 
     model = build(args.child, args.device)
     task, data = task_data(model, args.prompts, args.tokens)
