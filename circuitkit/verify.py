@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -75,7 +76,12 @@ def _reference(model: CircuitModel, tokens: torch.Tensor) -> tuple[torch.Tensor,
     buf = engine.new_source_buffer(model, tokens)
     box: dict[str, torch.Tensor] = {}
     hooks = _source_writers(model, buf)
-    hooks.append((model.LOGITS_HOOK, lambda t, hook: (box.__setitem__("final", t.detach().to(model.device)), t)[1]))
+
+    def keep_final(t: torch.Tensor, hook: Any) -> torch.Tensor:
+        box["final"] = t.detach().to(model.device)
+        return t
+
+    hooks.append((model.LOGITS_HOOK, keep_final))
     with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
         out = model.bridge.original_model(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
     return out.logits.detach().to(model.device), box["final"], buf
@@ -94,8 +100,9 @@ def _constant_bias(model: CircuitModel) -> torch.Tensor:
             continue
         o = getattr(getattr(model.bridge.blocks[layer].attn, "o", None), "original_component", None)
         if isinstance(o, torch.nn.Linear) or type(o).__name__ == "Conv1D":  # the bias the bridge adds to the heads' sum
-            if getattr(o, "bias", None) is not None:
-                total = total + o.bias.detach().reshape(-1).to(device=model.device, dtype=model.dtype)
+            bias = getattr(o, "bias", None)
+            if bias is not None:
+                total = total + bias.detach().reshape(-1).to(device=model.device, dtype=model.dtype)
             continue
         if shares is None:  # measured (interventions.head_bias_shares)
             shares = head_bias_shares(model)
