@@ -109,7 +109,9 @@ class _Objective:
         for batch, corrupted in self.batches:
             for start in range(0, len(keeps), per_pass):
                 chunk = keeps[start : start + per_pass].to(device=self.model.device, dtype=corrupted.dtype)
-                vals = engine.masked_metric(self.model, batch, self.metric, corrupted, chunk)
+                # The dense masked forward: ACDC's scores are differences of these metrics, and the sparse
+                # form's other order of sums would move them by float rounding.
+                vals = engine.masked_metric(self.model, batch, self.metric, corrupted, chunk, path="dense")
                 out[start : start + len(chunk)] += vals.double().sum(1).cpu()
         self.copies += len(keeps)
         return self.sign * out / self.n
