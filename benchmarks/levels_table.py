@@ -23,7 +23,7 @@ from agreement_table import pearson, spearman
 
 import circuitkit as ck
 from circuitkit.evaluation import evaluate_keeps
-from circuitkit.interventions import INTERVENTIONS, build_intervention
+from circuitkit.interventions import build_intervention, intervention_names
 from circuitkit.nodes import select_units
 from circuitkit.plugins import get_registry
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--tasks", nargs="+", default=["greater_than", "ioi"])
-    ap.add_argument("--interventions", nargs="+", default=list(INTERVENTIONS))
+    ap.add_argument("--interventions", nargs="+", default=intervention_names())
     ap.add_argument("--n-examples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8, 12])

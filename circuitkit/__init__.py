@@ -10,6 +10,8 @@ The Python API uses the same objects as the CLI::
     scores = ck.build("methods", "eap_ig", ig_steps=5).attribute(model, task, data, ck.RunContext())
     circuit = ck.build("selectors", "top_n", n_edges=200).select(scores)
     result = ck.build("evaluators", "faithfulness").evaluate(model, task, data, circuit, ck.RunContext())
+
+Plugins import what they need from :mod:`circuitkit.api`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ __version__ = "0.1.0"
 def build(kind: str, name: str, **options: Any) -> Any:
     """Build a registered component: ``build("methods", "eap_ig", ig_steps=5)``.
 
-    ``kind`` is one of ``methods``, ``tasks``, ``selectors``, ``evaluators``, ``reporters``.
+    ``kind`` is one of ``methods``, ``tasks``, ``selectors``, ``evaluators``, ``reporters`` (and
+    ``metrics``, which have no options).
     """
     from circuitkit.plugins import get_registry
 

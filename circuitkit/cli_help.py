@@ -72,7 +72,7 @@ def _fmt(v: Any) -> str:
 def help_text(block: Iterable[str] = ()) -> str:
     """The text of ``python -m circuitkit --help``."""
     from circuitkit.errors import CircuitkitError
-    from circuitkit.interventions import INTERVENTIONS
+    from circuitkit.interventions import intervention_names
     from circuitkit.pipeline import MODEL_PRESETS
     from circuitkit.plugins import get_registry
     from circuitkit.registry import KINDS
@@ -94,7 +94,9 @@ def help_text(block: Iterable[str] = ()) -> str:
         lines += [f"The plugins could not be loaded: {e}", "(python -m circuitkit.list shows each plugin's status.)", ""]
     rows: list[tuple[str, str]] = []
     if registry is not None:
-        for kind, (group, _, _, combinable) in KINDS.items():
+        for kind, (group, _, cfg_base, combinable) in KINDS.items():
+            if cfg_base is None:  # metrics, interventions: chosen by an option, not a config group
+                continue
             default = chosen.get(group)
             marked = set(default) if isinstance(default, list) else {default}
             names = [f"{n}*" if n in marked else n for n in registry.kinds[kind].names()]
@@ -103,7 +105,9 @@ def help_text(block: Iterable[str] = ()) -> str:
                 hint = f"   (a list: {group}=[a,b])"
             rows.append((group, (", ".join(names) or "(none installed)") + hint))
     rows.append(("model", ", ".join(f"{n}*" if n == chosen.get("model") else n for n in MODEL_PRESETS) + "   (or model.name=/path/to/saved_model)"))
-    rows.append(("intervention", ", ".join(f"{n}*" if n == cfg.get("intervention") else n for n in INTERVENTIONS) + "   (what a removed edge carries)"))
+    if registry is not None:
+        ivs = intervention_names()
+        rows.append(("intervention", ", ".join(f"{n}*" if n == cfg.get("intervention") else n for n in ivs) + "   (what a removed edge carries)"))
     w = max(len(r[0]) for r in rows)
     lines.append("Config groups (GROUP=NAME; * marks the default; installed plugins included):")
     lines += [f"  {g:<{w}}  {text}" for g, text in rows]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from circuitkit.data import Batch, Example, TaskData, tokenize_examples
-from circuitkit.metrics import ANSWER_LOGITS_ONLY, ANSWER_PROBS_ONLY, get_metric
+from circuitkit.metrics import ANSWER_LOGITS, ANSWER_PROBS, FULL_LOGITS, get_metric
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -47,7 +47,7 @@ class TaskConfig(PluginConfig):
         n_examples: how many examples to use (after filtering).
         seed: generator seed; the same seed gives the same examples.
         split: ``"test"`` (held out from the bundled model's training data) or ``"train"``.
-        metric: name of a metric in :data:`circuitkit.metrics.METRICS`.
+        metric: a registered metric (``logit_diff``, ``prob_diff``, ``logit``, ``logprob``, ``kl``, or a plugin's).
         min_examples: fewer valid examples than this is an error.
     """
 
@@ -93,11 +93,21 @@ class RunContext:
     attributor: Any = None
 
 
+class _RegisteredMetric:
+    """``Task.metric``: the registered metric named by the task's ``config.metric``, looked up on each access.
+    A non-data descriptor, so a subclass's ``metric`` method or a callable assigned to an instance wins."""
+
+    def __get__(self, task: Task | None, owner: type | None = None) -> Any:
+        if task is None:
+            return self
+        return get_metric(task.config.metric)
+
+
 class Task(ABC):
     """A behaviour to find a circuit for: examples plus a metric.
 
     Subclasses implement :meth:`generate`; the default :meth:`build` tokenizes and filters what it yields
-    and :meth:`metric` applies ``config.metric``.
+    and :attr:`metric` is the registered metric ``config.metric``.
     """
 
     #: What to do with generated examples that do not fit the tokenizer ("drop" for generators that
@@ -151,30 +161,26 @@ class Task(ABC):
         written to ``results.json`` (``meta.task_info``). Default: nothing."""
         return {}
 
-    def metric(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Per-example metric ``[batch]`` from the logits at the answer position ``[batch, vocab]``."""
-        return get_metric(self.config.metric)(logits, batch)
+    #: The task's metric, called as ``task.metric(logits [batch, vocab], batch) -> [batch]``: the registered
+    #: metric ``config.metric`` (a :class:`~circuitkit.metrics.Metric`, which declares what it reads, so the
+    #: engine can compute only that part of the logits). A task may define its own metric instead, as a
+    #: method ``def metric(self, logits, batch)`` (or assign a callable to ``task.metric``); it then always
+    #: gets the logits of the whole vocabulary.
+    metric: Callable[[torch.Tensor, Batch], torch.Tensor] = _RegisteredMetric()  # type: ignore[assignment]
 
     def answer_logits_metric(self) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
-        """The metric when it reads only the logits of the batch's answer tokens (``logit_diff``, ``logit``)
-        and this task does not override :meth:`metric`; None otherwise. Such a metric gives the same values on
-        logits restricted to the answer tokens' columns (with the batch's ids renumbered), which saves most
-        of the unembedding when many copies of a batch are evaluated."""
-        return self._builtin_metric_in(ANSWER_LOGITS_ONLY)
+        """The metric when it reads only the logits of the batch's answer tokens (``Metric.reads ==
+        "answer_logits"``: ``logit_diff``, ``logit``); None otherwise, e.g. for a task with its own metric."""
+        return self._metric_reading(ANSWER_LOGITS)
 
     def answer_probs_metric(self) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
-        """The metric when it reads only the answer tokens' probabilities (``prob_diff``, ``logprob``) and
-        this task does not override :meth:`metric`; None otherwise. Such a metric gives the same values on
-        the answer tokens' logits followed by one column holding the log of the probability mass of every
-        other token (with the batch's ids renumbered), which can be computed without writing out the
-        logits of the whole vocabulary."""
-        return self._builtin_metric_in(ANSWER_PROBS_ONLY)
+        """The metric when it reads only the answer tokens' probabilities (``Metric.reads ==
+        "answer_probs"``: ``prob_diff``, ``logprob``); None otherwise."""
+        return self._metric_reading(ANSWER_PROBS)
 
-    def _builtin_metric_in(self, names: frozenset[str]) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
-        """The builtin metric ``config.metric`` if it is one of ``names`` and :meth:`metric` is not overridden."""
-        if type(self).metric is not Task.metric or self.config.metric not in names:
-            return None
-        return get_metric(self.config.metric)
+    def _metric_reading(self, reads: str) -> Callable[[torch.Tensor, Batch], torch.Tensor] | None:
+        metric = self.metric
+        return metric if getattr(metric, "reads", FULL_LOGITS) == reads else None
 
 
 class Attributor(ABC):

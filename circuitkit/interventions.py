@@ -1,13 +1,16 @@
 """What a removed edge (or ablated node or neuron) carries: the corrupted run's source outputs, zero or mean
-values (:class:`Intervention`), and the mean source outputs over reference prompts.
+values (:class:`Intervention` and its subclasses), and the mean source outputs over reference prompts.
 
-The passes that use these values are in :mod:`circuitkit.engine`.
+Interventions are plugins (``circuitkit_register_interventions``), chosen with ``intervention=NAME``: a
+subclass of :class:`Intervention` registered under a name (``registry.add(name, cls)``). The builtin ones
+(``patching``, ``zero``, ``mean``, ``mean_positional``) are registered by the ``interventions`` plugin
+exactly like a third party's. The passes that use these values are in :mod:`circuitkit.engine`.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -16,8 +19,6 @@ from circuitkit.data import Batch
 from circuitkit.engine.forward import _forward
 from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.model import CircuitModel
-
-INTERVENTIONS = ("patching", "zero", "mean", "mean_positional")
 
 
 @torch.no_grad()
@@ -77,7 +78,7 @@ def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
     box: dict[str, torch.Tensor] = {}
     hooks = [
         (model.head_out_hook(layer), lambda t, hook: (box.__setitem__("r", t.detach()), t)[1]),
-        (f"blocks.{layer}.attn.hook_out", lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),
+        (model.attn_out_hook(layer), lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),  # no norm after it here
     ]
     tokens = torch.tensor([[model.pad_id]], device=model.device)
     _forward(model, tokens, hooks)
@@ -86,52 +87,123 @@ def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
 
 @dataclass
 class Intervention:
-    """What a removed edge (or an ablated node or neuron) carries, for attribution and evaluation alike.
+    """What a removed edge (or an ablated node or neuron) carries, for attribution and evaluation alike; the
+    base of every intervention, and itself ``patching``: the source's output on the corrupted prompt (the
+    default; Hanna et al. 2024).
 
-    - ``patching``: the source's output on the corrupted prompt (the default; Hanna et al. 2024).
-    - ``zero``: zero. The input node is the token *and* positional embedding, so both are removed; a
-      head's output includes its share of the attention output bias (:func:`head_bias_shares`).
-    - ``mean``: the source's mean output over the reference prompts, averaged over positions.
-    - ``mean_positional``: the source's mean output at the same position over the reference prompts
-      (positions beyond the longest reference prompt are refused).
+    A plugin's intervention subclasses it and overrides :meth:`values` (and :meth:`prepare` when it needs
+    the model or the run's data, e.g. means over the reference prompts). The builtin subclasses:
+
+    - ``zero`` (:class:`ZeroAblation`): zero. The input node is the token *and* positional embedding, so
+      both are removed; a head's output includes its share of the attention output bias
+      (:func:`head_bias_shares`).
+    - ``mean`` (:class:`MeanAblation`): the source's mean output over the reference prompts, averaged over
+      positions.
+    - ``mean_positional`` (:class:`MeanAblation` with ``per_position``): the source's mean output at the same
+      position over the reference prompts (positions beyond the longest reference prompt are refused).
 
     The reference prompts for the means are the clean prompts of the run's task data.
+
+    Attributes:
+        kind: the registered name (``results.json``'s ``meta.intervention``).
+        uses_corrupted: True when :meth:`values` are the corrupted run's source outputs, so that the
+            corrupted run itself is the baseline of an evaluation (the empty circuit); a subclass that
+            overrides :meth:`values` is False unless it says otherwise.
+        takes_positions: :meth:`values` accepts ``positions`` (needed by ``positions_per_pass``); a subclass
+            whose ``values(model, batch)`` has no such argument sets it to False.
     """
 
     kind: str = "patching"
-    means: torch.Tensor | None = None  # [n_sources, 1, 1 or positions, d]
-    bias_shares: torch.Tensor | None = None  # [n_sources, d] (zero ablation)
+    uses_corrupted: ClassVar[bool] = True
+    takes_positions: ClassVar[bool] = True
 
-    @property
-    def uses_corrupted(self) -> bool:
-        return self.kind == "patching"
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "values" in cls.__dict__ and "uses_corrupted" not in cls.__dict__:
+            cls.uses_corrupted = False
+
+    @classmethod
+    def prepare(cls, model: CircuitModel, data: Any, batch_size: int = 16) -> Intervention:
+        """This intervention for a run on ``model`` whose task data is ``data`` (the reference prompts), with
+        forward passes of ``batch_size`` examples. The default: ``cls()``."""
+        return cls()
 
     def values(self, model: CircuitModel, batch: Batch, positions: slice | None = None) -> torch.Tensor:
         """``[n_sources, batch, pos, d]``: the value of every source's output on a removed edge (with
         ``positions``, at those positions only)."""
-        if self.kind == "patching":
-            out = engine.run_sources(model, batch.corrupted, positions=positions).sources
-            assert out is not None
-            return out
+        out = engine.run_sources(model, batch.corrupted, positions=positions).sources
+        assert out is not None
+        return out
+
+    def input_values(self, model: CircuitModel, batch: Batch) -> torch.Tensor:
+        """``[batch, pos, d]``: the input node's value on a removed edge, at every position (here without
+        running the model past its embeddings; by default ``values(model, batch)[0]``)."""
+        if type(self).values is not Intervention.values:  # a subclass's own values
+            return self.values(model, batch)[0]
+        return engine.input_embeddings(model, batch.corrupted)
+
+
+@dataclass
+class _ConstantAblation(Intervention):
+    """Values that do not depend on the prompt: the same vector at every position (or per position)."""
+
+    def values(self, model: CircuitModel, batch: Batch, positions: slice | None = None) -> torch.Tensor:
         return self._constant(model, batch, slice(None), positions)
 
     def input_values(self, model: CircuitModel, batch: Batch) -> torch.Tensor:
-        """``[batch, pos, d]``: the input node's value on a removed edge, at every position (without
-        running the model past its embeddings)."""
-        if type(self).values is not Intervention.values:  # a subclass's own values
-            return self.values(model, batch)[0]
-        if self.kind == "patching":
-            return engine.input_embeddings(model, batch.corrupted)
         return self._constant(model, batch, slice(0, 1), None)[0]
 
-    def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
-        """The zero or mean values of the sources ``sources`` at ``positions``."""
+    def _shape(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> tuple[tuple[int, ...], range]:
         b, p = batch.clean.shape
         at = range(p)[positions] if positions is not None else range(p)
-        shape = (len(range(model.graph.n_sources)[sources]), b, len(at), model.d_model)
-        if self.kind == "zero":
-            shares = self.bias_shares if self.bias_shares is not None else torch.zeros(model.graph.n_sources, shape[3])
-            return (-shares[sources].to(device=model.device, dtype=model.dtype))[:, None, None, :].expand(shape).contiguous()
+        return (len(range(model.graph.n_sources)[sources]), b, len(at), model.d_model), at
+
+    def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class ZeroAblation(_ConstantAblation):
+    """``zero``: a removed edge carries zero (see :class:`Intervention`).
+
+    Attributes:
+        bias_shares: ``[n_sources, d]`` each head's share of its layer's attention output bias
+            (:func:`head_bias_shares`); None: zero shares.
+    """
+
+    kind: str = "zero"
+    bias_shares: torch.Tensor | None = None
+
+    @classmethod
+    def prepare(cls, model: CircuitModel, data: Any, batch_size: int = 16) -> Intervention:
+        return cls(bias_shares=head_bias_shares(model))
+
+    def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
+        shape, _ = self._shape(model, batch, sources, positions)
+        shares = self.bias_shares if self.bias_shares is not None else torch.zeros(model.graph.n_sources, shape[3])
+        return (-shares[sources].to(device=model.device, dtype=model.dtype))[:, None, None, :].expand(shape).contiguous()
+
+
+@dataclass
+class MeanAblation(_ConstantAblation):
+    """``mean`` and ``mean_positional``: a removed edge carries the source's mean output over the reference
+    prompts, averaged over positions or (``per_position``) at the same position (see :class:`Intervention`).
+
+    Attributes:
+        means: ``[n_sources, 1, 1 or positions, d]`` (:func:`mean_source_outputs`).
+    """
+
+    kind: str = "mean"
+    means: torch.Tensor | None = None
+    per_position: ClassVar[bool] = False
+
+    @classmethod
+    def prepare(cls, model: CircuitModel, data: Any, batch_size: int = 16) -> Intervention:
+        return cls(means=mean_source_outputs(model, data, batch_size, per_position=cls.per_position))
+
+    def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
+        shape, at = self._shape(model, batch, sources, positions)
+        p = batch.clean.shape[1]
         if self.means is None:
             raise ValueError(f"{self.kind} ablation needs the means (mean_source_outputs)")
         m = self.means[sources]
@@ -145,19 +217,38 @@ class Intervention:
         return m.to(device=model.device, dtype=model.dtype).expand(shape).contiguous()
 
 
+@dataclass
+class PositionalMeanAblation(MeanAblation):
+    """``mean_positional``: :class:`MeanAblation` with the means taken per position."""
+
+    kind: str = "mean_positional"
+    per_position: ClassVar[bool] = True
+
+
+def intervention_names() -> list[str]:
+    """The registered interventions' names, in registration order (the builtin ones first)."""
+    from circuitkit.plugins import get_registry
+
+    return list(get_registry().interventions.entries)
+
+
 def build_intervention(model: CircuitModel, data, kind: str, batch_size: int = 16) -> Intervention:  # noqa: ANN001
-    """The :class:`Intervention` ``kind`` for ``model``, with its means computed over ``data``'s clean prompts."""
+    """The registered intervention ``kind`` prepared for ``model`` (:meth:`Intervention.prepare`; the means
+    of ``mean`` ablation are computed over ``data``'s clean prompts)."""
     check_intervention(kind)
-    if kind == "zero":
-        return Intervention("zero", bias_shares=head_bias_shares(model))
-    if kind in ("mean", "mean_positional"):
-        return Intervention(kind, means=mean_source_outputs(model, data, batch_size, per_position=kind == "mean_positional"))
-    return Intervention("patching")
+    from circuitkit.plugins import get_registry
+
+    iv = get_registry().interventions.entries[kind].cls.prepare(model, data, batch_size)
+    iv.kind = kind
+    return iv
 
 
 def check_intervention(kind: object, key: str = "intervention") -> None:
-    if kind not in INTERVENTIONS:
-        raise ConfigError(f"{key} must be one of {', '.join(INTERVENTIONS)}, got {kind!r}.")
+    """Raise a :class:`~circuitkit.errors.ConfigError` listing the registered interventions unless ``kind``
+    is one of them."""
+    names = intervention_names()
+    if kind not in names:
+        raise ConfigError(f"{key} must be one of {', '.join(names)}, got {kind!r}.")
 
 
 def removed_values(
@@ -168,9 +259,10 @@ def removed_values(
     iv = intervention or Intervention()
     if positions is None:
         return iv.values(model, batch)  # an Intervention subclass may define values(model, batch) alone
-    if "positions" not in inspect.signature(iv.values).parameters:
+    if not iv.takes_positions:
         raise ConfigError(
             f"positions_per_pass needs the intervention's values(model, batch, positions), but "
-            f"{type(iv).__name__}.values takes no positions. Leave positions_per_pass unset for this intervention."
+            f"{type(iv).__name__}.values takes no positions (takes_positions = False). Leave positions_per_pass "
+            "unset for this intervention."
         )
     return iv.values(model, batch, positions)

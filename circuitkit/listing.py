@@ -37,7 +37,7 @@ from circuitkit.plugins import (
     load_entry_point,
     new_plugin_manager,
 )
-from circuitkit.registry import KINDS
+from circuitkit.registry import CHOSEN_BY, KINDS
 
 
 @dataclass
@@ -143,10 +143,10 @@ def _format(plugins: Sequence[PluginInfo], ok: bool, status: str, verbose: bool)
         for p in plugins:
             for group, names in p.components.items():
                 by_group.setdefault(group, []).extend(names)
-        for group, _, _, combinable in KINDS.values():
+        for kind, (group, _, _, combinable) in KINDS.items():
             names = sorted(by_group.get(group, []))
-            hint = f"  ({group}=[a,b])" if combinable else ""
-            lines.append(f"  {group:<10} {', '.join(names) or '(none)'}{hint}")
+            hint = f"  ({group}=[a,b])" if combinable else f"  ({CHOSEN_BY[kind]}=NAME)" if kind in CHOSEN_BY else ""
+            lines.append(f"  {group:<12} {', '.join(names) or '(none)'}{hint}")
         lines.append("")
     lines.append(("registry: " if ok else "registry: ERROR: ") + status)
     return "\n".join(lines)

@@ -2,18 +2,58 @@
 
 Every metric maps ``logits [batch, vocab]`` and a :class:`~circuitkit.data.Batch` to ``[batch]``; larger
 means more of the behaviour. Attribution and evaluation average them over examples.
+
+Metrics are plugins (``circuitkit_register_metrics``): a :class:`Metric` subclass registered under a name,
+chosen with ``task.metric=NAME``. The builtin ones (``logit_diff``, ``prob_diff``, ``logit``, ``logprob``,
+``kl``) are registered by the ``metrics`` plugin exactly like a third party's. A metric declares what it
+reads (:attr:`Metric.reads`), which lets the engine compute only that part of the logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import torch
 
 from circuitkit.data import Batch
 from circuitkit.errors import ConfigError, choices_hint
 
-Metric = Callable[[torch.Tensor, Batch], torch.Tensor]
+#: :attr:`Metric.reads`: only the logits of the batch's answer tokens (``batch.correct`` and ``batch.incorrect``)
+ANSWER_LOGITS = "answer_logits"
+#: :attr:`Metric.reads`: only the answer tokens' probabilities (their logits and the softmax normaliser)
+ANSWER_PROBS = "answer_probs"
+#: :attr:`Metric.reads`: anything in the logits of the whole vocabulary
+FULL_LOGITS = "logits"
+READS = (ANSWER_LOGITS, ANSWER_PROBS, FULL_LOGITS)
+
+
+class Metric(ABC):
+    """A task metric: ``metric(logits [batch, vocab], batch) -> [batch]``, larger = more of the behaviour.
+
+    Registered with ``registry.add(name, cls)`` in ``circuitkit_register_metrics`` and built as ``cls()``.
+
+    Attributes:
+        reads: what the values depend on. :data:`ANSWER_LOGITS`: only ``logits`` at the batch's answer
+            tokens (the engine may then pass only those columns, with the batch's ``correct`` and
+            ``incorrect`` ids renumbered to index them). :data:`ANSWER_PROBS`: only the answer tokens'
+            probabilities under the full softmax (the engine may pass the answer columns followed by one
+            column holding the log of the probability mass of every other token, again renumbered).
+            :data:`FULL_LOGITS` (the default): the logits of the whole vocabulary, always passed as they are.
+            A declaration that does not hold gives wrong numbers; the contract suite
+            (:class:`circuitkit.testing.MetricContract`) checks it.
+    """
+
+    reads: ClassVar[str] = FULL_LOGITS
+
+    def bind(self, model: Any) -> Metric:
+        """This metric for ``model``: itself, unless it needs the model (``kl`` compares each run with the
+        clean model's output distribution and returns a :class:`~circuitkit.objectives.KLToClean`)."""
+        return self
+
+    @abstractmethod
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-example values ``[batch]`` from the logits at each example's answer position."""
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,31 +100,58 @@ def correct_logprob(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return torch.logsumexp(logp.masked_fill(~batch.correct_mask, float("-inf")), dim=1)
 
 
-METRICS: dict[str, Metric] = {
-    "logit_diff": logit_diff,
-    "prob_diff": prob_diff,
-    "logit": correct_logit,
-    "logprob": correct_logprob,
-}
+class LogitDiff(Metric):
+    """``logit_diff``: :func:`logit_diff`."""
+
+    reads = ANSWER_LOGITS
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return logit_diff(logits, batch)
 
 
-# Metrics that read only the logits of the batch's answer tokens (no softmax over the vocabulary): for these,
-# the unembedding can be restricted to those tokens' columns (:func:`circuitkit.engine.answer_metric`).
-ANSWER_LOGITS_ONLY: frozenset[str] = frozenset({"logit_diff", "logit"})
+class ProbDiff(Metric):
+    """``prob_diff``: :func:`prob_diff`."""
 
-# Metrics that read the answer tokens' probabilities: the answer tokens' logits and the softmax normaliser over
-# the whole vocabulary, nothing else. For these, the logits can be given as the answer tokens' columns plus
-# one column holding the log of the probability mass of all other tokens (the same softmax over the answer
-# tokens), which :func:`circuitkit.engine.answer_metric` computes without materialising the full logits.
-ANSWER_PROBS_ONLY: frozenset[str] = frozenset({"prob_diff", "logprob"})
+    reads = ANSWER_PROBS
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return prob_diff(logits, batch)
+
+
+class CorrectLogit(Metric):
+    """``logit``: :func:`correct_logit`."""
+
+    reads = ANSWER_LOGITS
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return correct_logit(logits, batch)
+
+
+class CorrectLogprob(Metric):
+    """``logprob``: :func:`correct_logprob`."""
+
+    reads = ANSWER_PROBS
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return correct_logprob(logits, batch)
+
+
+def metric_names() -> list[str]:
+    """The registered metrics' names."""
+    from circuitkit.plugins import get_registry
+
+    return get_registry().metrics.names()
 
 
 def get_metric(name: str) -> Metric:
-    """Look a metric up by name, with a message listing the choices."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise ConfigError(f"Unknown metric: {choices_hint(name, list(METRICS))}. Set task.metric to one of them.") from None
+    """The registered metric ``name`` (a new instance), with a message listing the choices when there is none."""
+    from circuitkit.plugins import get_registry
+
+    metrics = get_registry().metrics
+    entry = metrics.entries.get(name)
+    if entry is None:
+        raise ConfigError(f"Unknown metric: {choices_hint(name, metrics.names())}. Set task.metric to one of them.")
+    return entry.cls()
 
 
 def accuracy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -40,28 +40,31 @@ import torch
 from circuitkit.data import Batch
 from circuitkit.errors import ConfigError
 from circuitkit.interfaces import Task
-from circuitkit.metrics import METRICS
+from circuitkit.metrics import Metric
 
 KL_METRIC = "kl"
 
 
-def _unbound_kl(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    raise ConfigError(
-        "task.metric=kl compares each run with the clean model's output distribution, so it needs the model: "
-        "bind it with circuitkit.objectives.bind_objective(task, model) before attribution or evaluation "
-        "(the methods eap_ig_activations, acdc and information_flow_routes do this themselves)."
-    )
+class UnboundKL(Metric):
+    """The metric registered as ``kl`` (so task configs accept ``metric: kl``): calling it only explains
+    how to bind it to a model (:func:`bind_objective`, or :meth:`bind`)."""
 
+    def bind(self, model: Any) -> Metric:
+        return KLToClean(model)
 
-# A registered name, so task configs accept ``metric: kl``; the callable only explains how to bind it.
-METRICS.setdefault(KL_METRIC, _unbound_kl)
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise ConfigError(
+            "task.metric=kl compares each run with the clean model's output distribution, so it needs the model: "
+            "bind it with circuitkit.objectives.bind_objective(task, model) before attribution or evaluation "
+            "(the methods eap_ig_activations, acdc and information_flow_routes do this themselves)."
+        )
 
 
 def _float_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-class KLToClean:
+class KLToClean(Metric):
     """The metric ``-KL(p_clean || q)`` at the answer position, bound to a model (see the module docstring).
 
     Args:
@@ -154,6 +157,7 @@ class BoundTask(Task):
         super().__init__(task.config)
         self.wrapped = task
         self.bound_metric = metric
+        self.metric = metric  # what every pass calls (a Metric object: the engine reads its declaration)
 
     def generate(self, tokenizer: Any, split: str):  # noqa: ANN201
         return self.wrapped.generate(tokenizer, split)
@@ -161,8 +165,6 @@ class BoundTask(Task):
     def build(self, tokenizer: Any, *, prepend_bos: bool = True):  # noqa: ANN201
         return self.wrapped.build(tokenizer, prepend_bos=prepend_bos)
 
-    def metric(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.bound_metric(logits, batch)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found on the proxy itself.

@@ -5,6 +5,10 @@ Each config is stored under its kind's group (``method/eap``, ``task/ioi``...), 
 it, an unknown name lists the choices, and a misspelt key (``method.ig_stepz=3``) is rejected by Hydra's
 structured-config checks. Evaluators and reporters can be combined, so each is stored in its own package
 (``evaluator.faithfulness``...) and chosen as a list: ``evaluator=[faithfulness,completeness]``.
+
+Metrics and interventions have no options: they are registered as a class alone (``registry.add(name,
+cls)``) and chosen by name in another option (:data:`CHOSEN_BY`: ``task.metric=NAME``, ``intervention=NAME``),
+so they have no config group.
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ from typing import Any
 
 from circuitkit.errors import ConfigError, PluginError, choices_hint
 from circuitkit.interfaces import Attributor, Evaluator, PluginConfig, Reporter, Selector, Task, TaskConfig
+from circuitkit.interventions import Intervention
+from circuitkit.metrics import Metric
 
-#: kind -> (config group, base class, config base class, combinable)
-KINDS: dict[str, tuple[str, type, type, bool]] = {
+#: kind -> (config group, base class, config base class (None: registered without a config), combinable)
+KINDS: dict[str, tuple[str, type, type | None, bool]] = {
     "methods": ("method", Attributor, PluginConfig, False),
     "tasks": ("task", Task, TaskConfig, False),
     "selectors": ("selector", Selector, PluginConfig, False),
     "evaluators": ("evaluator", Evaluator, PluginConfig, True),
     "reporters": ("reporter", Reporter, PluginConfig, True),
+    "metrics": ("metric", Metric, None, False),
+    "interventions": ("intervention", Intervention, None, False),
 }
+
+#: the option that chooses a component of a kind registered without a config
+CHOSEN_BY: dict[str, str] = {"metrics": "task.metric", "interventions": "intervention"}
+
+
+def config_kinds() -> list[str]:
+    """The kinds whose components have a config (a Hydra config group each)."""
+    return [k for k, v in KINDS.items() if v[2] is not None]
 
 
 @dataclass(frozen=True)
@@ -32,7 +48,7 @@ class Entry:
 
     name: str
     cls: type
-    config: type
+    config: type | None  # None for the kinds registered without a config (metrics, interventions)
     plugin: str  # the plugin (entry point) that registered it
     distribution: str = ""
 
@@ -50,12 +66,13 @@ class ComponentRegistry:
     def group(self) -> str:
         return KINDS[self.kind][0]
 
-    def add(self, name: str, cls: type, config: type) -> None:
-        """Register ``cls`` (built as ``cls(config_instance)``) under ``name``.
+    def add(self, name: str, cls: type, config: type | None = None) -> None:
+        """Register ``cls`` (built as ``cls(config_instance)``) under ``name``; metrics and interventions are
+        registered without a config (``registry.add(name, cls)``).
 
         Raises:
             PluginError: on a duplicate name, a class of the wrong kind, or a config that is not a
-                dataclass subclassing the kind's config base.
+                dataclass subclassing the kind's config base (or any config for a kind without one).
         """
         group, base, cfg_base, _ = KINDS[self.kind]
         who = self.current_plugin or "<unknown plugin>"
@@ -69,7 +86,13 @@ class ComponentRegistry:
             )
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"Plugin '{who}' registers {group} '{name}' with {cls!r}, which is not a subclass of {base.__name__}.")
-        if not (dataclasses.is_dataclass(config) and isinstance(config, type) and issubclass(config, cfg_base)):
+        if cfg_base is None:
+            if config is not None:
+                raise PluginError(
+                    f"Plugin '{who}' registers {group} '{name}' with config {config!r}: a {group} has no options; "
+                    f"register it as registry.add({name!r}, cls)."
+                )
+        elif not (dataclasses.is_dataclass(config) and isinstance(config, type) and issubclass(config, cfg_base)):
             raise PluginError(
                 f"Plugin '{who}' registers {group} '{name}' with config {config!r}: it must be a dataclass "
                 f"subclassing circuitkit.interfaces.{cfg_base.__name__}."
@@ -87,11 +110,18 @@ class ComponentRegistry:
 
     def default_config(self, name: str) -> Any:
         entry = self.get(name)
+        if entry.config is None:
+            raise ConfigError(f"The {self.group} '{name}' has no options.")
         return entry.config(name=name)
 
     def build(self, name: str, config: Any = None) -> Any:
-        """Instantiate component ``name`` from a config (dataclass, dict, DictConfig or None)."""
+        """Instantiate component ``name`` from a config (dataclass, dict, DictConfig or None); a component
+        registered without a config is built as ``cls()``."""
         entry = self.get(name)
+        if entry.config is None:
+            if config:
+                raise ConfigError(f"The {self.group} '{name}' has no options, got {', '.join(sorted(dict(config)))}.")
+            return entry.cls()
         cfg = to_dataclass(entry.config, config, name)
         return entry.cls(cfg)
 
@@ -141,14 +171,16 @@ class Registry:
         raise KeyError(group)
 
     def is_empty(self) -> bool:
-        return not any(reg.entries for reg in self.kinds.values())
+        """No configurable component (method, task, selector...) is registered."""
+        return not any(self.kinds[k].entries for k in config_kinds())
 
     def store_configs(self) -> None:
         """Put every registered config into Hydra's ConfigStore under its group."""
         from hydra.core.config_store import ConfigStore
 
         cs = ConfigStore.instance()
-        for reg in self.kinds.values():
+        for kind in config_kinds():
+            reg = self.kinds[kind]
             combinable = KINDS[reg.kind][3]
             for name, entry in reg.entries.items():
                 node = entry.config(name=name)

@@ -12,7 +12,7 @@ the registered component::
         name = "mytask"
         options = {"n_examples": 16}    # options passed to the component (default: its defaults)
 
-- every contract: registered under ``name`` with a class of the right kind and a config dataclass; the
+- every contract of a kind with options: registered under ``name`` with a class of the right kind and a config dataclass; the
   config instantiates with its defaults, leaves ``name`` to the registry, and composes through Hydra with
   circuitkit's primary config (``method=NAME``, ``evaluator=[NAME]``...), and the component builds from
   the composed node;
@@ -31,6 +31,15 @@ the registered component::
   it reports ``clean_metric``, ``corrupted_metric`` and ``circuit_metric``, the empty circuit scores the
   corrupted metric and the full one the clean metric (and faithfulness 0 and 1) — otherwise that test
   is skipped, with the reason;
+- :class:`MetricContract`: one finite number per example on random logits (a metric that needs the model,
+  ``kl``, bound to ``ck_tiny_model``), the same for the same logits, and what it declares it reads
+  (``Metric.reads``) is all it reads: the same values on the answer tokens' columns (``answer_logits``), or
+  on those plus the log of the other tokens' probability mass (``answer_probs``);
+- :class:`InterventionContract`: prepared for ``ck_tiny_model`` and ``ck_tiny_data``, its values cover every
+  source of a batch, are finite and the same when asked again; at chosen positions they equal the full values
+  there (or ``positions_per_pass`` is refused when it declares ``takes_positions = False``); the input node's
+  values equal ``values[0]``; under it the full circuit gives the clean metric and the empty circuit the
+  run's baseline;
 - :class:`ReporterContract`: builds from its default config (``report()`` talks to outside services and
   is not exercised).
 
@@ -70,6 +79,9 @@ __all__ = [
     "CONTRACTS",
     "ComponentContract",
     "EvaluatorContract",
+    "InterventionContract",
+    "MetricContract",
+    "RegisteredContract",
     "ReporterContract",
     "SelectorContract",
     "TaskContract",
@@ -198,8 +210,9 @@ def _plain(value: Any) -> Any:
 # ----- contracts ---------------------------------------------------------------------------------
 
 
-class ComponentContract:
-    """Checks shared by every kind. Subclass one of the kind-specific contracts, not this one.
+class RegisteredContract:
+    """What every contract shares: the component under test is looked up by ``name`` in the registry of
+    the installed plugins. Subclass one of the kind-specific contracts, not this one.
 
     Attributes:
         name: the registered name of the component under test (required).
@@ -257,6 +270,12 @@ class ComponentContract:
         """Build the component from its config defaults plus ``options``."""
         cls.entry()
         return cls._components().build(cls.name, dict(options or {}))
+
+
+
+class ComponentContract(RegisteredContract):
+    """Checks shared by every kind registered with a config dataclass (methods, tasks, selectors,
+    evaluators, reporters): the config's defaults, its Hydra composition, and building from it."""
 
     # -- tests --
     def test_registered_with_a_config_dataclass(self) -> None:
@@ -510,13 +529,163 @@ class ReporterContract(ComponentContract):
         assert isinstance(self.build(ck_options), entry.cls)
 
 
+class MetricContract(RegisteredContract):
+    """Contract of a task metric (``circuitkit_register_metrics``), on random logits over GPT-2's vocabulary
+    for ``ck_tiny_data``'s answers (a metric that needs the model, ``kl``, is bound to ``ck_tiny_model``).
+
+    The metric's declaration :attr:`~circuitkit.metrics.Metric.reads` is checked against what it computes:
+    ``answer_logits`` must give the same values when the logits of every other token change, and on the
+    answer tokens' columns alone (ids renumbered); ``answer_probs`` the same values on the answer columns
+    followed by the log of the other tokens' probability mass. ``logits`` (the full vocabulary) declares
+    nothing to check.
+    """
+
+    kind = "metrics"
+
+    @classmethod
+    def build(cls, options: dict[str, Any] | None = None) -> Any:
+        cls.entry()
+        return cls._components().build(cls.name)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def ck_metric_inputs(cls, ck_tiny_model: Any, ck_tiny_data: TaskData) -> tuple[Any, torch.Tensor, Any]:
+        """(the metric, bound to ``ck_tiny_model`` if it needs a model; float64 logits ``[8, vocab]``; the batch)."""
+        metric = cls.build().bind(ck_tiny_model)
+        batch = next(ck_tiny_data.batches(len(ck_tiny_data), ck_tiny_model.pad_id))
+        vocab = int(ck_tiny_model.bridge.cfg.d_vocab)
+        logits = 3 * torch.randn(len(batch), vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return metric, logits.to(ck_tiny_model.dtype), batch
+
+    def test_registered_as_a_metric(self) -> None:
+        from circuitkit.metrics import READS, Metric
+
+        entry = self.entry()
+        assert isinstance(entry.cls, type) and issubclass(entry.cls, Metric), f"{entry.cls} is not a circuitkit.metrics.Metric"
+        assert entry.config is None and entry.plugin
+        assert entry.cls.reads in READS, f"{entry.cls.__name__}.reads is {entry.cls.reads!r}, not one of {', '.join(READS)}"
+
+    def test_one_finite_number_per_example(self, ck_metric_inputs: tuple[Any, torch.Tensor, Any]) -> None:
+        metric, logits, batch = ck_metric_inputs
+        values = metric(logits, batch)
+        assert isinstance(values, torch.Tensor) and tuple(values.shape) == (len(batch),), (
+            f"the metric returned {type(values).__name__} of shape {tuple(getattr(values, 'shape', ()))}, expected ({len(batch)},)"
+        )
+        assert bool(torch.isfinite(values).all())
+        assert torch.equal(metric(logits.clone(), batch), values), "the same logits gave different values"
+
+    def test_reads_only_what_it_declares(self, ck_metric_inputs: tuple[Any, torch.Tensor, Any]) -> None:
+        from circuitkit.data import Batch
+        from circuitkit.metrics import ANSWER_LOGITS, ANSWER_PROBS
+
+        metric, logits, batch = ck_metric_inputs
+        if metric.reads not in (ANSWER_LOGITS, ANSWER_PROBS):
+            pytest.skip(f"'{self.name}' reads the logits of the whole vocabulary: no declaration to check")
+        k = batch.correct.numel()
+        ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
+        renumbered = Batch(**{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)})
+        others = torch.ones(logits.shape[1], dtype=torch.bool)
+        others[ids] = False
+        want = metric(logits, batch)
+        eps = torch.finfo(logits.dtype).eps
+        tol = 64 * eps * max(1.0, float(want.abs().max()))
+        if metric.reads == ANSWER_LOGITS:
+            moved = logits.clone()
+            moved[:, others] += torch.randn(int(others.sum()), generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
+            assert torch.equal(metric(moved, batch), want), "declares answer_logits, but depends on other tokens' logits"
+            got = metric(logits[:, ids], renumbered)
+        else:
+            rest = torch.logsumexp(logits[:, others], dim=-1, keepdim=True)
+            got = metric(torch.cat([logits[:, ids], rest], dim=1), renumbered)
+        assert torch.allclose(got, want, rtol=0, atol=tol), (
+            f"declares {metric.reads}, but gives {got.tolist()} on the answer columns vs {want.tolist()} on the full logits"
+        )
+
+
+class InterventionContract(RegisteredContract):
+    """Contract of an intervention (``circuitkit_register_interventions``), prepared for ``ck_tiny_model``
+    with ``ck_tiny_data`` as the run's data: the shape and finiteness of the values, the same values when
+    asked again, values at chosen positions (``takes_positions``) equal to the full values there, the input
+    node's values (``input_values``) equal to ``values[0]``, and circuits measured under it: the full circuit
+    gives the clean metric whatever removed edges carry, the empty circuit the run's baseline."""
+
+    kind = "interventions"
+    batch_size: ClassVar[int] = 4
+
+    @classmethod
+    def build(cls, options: dict[str, Any] | None = None) -> Any:
+        cls.entry()
+        return cls._components().build(cls.name)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def ck_prepared(cls, ck_tiny_model: Any, ck_tiny_data: TaskData) -> tuple[Any, Any, torch.Tensor]:
+        """(the intervention prepared for the run, the first batch, its values for that batch)."""
+        from circuitkit.interventions import build_intervention
+
+        cls.entry()
+        torch.manual_seed(0)
+        iv = build_intervention(ck_tiny_model, ck_tiny_data, cls.name, cls.batch_size)
+        batch = next(ck_tiny_data.batches(cls.batch_size, ck_tiny_model.pad_id)).to(ck_tiny_model.device)
+        with torch.no_grad():
+            return iv, batch, iv.values(ck_tiny_model, batch)
+
+    def test_registered_as_an_intervention(self) -> None:
+        from circuitkit.interventions import Intervention
+
+        entry = self.entry()
+        assert isinstance(entry.cls, type) and issubclass(entry.cls, Intervention), f"{entry.cls} is not a circuitkit.interventions.Intervention"
+        assert entry.config is None and entry.plugin
+
+    def test_values_cover_every_source_and_are_finite(self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any) -> None:
+        iv, batch, values = ck_prepared
+        assert iv.kind == self.name, f"the prepared intervention says kind={iv.kind!r}"
+        want = (ck_tiny_model.graph.n_sources, *batch.clean.shape, ck_tiny_model.d_model)
+        assert tuple(values.shape) == want, f"values() returned shape {tuple(values.shape)}, expected {want}"
+        assert bool(torch.isfinite(values).all())
+        with torch.no_grad():
+            assert torch.equal(iv.values(ck_tiny_model, batch), values), "asked twice, values() gave different tensors"
+
+    def test_values_at_positions_and_of_the_input(self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any) -> None:
+        from circuitkit.errors import ConfigError
+        from circuitkit.interventions import removed_values
+
+        iv, batch, values = ck_prepared
+        tol = 16 * torch.finfo(values.dtype).eps * max(1.0, float(values.abs().max()))
+        at = slice(1, 3)
+        with torch.no_grad():
+            if iv.takes_positions:
+                part = removed_values(ck_tiny_model, batch, iv, positions=at)
+                assert torch.allclose(part, values[:, :, at], rtol=0, atol=tol), "values at positions 1..2 differ from the full values there"
+            else:
+                with pytest.raises(ConfigError, match="positions_per_pass"):
+                    removed_values(ck_tiny_model, batch, iv, positions=at)
+            inputs = iv.input_values(ck_tiny_model, batch)
+        assert torch.allclose(inputs, values[0], rtol=0, atol=tol), "input_values() differs from values()[0] (the input node)"
+
+    def test_full_circuit_is_clean_and_empty_circuit_is_the_baseline(self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData) -> None:
+        from circuitkit.evaluation import evaluate_keeps
+
+        iv = ck_prepared[0]
+        g = ck_tiny_model.graph
+        keeps = torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()])
+        ctx = RunContext(batch_size=self.batch_size, progress=False, intervention=iv)
+        ev = evaluate_keeps(ck_tiny_model, ck_tiny_task, ck_tiny_data, keeps, ctx)
+        scale = max(abs(ev.clean), abs(ev.corrupted), 1e-6)
+        tol = 1e-4 * scale
+        assert math.isclose(ev.circuits[1], ev.clean, abs_tol=tol), f"the full circuit scores {ev.circuits[1]:g}, the clean run {ev.clean:g}"
+        assert math.isclose(ev.circuits[0], ev.corrupted, abs_tol=tol), f"the empty circuit scores {ev.circuits[0]:g}, the baseline {ev.corrupted:g}"
+
+
 #: kind -> its contract
-CONTRACTS: dict[str, type[ComponentContract]] = {
+CONTRACTS: dict[str, type[RegisteredContract]] = {
     "methods": AttributorContract,
     "tasks": TaskContract,
     "selectors": SelectorContract,
     "evaluators": EvaluatorContract,
     "reporters": ReporterContract,
+    "metrics": MetricContract,
+    "interventions": InterventionContract,
 }
 
 

@@ -237,6 +237,8 @@ def configuration_md() -> str:
         "",
     ]
     for kind, (group, base, cfg_base, combinable) in KINDS.items():
+        if cfg_base is None:  # metrics and interventions have no options (chosen by task.metric / intervention)
+            continue
         reg = registry.kinds[kind]
         names = [n for n in reg.names() if reg.entries[n].distribution == BUILTIN_DISTRIBUTION]
         choose = f"`{group}=[NAME,...]` (a list; options as `{group}.NAME.OPTION=...`)" if combinable else f"`{group}=NAME` (options as `{group}.OPTION=...`)"
@@ -266,7 +268,7 @@ def configuration_md() -> str:
 
 def hooks_md() -> str:
     from circuitkit import hookspecs
-    from circuitkit.registry import KINDS, ComponentRegistry
+    from circuitkit.registry import CHOSEN_BY, KINDS, ComponentRegistry
 
     specs = [(n, f) for n, f in vars(hookspecs).items() if n.startswith("circuitkit_") and callable(f)]
     lines = [
@@ -283,8 +285,11 @@ def hooks_md() -> str:
     for name, _ in specs:
         if name in by_hook:
             group, base, cfg_base, combinable = by_hook[name]
-            chosen = f"`{group}=[a,b]`" if combinable else f"`{group}=NAME`"
-            lines.append(f"| [`{name}`](#{name}) | `{group}` | `circuitkit.interfaces.{base.__name__}` | `circuitkit.interfaces.{cfg_base.__name__}` | {chosen} |")
+            kind = name.removeprefix("circuitkit_register_")
+            chosen = f"`{group}=[a,b]`" if combinable else f"`{CHOSEN_BY.get(kind, group)}=NAME`"
+            config = f"`circuitkit.interfaces.{cfg_base.__name__}`" if cfg_base is not None else "none: `registry.add(name, cls)`"
+            cls = f"`{base.__module__}.{base.__name__}`"
+            lines.append(f"| [`{name}`](#{name}) | {f'`{group}`' if cfg_base is not None else ''} | {cls} | {config} | {chosen} |")
         else:
             lines.append(f"| [`{name}`](#{name}) | | | | |")
     lines += ["", "## How the hooks are called", "", *HOOK_CALLS, "", "## `registry.add(name, cls, config)`", "", rst_to_md(inspect.cleandoc(ComponentRegistry.add.__doc__ or "")), ""]

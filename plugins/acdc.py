@@ -45,13 +45,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from circuitkit import engine, hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import Intervention, build_intervention, check_intervention, removed_values
-from circuitkit.objectives import KLToClean, bind_objective, kl_task
-from circuitkit.progress import progress
-from circuitkit.results import Scores
+from circuitkit.api import (
+    Attributor,
+    ConfigError,
+    Intervention,
+    KLToClean,
+    PluginConfig,
+    RunContext,
+    Scores,
+    Task,
+    bind_objective,
+    build_intervention,
+    check_intervention,
+    hookimpl,
+    kl_task,
+    masked_metric,
+    progress,
+    removed_values,
+)
 
 OBJECTIVES = ("kl", "task")
 
@@ -111,7 +122,7 @@ class _Objective:
                 chunk = keeps[start : start + per_pass].to(device=self.model.device, dtype=corrupted.dtype)
                 # The dense masked forward: ACDC's scores are differences of these metrics, and the sparse
                 # form's other order of sums would move them by float rounding.
-                vals = engine.masked_metric(self.model, batch, self.metric, corrupted, chunk, path="dense")
+                vals = masked_metric(self.model, batch, self.metric, corrupted, chunk, path="dense")
                 out[start : start + len(chunk)] += vals.double().sum(1).cpu()
         self.copies += len(keeps)
         return self.sign * out / self.n

@@ -21,11 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.evaluation import UNDEFINED_NOTE, add_gap_check, evaluate_keeps
-from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
-from circuitkit.results import Circuit, EvalResult
+from circuitkit.api import (
+    UNDEFINED_NOTE,
+    Circuit,
+    ConfigError,
+    EvalResult,
+    Evaluator,
+    PluginConfig,
+    RunContext,
+    Task,
+    add_gap_check,
+    evaluate_keeps,
+    hookimpl,
+)
 
 
 @dataclass

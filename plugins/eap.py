@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from circuitkit import hookimpl
-from circuitkit.attribution import check_level, gradient_attribution
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
+from circuitkit.api import Attributor, PluginConfig, RunContext, Task, check_level, gradient_attribution, hookimpl
 
 
 @dataclass

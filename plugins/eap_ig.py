@@ -22,10 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from circuitkit import hookimpl
-from circuitkit.attribution import check_level, gradient_attribution
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
+from circuitkit.api import Attributor, ConfigError, PluginConfig, RunContext, Task, check_level, gradient_attribution, hookimpl
 
 
 @dataclass

@@ -41,14 +41,21 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitkit import engine, hookimpl
-from circuitkit.engine import source_groups, stacked_gradient_pass
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.interventions import removed_values
-from circuitkit.objectives import bind_objective
-from circuitkit.progress import progress
-from circuitkit.results import Scores
+from circuitkit.api import (
+    Attributor,
+    ConfigError,
+    PluginConfig,
+    RunContext,
+    Scores,
+    Task,
+    bind_objective,
+    hookimpl,
+    progress,
+    removed_values,
+    run_sources,
+    source_groups,
+    stacked_gradient_pass,
+)
 
 INTERPOLATE = ("layer", "source")
 
@@ -103,7 +110,7 @@ class EAPIGActivations(Attributor):
         for batch in progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=n_batches, desc=f"{name} attribution"):
             batch = batch.to(model.device)
             corrupted = removed_values(model, batch, ctx.intervention)
-            clean = engine.run_sources(model, batch.clean).sources
+            clean = run_sources(model, batch.clean).sources
             assert corrupted is not None and clean is not None
             delta = clean - corrupted
             prepare = getattr(getattr(task, "bound_metric", None), "prepare", None)

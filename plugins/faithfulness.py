@@ -15,11 +15,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from circuitkit import hookimpl
-from circuitkit.evaluation import UNDEFINED_NOTE, add_gap_check, evaluate_keeps
-from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
-from circuitkit.results import Circuit, EvalResult
-from circuitkit.uncertainty import add_circuit_uncertainty, evaluation_intervals
+from circuitkit.api import (
+    UNDEFINED_NOTE,
+    Circuit,
+    EvalResult,
+    Evaluator,
+    PluginConfig,
+    RunContext,
+    Task,
+    add_circuit_uncertainty,
+    add_gap_check,
+    evaluate_keeps,
+    evaluation_intervals,
+    hookimpl,
+)
 
 
 @dataclass

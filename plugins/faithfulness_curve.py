@@ -44,14 +44,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.analysis import MIB_PERCENTAGES, cmd, cpr
-from circuitkit.errors import ConfigError
-from circuitkit.evaluation import UNDEFINED_NOTE, Evaluation, add_gap_check, evaluate_keeps
-from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
-from circuitkit.results import Circuit, EvalResult, Scores
-from circuitkit.search import smallest_reaching
-from circuitkit.uncertainty import add_circuit_uncertainty, area_samples, evaluation_intervals
+from circuitkit.api import (
+    MIB_PERCENTAGES,
+    UNDEFINED_NOTE,
+    Circuit,
+    ConfigError,
+    EvalResult,
+    Evaluation,
+    Evaluator,
+    PluginConfig,
+    RunContext,
+    Scores,
+    Task,
+    add_circuit_uncertainty,
+    add_gap_check,
+    area_samples,
+    cmd,
+    cpr,
+    evaluate_keeps,
+    evaluation_intervals,
+    get_registry,
+    hookimpl,
+    smallest_reaching,
+)
 
 log = logging.getLogger("circuitkit")
 
@@ -130,8 +145,6 @@ class FaithfulnessCurve(Evaluator):
         return sorted(set(budgets))
 
     def _selector_entry(self) -> Any:
-        from circuitkit.plugins import get_registry
-
         entry = get_registry().selectors.get(self.config.selector)
         if "n_edges" not in {f.name for f in dataclasses.fields(entry.config)}:
             raise ConfigError(

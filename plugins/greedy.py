@@ -20,12 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.graph import Graph
-from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.results import Circuit, Scores
-from circuitkit.search import GRID_PERCENTAGES, SearchesSize
+from circuitkit.api import GRID_PERCENTAGES, Circuit, ConfigError, Graph, PluginConfig, Scores, SearchesSize, Selector, hookimpl
 
 
 @dataclass

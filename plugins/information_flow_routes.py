@@ -26,11 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.engine import information_flow_scores
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.progress import progress
-from circuitkit.results import Scores
+from circuitkit.api import Attributor, PluginConfig, RunContext, Scores, Task, hookimpl, information_flow_scores, progress
 
 
 @dataclass

@@ -20,10 +20,18 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import PluginConfig, Reporter
-from circuitkit.results import RunResult
+from circuitkit.api import (
+    PLOT_INSTALL_HINT,
+    ConfigError,
+    PluginConfig,
+    Reporter,
+    RunResult,
+    draw_circuit,
+    explorer_for_run,
+    hookimpl,
+    plot_curves,
+    plots_available,
+)
 
 log = logging.getLogger("circuitkit")
 
@@ -71,24 +79,22 @@ class Pictures(Reporter):
                 raise ConfigError(f"reporter.pictures.{key} must be at least 1, got {getattr(config, key)}.")
 
     def report(self, run: RunResult, run_dir: str) -> None:
-        from circuitkit import explorer, plot
-
         out = Path(run_dir)
         written = []
         if self.config.html and run.circuit is not None:
-            page = explorer.for_run(
+            page = explorer_for_run(
                 run, out / "circuit.html", max_stored=self.config.html_max_edges, max_draw=self.config.html_max_draw
             )
             written += [page] if page is not None else []
-        if not plot.available():
-            log.warning("pictures: %s; no circuit.svg/png or curve.png drawn (the result files are complete).", plot.INSTALL_HINT)
+        if not plots_available():
+            log.warning("pictures: %s; no circuit.svg/png or curve.png drawn (the result files are complete).", PLOT_INSTALL_HINT)
             if written:
                 log.info("pictures: wrote %s", ", ".join(p.name for p in written))
             return
         fmts = list(self.config.formats)
         if self.config.circuit and run.circuit is not None:
             title = f"{run.meta.get('method', '?')} on {run.meta.get('task', '?')}: {run.circuit.n_edges} edges"
-            written += plot.draw_circuit(
+            written += draw_circuit(
                 run.circuit,
                 *[out / f"circuit.{f}" for f in fmts],
                 max_edges=self.config.max_edges,
@@ -106,7 +112,7 @@ class Pictures(Reporter):
                         curves[label + suffix] = ev.tables[table]
                 target = target if target is not None else ev.values.get("target")
             if curves:
-                written += plot.plot_curves(
+                written += plot_curves(
                     curves,
                     *[out / f"curve.{f}" for f in fmts],
                     target=target,

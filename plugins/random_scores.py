@@ -12,10 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.results import Scores
+from circuitkit.api import Attributor, ConfigError, PluginConfig, RunContext, Scores, Task, hookimpl
 
 
 @dataclass

@@ -31,12 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.evaluation import UNDEFINED_NOTE, evaluate_keeps
-from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
-from circuitkit.results import Circuit, EvalResult, Scores
-from circuitkit.uncertainty import bootstrap_weights, inclusion_frequency
+from circuitkit.api import (
+    UNDEFINED_NOTE,
+    BoundTask,
+    Circuit,
+    ConfigError,
+    EvalResult,
+    Evaluator,
+    PluginConfig,
+    RunContext,
+    Scores,
+    Task,
+    bind_objective,
+    bootstrap_weights,
+    evaluate_keeps,
+    get_registry,
+    hookimpl,
+    inclusion_frequency,
+)
 
 KINDS = ("resample", "seed", "template")
 
@@ -100,8 +112,6 @@ class Stability(Evaluator):
         self._selector_entry()
 
     def _selector_entry(self) -> Any:
-        from circuitkit.plugins import get_registry
-
         entry = get_registry().selectors.get(self.config.selector)
         if "n_edges" not in {f.name for f in dataclasses.fields(entry.config)}:
             raise ConfigError(
@@ -249,8 +259,6 @@ def _spread(prefix: str, xs: list[float]) -> dict[str, float | None]:
 
 def _reseeded(task: Task, model: Any, offset: int) -> Task | None:
     """The same task with ``seed + offset`` (bound to the model's objective like the run's), or None."""
-    from circuitkit.objectives import BoundTask, bind_objective
-
     base = task.wrapped if isinstance(task, BoundTask) else task
     cfg = base.config
     if not hasattr(cfg, "seed"):

@@ -20,11 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.nodes import rank_key, select_units
-from circuitkit.results import Circuit, Scores
+from circuitkit.api import Circuit, ConfigError, PluginConfig, Scores, Selector, hookimpl, rank_key, select_units
 
 
 @dataclass

@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import PluginConfig, Selector
-from circuitkit.nodes import check_count, rank_key, select_units, top_mask
-from circuitkit.results import Circuit, Scores
-from circuitkit.search import GRID_PERCENTAGES, SearchesSize
+from circuitkit.api import (
+    GRID_PERCENTAGES,
+    Circuit,
+    ConfigError,
+    PluginConfig,
+    Scores,
+    SearchesSize,
+    Selector,
+    check_count,
+    hookimpl,
+    rank_key,
+    select_units,
+    top_mask,
+)
 
 
 @dataclass

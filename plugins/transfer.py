@@ -19,12 +19,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.evaluation import evaluate_keeps
-from circuitkit.interfaces import Evaluator, PluginConfig, RunContext, Task
-from circuitkit.results import Circuit, EvalResult
-from circuitkit.uncertainty import bootstrap_config, evaluation_intervals, interval_info
+from circuitkit.api import (
+    BoundTask,
+    Circuit,
+    ConfigError,
+    EvalResult,
+    Evaluator,
+    PluginConfig,
+    RunContext,
+    Task,
+    bind_objective,
+    bootstrap_config,
+    evaluate_keeps,
+    evaluation_intervals,
+    get_registry,
+    hookimpl,
+    interval_info,
+)
 
 
 @dataclass
@@ -45,8 +56,6 @@ class Transfer(Evaluator):
 
     def __init__(self, config: TransferConfig) -> None:
         super().__init__(config)
-        from circuitkit.plugins import get_registry
-
         names = get_registry().tasks.names()
         for t in config.tasks:
             if t not in names:
@@ -55,9 +64,6 @@ class Transfer(Evaluator):
             raise ConfigError(f"evaluator.{config.name or 'transfer'}.n_examples must be a positive number or null, got {config.n_examples!r}.")
 
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
-        from circuitkit.objectives import BoundTask, bind_objective
-        from circuitkit.plugins import get_registry
-
         name = self.config.name or "transfer"
         base = task.wrapped if isinstance(task, BoundTask) else task
         own = base.config.name

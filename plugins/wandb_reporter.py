@@ -32,10 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from circuitkit import hookimpl
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import PluginConfig, Reporter
-from circuitkit.results import RunResult
+from circuitkit.api import ConfigError, PluginConfig, Reporter, RunResult, curve_axes, hookimpl, table_columns
 
 log = logging.getLogger("circuitkit")
 
@@ -340,8 +337,6 @@ class WandbReporter(Reporter):
         wb.summary.update(summary_numbers(run))
 
     def _log_tables(self, wandb: Any, wb: Any, run: RunResult, run_dir: Path) -> None:
-        from circuitkit.compare import curve_axes, table_columns
-
         for ev_name, ev in run.evals.items():
             for table_name, rows in (ev.tables or {}).items():
                 if not rows:

@@ -102,7 +102,7 @@ def test_cli_runs_the_example_plugin_and_config_blocks_a_broken_plugin(example_s
     out = tmp_path / "run"
     args = [
         sys.executable, "-m", "circuitkit", "method=eap_corrupted", "method.alpha=0.5", "task=repeat_word", "task.repeats=3",
-        "task.n_examples=6", f"model.name={tiny_model_dir}", "selector.n_edges=20", "progress=false", "cache=false",
+        "task.n_examples=6", "task.metric=answer_margin", "intervention=halfway", f"model.name={tiny_model_dir}", "selector.n_edges=20", "progress=false", "cache=false",
         f"hydra.run.dir={out}",
     ]
     p = subprocess.run([*args, f"plugins.block=[{BROKEN_PLUGIN}]"], capture_output=True, text=True, env=env, timeout=300)
@@ -111,6 +111,7 @@ def test_cli_runs_the_example_plugin_and_config_blocks_a_broken_plugin(example_s
     assert results["status"] == "complete"
     assert results["meta"]["method"] == "eap_corrupted" and results["meta"]["task"] == "repeat_word"
     assert results["meta"]["config"]["method"]["alpha"] == 0.5 and results["meta"]["config"]["task"]["repeats"] == 3
+    assert results["meta"]["intervention"] == "halfway" and results["meta"]["config"]["task"]["metric"] == "answer_margin"
     assert results["meta"]["config"]["plugins"]["block"] == [BROKEN_PLUGIN]
     assert json.loads((out / "scores.json").read_text())["meta"]["alpha"] == 0.5
 

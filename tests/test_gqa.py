@@ -4,6 +4,7 @@ heads) against hand-written hooks, finite differences and exact patching."""
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -239,6 +240,7 @@ class _Toward(Intervention):
     """A removed edge carries ``clean + eps * (corrupted - clean)``: a corruption scaled down by ``eps``."""
 
     eps: float = 1.0
+    takes_positions: ClassVar[bool] = False
 
     def values(self, model, batch):
         clean = engine.run_sources(model, batch.clean).sources

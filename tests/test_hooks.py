@@ -14,6 +14,8 @@ from circuitkit import hookimpl, hookspecs
 from circuitkit.data import Example
 from circuitkit.errors import PluginError
 from circuitkit.interfaces import Attributor, Evaluator, PluginConfig, Reporter, RunContext, Selector, Task, TaskConfig
+from circuitkit.interventions import Intervention
+from circuitkit.metrics import ANSWER_LOGITS, Metric
 from circuitkit.plugins import build_registry, make_plugin_manager
 from circuitkit.results import Circuit, EvalResult, RunResult, Scores
 
@@ -94,6 +96,62 @@ def check_reporters(reg, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path):
     assert (tmp_path / "reported.txt").read_text() == "complete 3.0"
 
 
+class BestAnswerLogit(Metric):
+    """The correct answer's logit, declared as reading the answer logits only."""
+
+    reads = ANSWER_LOGITS
+
+    def __init__(self):
+        self.widths = []  # the width of the logits each call received
+
+    def __call__(self, logits, batch):
+        self.widths.append(logits.shape[1])
+        return logits.gather(1, batch.correct[:, :1])[:, 0]
+
+
+def check_metrics(reg, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path):
+    """A task choosing the metric by name gets it; the engine honours its declaration (answer columns only)
+    and gives the values of the full logits."""
+    from circuitkit import engine
+
+    assert isinstance(reg.metrics.build("ck_best"), BestAnswerLogit)
+    task = ck_tiny_task.__class__(dataclasses.replace(ck_tiny_task.config, metric="ck_best"))
+    with pytest.MonkeyPatch.context() as mp:  # the task looks its metric up in this test's registry
+        mp.setattr("circuitkit.plugins.get_registry", lambda *a, **k: reg)
+        metric = task.metric
+    assert isinstance(metric, BestAnswerLogit)
+    batch = next(ck_tiny_data.batches(8))
+    final = engine.run_sources(ck_tiny_model, batch.clean).final
+    full = engine.answer_logits(ck_tiny_model, final, batch.last)
+    got = engine.answer_metric(ck_tiny_model, final, batch, metric)
+    n_answers = len(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]).unique())
+    assert metric.widths == [n_answers] < [full.shape[1]]
+    want = full.gather(1, batch.correct[:, :1])[:, 0]
+    assert torch.allclose(got, want, rtol=0, atol=32 * torch.finfo(want.dtype).eps * float(want.abs().max()))
+
+
+class Scaled(Intervention):
+    """A removed edge carries twice the corrupted run's source output (positions included)."""
+
+    def values(self, model, batch, positions=None):
+        return 2 * super().values(model, batch, positions)
+
+
+def check_interventions(reg, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path):
+    """``intervention=NAME`` builds the registered class through ``prepare`` and the engine uses its values:
+    the removed edges of an exact single-edge patch carry them."""
+    from circuitkit import engine
+    from circuitkit.interventions import build_intervention, removed_values
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("circuitkit.plugins.get_registry", lambda *a, **k: reg)
+        iv = build_intervention(ck_tiny_model, ck_tiny_data, "ck_scaled")
+    assert isinstance(iv, Scaled) and iv.kind == "ck_scaled" and not iv.uses_corrupted
+    batch = next(ck_tiny_data.batches(4))
+    corrupted = engine.run_sources(ck_tiny_model, batch.corrupted).sources
+    assert torch.equal(removed_values(ck_tiny_model, batch, iv), 2 * corrupted)
+
+
 #: hook -> (kind, name, the hook implementation, its check)
 CASES = {
     "circuitkit_register_methods": ("methods", "ck_const", lambda registry: registry.add("ck_const", ConstMethod, ConstConfig), check_methods),
@@ -101,6 +159,8 @@ CASES = {
     "circuitkit_register_selectors": ("selectors", "ck_first", lambda registry: registry.add("ck_first", FirstEdges, ConstConfig), check_selectors),
     "circuitkit_register_evaluators": ("evaluators", "ck_count", lambda registry: registry.add("ck_count", CountEdges, ConstConfig), check_evaluators),
     "circuitkit_register_reporters": ("reporters", "ck_file", lambda registry: registry.add("ck_file", FileReporter, ConstConfig), check_reporters),
+    "circuitkit_register_metrics": ("metrics", "ck_best", lambda registry: registry.add("ck_best", BestAnswerLogit), check_metrics),
+    "circuitkit_register_interventions": ("interventions", "ck_scaled", lambda registry: registry.add("ck_scaled", Scaled), check_interventions),
 }
 
 
@@ -127,6 +187,9 @@ def test_hook(hook, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path):
 
     registry.store_configs()
     group = registry.kinds[kind].group
+    if registry.kinds[kind].entries[name].config is None:  # metrics, interventions: no config group
+        assert group not in ConfigStore.instance().repo
+        return
     stored = ConfigStore.instance().repo[group][f"{name}.yaml"]
     assert stored.node.name == name
     assert stored.package == (f"{group}.{name}" if group in ("evaluator", "reporter") else None)

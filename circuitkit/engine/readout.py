@@ -8,6 +8,7 @@ import torch
 from circuitkit.data import Batch
 from circuitkit.engine.common import Metric
 from circuitkit.engine.fastpaths import _unembed_columns_ok
+from circuitkit.metrics import ANSWER_LOGITS, ANSWER_PROBS, FULL_LOGITS
 from circuitkit.model import CircuitModel, to_module
 
 
@@ -27,20 +28,19 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
     """``metric(answer_logits(...), batch)``, the per-example metric ``[batch]`` (on ``model.device``) from
     the final residual stream.
 
-    When ``metric`` is a task's metric that reads only the answer tokens' logits
-    (:meth:`~circuitkit.interfaces.Task.answer_logits_metric`), only those tokens' columns of the
-    unembedding are computed, with the batch's answer ids renumbered accordingly: the same values for a
-    fraction of the cost (the full unembedding of a 50k vocabulary costs as much as a transformer block
-    when many copies of a batch are evaluated). When it reads only the answer tokens' probabilities
-    (:meth:`~circuitkit.interfaces.Task.answer_probs_metric`) and no gradient is wanted, the softmax
-    normaliser is accumulated over chunks of the vocabulary instead of writing out the full logits
-    (:func:`_answer_and_rest_logits`). Both are used when this model's unembedding is a plain linear map
-    after the final norm (checked once)."""
-    owner = getattr(metric, "__self__", None)
+    What is computed follows what the metric declares it reads (``metric.reads``,
+    :class:`~circuitkit.metrics.Metric`; a plain callable reads the full logits). A metric that reads only
+    the answer tokens' logits (``answer_logits``) gets only those tokens' columns of the unembedding, with
+    the batch's answer ids renumbered accordingly: the same values for a fraction of the cost (the full
+    unembedding of a 50k vocabulary costs as much as a transformer block when many copies of a batch are
+    evaluated). For one that reads only the answer tokens' probabilities (``answer_probs``), when no
+    gradient is wanted, the softmax normaliser is accumulated over chunks of the vocabulary instead of
+    writing out the full logits (:func:`_answer_and_rest_logits`). Both are used when this model's
+    unembedding is a plain linear map after the final norm (checked once)."""
     home = model.device
-    on_logits, on_probs = (getattr(owner, name, None) for name in ("answer_logits_metric", "answer_probs_metric"))
-    logits_fn = on_logits() if callable(on_logits) else None
-    probs_fn = on_probs() if callable(on_probs) and not (torch.is_grad_enabled() and final.requires_grad) else None
+    reads = getattr(metric, "reads", FULL_LOGITS)
+    logits_fn = metric if reads == ANSWER_LOGITS else None
+    probs_fn = metric if reads == ANSWER_PROBS and not (torch.is_grad_enabled() and final.requires_grad) else None
     if (logits_fn is None and probs_fn is None) or not _unembed_columns_ok(model):
         return _metric_on(metric, answer_logits(model, final, batch.last), batch, home)
     k = batch.correct.numel()

@@ -13,8 +13,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from circuitkit.data import encode
-from circuitkit.errors import ConfigError
+from circuitkit.api import ConfigError, encode
 
 SPLITS = ("train", "test")
 

@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitkit import hookimpl
-from circuitkit.data import Example, Rejected
-from circuitkit.errors import ConfigError, DataError, quote
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import ConfigError, DataError, Example, Rejected, Task, TaskConfig, hookimpl, quote
 
 COLUMNS = ("clean", "corrupted", "correct", "incorrect")
 MALFORMED = "a malformed row"

@@ -23,10 +23,7 @@ from typing import Any
 
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
-from circuitkit import hookimpl
-from circuitkit.data import Example, Rejected
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import ConfigError, Example, Rejected, Task, TaskConfig, hookimpl
 
 # kind -> (female subjects, male subjects). Nouns and professions are used with "the".
 SUBJECTS: dict[str, tuple[list[str], list[str]]] = {

@@ -20,9 +20,7 @@ from typing import Any
 
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
-from circuitkit import hookimpl
-from circuitkit.data import Example, Rejected, answer_id
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import Example, Rejected, Task, TaskConfig, answer_id, hookimpl
 
 # category -> (answer words, hyponyms). Answers that are not single tokens of the tokenizer are left out of
 # the answer set; a category with none left is not used.

@@ -25,10 +25,7 @@ from typing import Any
 
 from circuitkit_plugins.tasks._common import attempts, check_split, in_split
 
-from circuitkit import hookimpl
-from circuitkit.data import Example, Rejected, encode, show_tokens
-from circuitkit.errors import ConfigError, DataError
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import ConfigError, DataError, Example, Rejected, Task, TaskConfig, encode, hookimpl, show_tokens
 
 
 @dataclass

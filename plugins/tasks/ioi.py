@@ -21,10 +21,7 @@ from typing import Any
 
 from circuitkit_plugins.tasks._common import attempts, check_split, in_split
 
-from circuitkit import hookimpl
-from circuitkit.data import Example
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import ConfigError, Example, Task, TaskConfig, hookimpl
 
 NAMES = [
     "Mary", "John", "Tom", "James", "Dan", "Sid", "Mike", "Paul", "Rob", "Kate", "Anna", "Amy", "Lisa", "Sarah",

@@ -22,9 +22,7 @@ from typing import Any
 
 from circuitkit_plugins.tasks._common import Lengths, attempts, check_split, in_split
 
-from circuitkit import hookimpl
-from circuitkit.data import Example, Rejected
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import Example, Rejected, Task, TaskConfig, hookimpl
 
 # (singular, plural) subjects.
 SUBJECTS = [

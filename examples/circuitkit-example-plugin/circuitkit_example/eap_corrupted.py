@@ -10,7 +10,7 @@ embeddings are set to ``corrupted + alpha * (clean - corrupted)``; ``alpha=0`` i
 
 Scores follow circuitkit's convention: the estimated drop of the metric when that edge alone is
 corrupted, averaged over the examples (positive = the edge carries the behaviour), whatever the batch
-size. :func:`circuitkit.attribution.gradient_attribution` does the work: one corrupted forward, one clean
+size. :func:`circuitkit.api.gradient_attribution` does the work: one corrupted forward, one clean
 forward for the source outputs, and one forward/backward at ``alpha`` per batch.
 """
 
@@ -19,12 +19,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from circuitkit.attribution import gradient_attribution
-from circuitkit.data import TaskData
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Attributor, PluginConfig, RunContext, Task
-from circuitkit.model import CircuitModel
-from circuitkit.results import Scores
+from circuitkit.api import (
+    Attributor,
+    CircuitModel,
+    ConfigError,
+    PluginConfig,
+    RunContext,
+    Scores,
+    Task,
+    TaskData,
+    gradient_attribution,
+)
 
 
 @dataclass

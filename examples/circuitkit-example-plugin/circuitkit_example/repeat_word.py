@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from circuitkit.data import Example
-from circuitkit.errors import ConfigError
-from circuitkit.interfaces import Task, TaskConfig
+from circuitkit.api import ConfigError, Example, Task, TaskConfig
 
 WORDS = (
     "dog cat bird fish horse cow pig sheep lion tiger bear wolf fox mouse duck apple bread cake rice milk "

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import circuitkit as ck
-from circuitkit.errors import ConfigError
-from circuitkit.testing import AttributorContract, TaskContract
+from circuitkit.api import ConfigError
+from circuitkit.testing import AttributorContract, InterventionContract, MetricContract, TaskContract
 
 
 class TestEapCorrupted(AttributorContract):
@@ -24,6 +24,14 @@ class TestEapCorruptedHalfway(AttributorContract):
 class TestRepeatWord(TaskContract):
     name = "repeat_word"
     options = {"n_examples": 16, "repeats": 3}
+
+
+class TestAnswerMargin(MetricContract):
+    name = "answer_margin"
+
+
+class TestHalfway(InterventionContract):
+    name = "halfway"
 
 
 def ctx(batch_size=8):
@@ -72,3 +80,31 @@ def test_repeat_word_checks_its_options():
         ck.build("tasks", "repeat_word", repeats=0)
     with pytest.raises(ConfigError, match="task.split"):
         ck.build("tasks", "repeat_word", split="validation")
+
+
+def test_answer_margin_by_hand(ck_tiny_task, ck_tiny_data):
+    """The margin against the definition, written out per example on random logits."""
+    import dataclasses
+
+    task = type(ck_tiny_task)(dataclasses.replace(ck_tiny_task.config, metric="answer_margin"))
+    batch = next(ck_tiny_data.batches(len(ck_tiny_data)))
+    logits = torch.randn(len(batch), 50257, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = task.metric(logits, batch)
+    for i, ex in enumerate(ck_tiny_data.examples):
+        correct = max(float(logits[i, t]) for t in ck_tiny_data.correct_ids[i])
+        wrong = [float(logits[i, t]) for t in ck_tiny_data.incorrect_ids[i]]
+        assert float(got[i]) == correct - (max(wrong) if wrong else 0.0), ex.clean
+
+
+def test_halfway_carries_the_midpoint(ck_tiny_model64, ck_tiny_data):
+    """A removed edge carries the mean of its source's clean and corrupted outputs, every source at once."""
+    from circuitkit.api import build_intervention, run_sources
+
+    model = ck_tiny_model64
+    iv = build_intervention(model, ck_tiny_data, "halfway", 8)
+    batch = next(ck_tiny_data.batches(8, model.pad_id))
+    clean = run_sources(model, batch.clean).sources
+    corrupted = run_sources(model, batch.corrupted).sources
+    assert not torch.equal(clean, corrupted)
+    torch.testing.assert_close(iv.values(model, batch), (clean + corrupted) / 2, rtol=0, atol=1e-12)
+    assert not iv.uses_corrupted and iv.kind == "halfway"
