@@ -1,7 +1,7 @@
 """Method comparison table: CPR, CMD, edges for faithfulness 0.85 and agreement with exact patching.
 
 For every task and every method (EAP and EAP-IG by default) this scores the model's edges, evaluates the
-faithfulness curve at MIB's edge budgets (0.1 ... 100 % of the edges) and prints, as in MIB's results
+faithfulness curve at MIB's edge budgets (0.1 ... 100 % of the edges; the ``mib`` preset, conf/preset/mib.yaml) and prints, as in MIB's results
 table (methods as rows, tasks as columns, one block per measure):
 
 - CPR (higher is better) and CMD (lower is better), MIB's areas under the faithfulness curve
@@ -83,6 +83,19 @@ def render(results: dict[str, dict[str, dict[str, Any]]], tasks: list[str], meth
     return "\n".join(lines)
 
 
+def mib_curve_options() -> dict[str, Any]:
+    """MIB's faithfulness-curve settings (edge budgets, CPR from signed scores) from the ``mib`` preset
+    (conf/preset/mib.yaml), as ``python -m circuitkit preset=mib`` runs them."""
+    from omegaconf import OmegaConf
+
+    from circuitkit.config import compose
+
+    options = OmegaConf.to_container(compose(["preset=mib"]).evaluator.faithfulness_curve)
+    assert isinstance(options, dict)
+    options.pop("name", None)
+    return options  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     g = model.graph
     print(f"model: {model.name} ({g.n_layers} layers, {g.n_heads} heads, {g.n_edges} edges) loaded in {time.perf_counter() - t0:.1f}s on {model.device}", flush=True)
 
-    curve_eval = ck.build("evaluators", "faithfulness_curve", cpr_signed=True, target=args.target)
+    curve_eval = ck.build("evaluators", "faithfulness_curve", **{**mib_curve_options(), "target": args.target})
     rows = methods + ([] if args.no_patching_row else ["patching"])
     results: dict[str, dict[str, dict[str, Any]]] = {}
     skipped: dict[str, str] = {}

@@ -108,7 +108,7 @@ def main() -> None:
     batch = next(data.batches(len(data))).to(model.device)
     ctx = ck.RunContext(batch_size=len(data), progress=False)
     if args.positions_per_pass:
-        ctx.extra["positions_per_pass"] = args.positions_per_pass
+        ctx.positions_per_pass = args.positions_per_pass
     heads = f"{args.heads} heads" if args.arch == "gpt2" else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
     print(f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
           f"{len(data)} prompts x {batch.clean.shape[1]} tokens; positions per pass {args.positions_per_pass or 'all'}; device {model.device}"

@@ -1,4 +1,5 @@
-"""``python -m circuitkit``: plugin manager -> registry -> ConfigStore -> Hydra main.
+"""``python -m circuitkit``: plugin manager -> registry -> ConfigStore (schema + plugin configs) -> Hydra main
+(config.yaml + presets) -> :func:`circuitkit.pipeline.run`.
 
 Examples::
 
@@ -23,16 +24,11 @@ log = logging.getLogger("circuitkit")
 
 
 def _store_configs(block: tuple[str, ...] | list[str] = ()) -> None:
-    from hydra.core.config_store import ConfigStore
+    """Put the run's schema (circuitkit.config.RunConfig, as ``base_config``) and every registered plugin's
+    config into Hydra's ConfigStore; the model presets and the run presets are YAML files (conf/)."""
+    from circuitkit.config import store_configs
 
-    from circuitkit.pipeline import MODEL_PRESETS
-    from circuitkit.plugins import get_registry
-
-    registry = get_registry(block)
-    registry.store_configs()
-    cs = ConfigStore.instance()
-    for name, node in MODEL_PRESETS.items():
-        cs.store(group="model", name=name, node=node)
+    store_configs(block)
 
 
 def _task_function(cfg) -> float | None:  # noqa: ANN001

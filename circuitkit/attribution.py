@@ -55,7 +55,7 @@ def gradient_attribution(
             (``Scores.per_example``, while they fit in memory; see :mod:`circuitkit.uncertainty`).
 
     Cost per batch: one corrupted forward without autograd, then one forward/backward per alpha (the
-    ``alpha == 1`` pass also collects the clean source outputs). With ``ctx.extra["positions_per_pass"] = k``
+    ``alpha == 1`` pass also collects the clean source outputs). With ``ctx.positions_per_pass = k``
     the difference buffer holds ``k`` positions at a time and these passes run once per group of ``k``
     positions (memory divided, time multiplied by the number of groups; the scores are the same sums).
     """
@@ -151,16 +151,16 @@ def check_level(level: object, method: str) -> None:
 
 
 def resolve_buffer_dtype(ctx: RunContext, model: CircuitModel) -> torch.dtype:
-    """The dtype of the activation-difference buffer: ``ctx.extra["buffer_dtype"]`` or the model's."""
+    """The dtype of the activation-difference buffer: ``ctx.buffer_dtype`` or the model's."""
     from circuitkit.model import resolve_dtype
 
-    name = ctx.extra.get("buffer_dtype")
+    name = ctx.buffer_dtype
     return resolve_dtype(name) if name else model.dtype
 
 
 def resolve_positions_per_pass(ctx: RunContext, width: int) -> int:
-    """Positions per gradient pass: ``ctx.extra["positions_per_pass"]`` (None: all ``width``)."""
-    k = ctx.extra.get("positions_per_pass")
+    """Positions per gradient pass: ``ctx.positions_per_pass`` (None: all ``width``)."""
+    k = ctx.positions_per_pass
     if k is None:
         return width
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -6,7 +6,7 @@ The key is a hash of:
 - the model's weights hash, its dtype and the device type;
 - the task data's content hash (token ids and answers) and the task's options;
 - the method's options (every field of its config, defaults included), the run seed and the run-level
-  extras (``RunContext.extra``: intervention, buffer precision, positions per pass);
+  settings a method reads (:func:`run_settings`: intervention, buffer precision, positions per pass);
 - the code: the source of every ``.py`` file of the circuitkit package (engine, attribution, model,
   interventions, graph, data, ...), the source of the package (or single module) that defines the method's
   class and the task's class (and their base classes outside circuitkit and the standard library: for the
@@ -69,16 +69,15 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "circuitkit"
 
 
-def cache_dir_for(cfg: dict[str, Any]) -> Path | None:
-    """The cache directory a run config asks for, or None when caching is off.
+def cache_dir_for(cache: bool, cache_dir: str | None = None) -> Path | None:
+    """The cache directory a run's ``cache`` and ``cache_dir`` ask for, or None when caching is off.
 
-    A config without a ``cache`` key (a hand-made dict given to :func:`circuitkit.pipeline.run`) does not
-    cache; the CLI's config sets ``cache: true``.
+    A config given to :func:`circuitkit.pipeline.run` without ``cache`` does not cache
+    (:class:`circuitkit.config.RunConfig`); the CLI's config sets ``cache: true``.
     """
-    if not cfg.get("cache", False):
+    if not cache:
         return None
-    given = cfg.get("cache_dir")
-    return Path(str(given)).expanduser() if given else default_cache_dir()
+    return Path(str(cache_dir)).expanduser() if cache_dir else default_cache_dir()
 
 
 def _version(dist: str) -> str:
@@ -213,8 +212,7 @@ def attribution_key(
     code: dict[str, str] | None = None,
 ) -> str:
     """The content hash naming one cache entry. ``extra``: run-level settings components may read
-    (:attr:`circuitkit.interfaces.RunContext.extra`, e.g. a buffer precision); ``code``: source hashes and
-    versions (:func:`code_hashes`)."""
+    (:func:`run_settings`, e.g. a buffer precision); ``code``: source hashes and versions (:func:`code_hashes`)."""
     payload = {
         "format": CACHE_FORMAT,
         "circuitkit": _version("circuitkit"),
@@ -237,22 +235,33 @@ def entry_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "scores" / key[:2] / f"{key}.json"
 
 
-def cached_attribute(
-    attributor: Any, model: Any, task: Any, data: Any, ctx: Any, cfg: dict[str, Any], meta: dict[str, Any], registry: Any = None
-) -> Any:
-    """``attributor.attribute(model, task, data, ctx)``, through the cache when ``cfg`` turns it on.
+def run_settings(ctx: Any) -> dict[str, Any]:
+    """The run-level settings of ``ctx`` that change a method's scores (part of the key): the buffer
+    precision, the intervention and, when set, the positions per gradient pass."""
+    iv = getattr(ctx, "intervention", None)
+    out: dict[str, Any] = {
+        "buffer_dtype": getattr(ctx, "buffer_dtype", None),
+        "intervention": "patching" if iv is None else getattr(iv, "kind", None) or type(iv).__qualname__,
+    }
+    if getattr(ctx, "positions_per_pass", None) is not None:
+        out["positions_per_pass"] = ctx.positions_per_pass
+    return out
 
-    Sets ``meta["scores_from_cache"]`` (and ``meta["scores_cache_key"]`` when caching). A cache that cannot
-    be read or written never fails the run: the scores are computed (and the problem logged) instead.
+
+def cached_attribute(
+    attributor: Any, model: Any, task: Any, data: Any, ctx: Any, cache_dir: str | Path | None, registry: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """``attributor.attribute(model, task, data, ctx)``, through the cache in ``cache_dir`` (None: no cache).
+
+    Returns the scores and what results.json records about the cache: ``scores_from_cache`` (and
+    ``scores_cache_key`` when caching). A cache that cannot be read or written never fails the run: the
+    scores are computed (and the problem logged) instead.
     """
     from circuitkit.results import Scores
 
-    cache_dir = cache_dir_for(cfg)
-    meta["scores_from_cache"] = False
     if cache_dir is None:
-        return attributor.attribute(model, task, data, ctx)
-    ctx.cache_dir = str(cache_dir)
-    method_cfg = _options(attributor, cfg.get("method"))
+        return attributor.attribute(model, task, data, ctx), {"scores_from_cache": False}
+    method_cfg = _options(attributor, None)
     plugin_version = ""
     if registry is not None:
         try:
@@ -264,23 +273,22 @@ def cached_attribute(
         weights_hash=str(getattr(model, "weights_hash", "")),
         data_hash=data.content_hash(),
         method=method_cfg,
-        task=_options(getattr(task, "wrapped", task), cfg.get("task")),
+        task=_options(getattr(task, "wrapped", task), None),
         seed=int(getattr(ctx, "seed", 0)),
         device_type=torch.device(model.device).type,
         dtype=str(model.dtype),
         plugin_version=plugin_version,
-        extra=dict(getattr(ctx, "extra", None) or {}),
+        extra=run_settings(ctx),
         code=code_hashes(attributor, task),
     )
-    meta["scores_cache_key"] = key
+    info: dict[str, Any] = {"scores_from_cache": False, "scores_cache_key": key}
     path = entry_path(cache_dir, key)
     if path.is_file():
         try:
             scores = Scores.load(path, graph=model.graph)
             if scores.meta.get("cache_key") == key:
-                meta["scores_from_cache"] = True
                 log.info("Attribution scores loaded from the cache (%s); cache=false recomputes them.", path)
-                return scores
+                return scores, {**info, "scores_from_cache": True}
             log.warning("Ignoring cache entry %s: it was written for another key.", path)
         except (CircuitkitError, KeyError, TypeError, ValueError) as e:
             log.warning("Ignoring unreadable cache entry %s (%s); recomputing.", path, e)
@@ -293,4 +301,4 @@ def cached_attribute(
             log.warning(
                 "Could not write the attribution cache (%s); the run goes on without it. Set cache_dir=... or cache=false.", e
             )
-    return scores
+    return scores, info

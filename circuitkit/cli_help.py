@@ -71,9 +71,9 @@ def _fmt(v: Any) -> str:
 
 def help_text(block: Iterable[str] = ()) -> str:
     """The text of ``python -m circuitkit --help``."""
+    from circuitkit.config import model_presets, run_presets
     from circuitkit.errors import CircuitkitError
     from circuitkit.interventions import intervention_names
-    from circuitkit.pipeline import MODEL_PRESETS
     from circuitkit.plugins import get_registry
     from circuitkit.registry import KINDS
 
@@ -104,7 +104,8 @@ def help_text(block: Iterable[str] = ()) -> str:
             if combinable and not hint:
                 hint = f"   (a list: {group}=[a,b])"
             rows.append((group, (", ".join(names) or "(none installed)") + hint))
-    rows.append(("model", ", ".join(f"{n}*" if n == chosen.get("model") else n for n in MODEL_PRESETS) + "   (or model.name=/path/to/saved_model)"))
+    rows.append(("model", ", ".join(f"{n}*" if n == chosen.get("model") else n for n in model_presets()) + "   (or model.name=/path/to/saved_model)"))
+    rows.append(("preset", ", ".join(run_presets()) + "   (whole-run settings; none by default)"))
     if registry is not None:
         ivs = intervention_names()
         rows.append(("intervention", ", ".join(f"{n}*" if n == cfg.get("intervention") else n for n in ivs) + "   (what a removed edge carries)"))

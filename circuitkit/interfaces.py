@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -70,8 +70,10 @@ class RunContext:
         cache_dir: where components may cache work (None: no caching).
         intervention: what a removed edge carries in attribution and evaluation
             (:class:`circuitkit.interventions.Intervention`; None: the corrupted run, i.e. patching).
-        extra: run-level settings components may read (part of the attribution cache key), e.g.
-            ``buffer_dtype``, ``positions_per_pass`` and the intervention's name.
+        buffer_dtype: precision of the activation-difference buffer of gradient methods (``bfloat16``...;
+            None: the model's dtype). Part of the attribution cache key.
+        positions_per_pass: positions of that buffer per gradient pass (None: all). Part of the
+            attribution cache key.
         evaluations: evaluation work shared within the run
             (:class:`circuitkit.evaluation.EvaluationCache`; None: every evaluation starts afresh). The
             pipeline gives each run its own.
@@ -87,7 +89,8 @@ class RunContext:
     scores: Scores | None = None
     cache_dir: str | None = None
     intervention: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    buffer_dtype: str | None = None
+    positions_per_pass: int | None = None
     evaluations: Any = None
     bootstrap: Any = None
     attributor: Any = None

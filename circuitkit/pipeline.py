@@ -1,67 +1,40 @@
-"""One run: task -> attributor -> selector -> evaluators -> reporters, writing results as it goes.
+"""One run, in stages: prepare -> attribute -> select -> evaluate, each writing what it computed.
 
-``scores.json`` is written as soon as attribution finishes and ``circuit.json`` as soon as selection
-does, so a later failure never loses what was computed; ``results.json`` records ``"status"``.
+- :func:`prepare`: the typed config (:mod:`circuitkit.config`) becomes the components (their options
+  checked before any computation), the run context, the model and the task's data, and the provenance
+  results.json records.
+- :func:`attribute`: the method's scores, through the attribution cache, with their provenance.
+- :func:`select`: the selector's circuit (a selector may measure candidate circuits).
+- :func:`evaluate`: each evaluator's result.
+
+:func:`run` holds the run directory and writes as the stages finish: ``results.json`` (status
+``running``) once the directory is held and again once prepared, ``scores.json`` as soon as attribution
+finishes and ``circuit.json`` as soon as selection does, so a later failure never loses what was computed;
+``results.json`` records ``"status"``. Reporters run once the result files are complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from circuitkit.errors import CircuitkitError, ConfigError
-from circuitkit.interfaces import RunContext
+from circuitkit.config import ModelConfig, RunConfig, model_presets, record, to_objects, typed
+from circuitkit.errors import CircuitkitError
+from circuitkit.interfaces import Attributor, Evaluator, Reporter, RunContext, Selector, Task
 from circuitkit.interventions import build_intervention, check_intervention
 from circuitkit.model import CircuitModel, load_model
 from circuitkit.plugins import get_registry, run_block
 from circuitkit.registry import Registry
-from circuitkit.results import RunResult, write_json
+from circuitkit.results import Circuit, EvalResult, RunResult, Scores, write_json
 
 log = logging.getLogger("circuitkit")
-
-
-@dataclass
-class ModelConfig:
-    """Which model to load.
-
-    Attributes:
-        name: ``bundled``, a Hugging Face Hub name (``gpt2``) or a local directory saved with
-            ``save_pretrained`` (model and tokenizer).
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
-        dtype: ``float32``, ``bfloat16``, ``float16`` or ``float64``.
-        prepend_bos: put the tokenizer's BOS token before every prompt.
-        device_map: place the model with a Hugging Face device map (needs ``accelerate``; ``device`` stays
-            ``auto``): ``auto``, ``balanced``, ``balanced_low_0`` or ``sequential`` (accelerate's
-            strategies over the visible GPUs), one device, or a mapping module name -> GPU index covering
-            every module, as ``from_pretrained`` takes it (``'{model.embed_tokens:0,model.layers.0:0,...}'``).
-            null: one device (``device``). Multi-GPU runs: see docs/concepts.md, "Large models".
-        n_devices: split the model over ``cuda:0 .. cuda:N-1`` (``device_map=balanced`` limited to those
-            GPUs); null or 1: one device.
-        allow_unverified: go on when the model fails circuitkit's check at load against its own forward
-            pass (the residual stream as the sum of the graph's node outputs, the model's own logits); the
-            run then warns and records the failure in results.json (``model_unverified``).
-        fast_paths: take the shortcuts that give the plain forward's numbers up to float rounding (each
-            checked once per model against the plain forward; see docs/concepts.md, "Fast paths"); false:
-            the exact path everywhere.
-    """
-
-    name: str = "bundled"
-    device: str = "auto"
-    dtype: str = "float32"
-    prepend_bos: bool = True
-    device_map: Any = None
-    n_devices: int | None = None
-    allow_unverified: bool = False
-    fast_paths: bool = True
-
-
-MODEL_PRESETS = {"bundled": ModelConfig(name="bundled"), "gpt2": ModelConfig(name="gpt2")}
 
 
 def versions() -> dict[str, str]:
@@ -76,36 +49,28 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
-
-
-def _reporters(cfg: dict[str, Any], registry: Registry) -> list[Any]:
-    """The reporters chosen in ``reporter=[...]``, plus ``pictures`` (circuit.svg/png, curve.png,
-    circuit.html) unless listed there already or turned off with ``pictures=false``."""
-    chosen = _selected(cfg, "reporter")
-    if cfg.get("pictures", True) and "pictures" not in [n for n, _ in chosen] and "pictures" in registry.reporters.names():
-        chosen = [("pictures", {}), *chosen]
-    return [registry.reporters.build(n, o) for n, o in chosen]
-
-
-def _selected(cfg: dict[str, Any], group: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[(name, options)]`` chosen for a combinable group (a mapping name -> options, or None)."""
-    node = cfg.get(group) or {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"'{group}' must be a list of names, e.g. {group}=[faithfulness]; got {node!r}.")
-    return [(name, opts or {}) for name, opts in node.items()]
-
-
 #: Longest error text recorded in results.json (user data such as a prompt can be megabytes).
 MAX_ERROR_CHARS = 500
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` gives the later stages: the run's components, model, data and context."""
+
+    config: RunConfig
+    registry: Registry
+    attributor: Attributor
+    task: Task
+    selector: Selector
+    evaluators: list[Evaluator]
+    reporters: list[Reporter]
+    ctx: RunContext
+    model: CircuitModel
+    data: Any
+    #: What results.json records about the run (method, model and data hashes, seed, ...).
+    provenance: dict[str, Any] = field(default_factory=dict)
+    #: Seconds of the stages so far (load_model, build_task, intervention).
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def run(
@@ -116,52 +81,57 @@ def run(
     registry: Registry | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> RunResult:
-    """Execute one run described by ``cfg`` (the composed Hydra config, or an equivalent dict).
+    """Execute one run described by ``cfg``: the composed Hydra config, a :class:`~circuitkit.config.RunConfig`
+    or a mapping with its keys (those left out take :class:`~circuitkit.config.RunConfig`'s defaults).
 
     The run holds ``run_dir`` for itself while it runs (circuitkit/rundir.py): a directory in use by another
-    run, or holding a complete run (unless ``cfg["overwrite"]``), is refused before anything is written.
-    ``extra_files`` (relative path -> text, e.g. Hydra's ``.hydra/config.yaml``) are written with the results.
+    run, or holding a complete run (unless ``overwrite``), is refused before anything is written. A config
+    of the wrong shape (an unknown key, a value of the wrong type) is refused before that.
+    ``model``: an already loaded model (``model`` in the config is then not loaded). ``extra_files``
+    (relative path -> text, e.g. Hydra's ``.hydra/config.yaml``) are written with the results.
     """
     from circuitkit.rundir import open_run_dir, terminate_as_interrupt
 
-    cfg = _plain(cfg)
-    option = "output_dir" if cfg.get("output_dir") else "hydra.run.dir"
-    rd = open_run_dir(run_dir, overwrite=bool(cfg.get("overwrite", False)), option=option)
+    node = typed(cfg)
+    option = "output_dir" if node.output_dir else "hydra.run.dir"
+    rd = open_run_dir(run_dir, overwrite=bool(node.overwrite), option=option)
     try:
         if rd.replaced is not None and rd.staging is None:
             log.info("Replacing the earlier run in %s, which did not complete (status %s).", rd.final, rd.replaced)
-        with terminate_as_interrupt(), run_block(_blocked(cfg)):
-            return _run(cfg, rd, model=model, registry=registry, extra_files=extra_files or {})
+        with terminate_as_interrupt(), run_block([str(n) for n in node.plugins.block]):
+            return _run(node, rd, model=model, registry=registry, extra_files=extra_files or {})
     finally:
         rd.close()
 
 
-def _run(cfg: dict[str, Any], rd: Any, *, model: CircuitModel | None, registry: Registry | None, extra_files: dict[str, str]) -> RunResult:
+def _run(node: Any, rd: Any, *, model: CircuitModel | None, registry: Registry | None, extra_files: dict[str, str]) -> RunResult:
     from circuitkit.results import atomic_write_text
     from circuitkit.rundir import Terminated
 
     run_dir = rd.out
-    seconds: dict[str, float] = {}
-    result = RunResult(meta={"config": cfg, "versions": versions()}, seconds=seconds, status="running")
+    config = record(node)
+    if model is not None:  # a loaded model was given: the config's model section was not used
+        config.pop("model", None)
+    result = RunResult(meta={"config": config, "versions": versions()}, seconds={}, status="running")
     for rel, text in extra_files.items():
         atomic_write_text(run_dir / rel, text)
-    _write_results(result, run_dir)
+    write_results(result, run_dir)
     try:
-        reporters = _execute(cfg, run_dir, result, model=model, registry=registry)
+        reporters = _stages(node, run_dir, result, model=model, registry=registry)
     except KeyboardInterrupt as e:
         result.status = "interrupted"
         if isinstance(e, Terminated):
             result.meta["signal"] = signal_name(e.signum)
-        _write_results(result, run_dir)
+        write_results(result, run_dir)
         raise
     except Exception as e:
         result.status = "failed"
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         result.meta["error"] = text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-        _write_results(result, run_dir)
+        write_results(result, run_dir)
         raise
     result.status = "complete"
-    _write_results(result, run_dir)
+    write_results(result, run_dir)
     rd.commit()
     # Reporters that publish the run elsewhere (W&B) run after those that add files to it (pictures).
     for rep in sorted(reporters, key=lambda r: bool(getattr(r, "publishes", False))):
@@ -187,83 +157,88 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
-def _blocked(cfg: dict[str, Any]) -> list[str]:
-    """The plugins the run's ``plugins.block`` leaves out."""
-    return [str(n) for n in ((cfg.get("plugins") or {}).get("block") or [])]
+def _stages(node: Any, run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Reporter]:
+    """The stages, each one's output written as it finishes; returns the reporters to run once the result
+    files are complete."""
+    prepared = prepare(to_objects(node), model=model, registry=registry)
+    result.seconds.update(prepared.seconds)
+    result.meta.update(prepared.provenance)
+    write_results(result, run_dir)
+
+    t0 = time.perf_counter()
+    scores, cache_info = attribute(prepared)
+    result.seconds["attribute"] = time.perf_counter() - t0
+    result.meta.update(cache_info)
+    result.scores = scores
+    scores.save(run_dir / "scores.json")
+
+    t0 = time.perf_counter()
+    circuit = select(prepared, scores)
+    result.seconds["select"] = time.perf_counter() - t0
+    result.circuit = circuit
+    circuit.save(run_dir / "circuit.json")
+
+    for name, res, seconds in evaluate(prepared, scores, circuit):
+        result.seconds[f"evaluate_{name}"] = seconds
+        result.evals[name] = res
+    return prepared.reporters
 
 
-def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Any]:
-    """The run's stages, filling ``result`` as they finish (scores.json, circuit.json written on the way);
-    returns the reporters to run once the result files are complete."""
-    registry = registry or get_registry(_blocked(cfg))
-    ctx = RunContext(
-        batch_size=int(cfg.get("batch_size", 16)), progress=bool(cfg.get("progress", True)), seed=int(cfg.get("seed", 0))
-    )
-    ctx.extra["buffer_dtype"] = cfg.get("buffer_dtype")
-    from circuitkit.uncertainty import bootstrap_config
-
-    ctx.bootstrap = cfg.get("bootstrap")
-    ctx.bootstrap = bootstrap_config(ctx)  # bad options fail here, before any computation
-    # The selector's search, the curve and the faithfulness of the chosen circuit share evaluation work.
+def prepare(config: RunConfig, *, model: CircuitModel | None = None, registry: Registry | None = None) -> Prepared:
+    """Build the run's components (a bad option fails here, before any computation), seed torch, load the
+    model (unless given), build the task's data and the intervention."""
+    from circuitkit.cache import cache_dir_for
     from circuitkit.evaluation import EvaluationCache
+    from circuitkit.objectives import bind_objective
 
-    ctx.evaluations = EvaluationCache()
-    if cfg.get("positions_per_pass") is not None:
-        ctx.extra["positions_per_pass"] = cfg.get("positions_per_pass")
-    intervention = cfg.get("intervention") or "patching"
-    check_intervention(intervention)
-    ctx.extra["intervention"] = intervention
-    if ctx.batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {ctx.batch_size}.")
-    method_name = cfg["method"]["name"]
-    task_name = cfg["task"]["name"]
-    selector_name = cfg["selector"]["name"]
-    # Build every component first, so a bad option fails before any computation.
-    attributor = registry.methods.build(method_name, cfg["method"])
-    ctx.attributor = attributor
-    task = registry.tasks.build(task_name, cfg["task"])
-    selector = registry.selectors.build(selector_name, cfg["selector"])
-    evaluators = [registry.evaluators.build(n, o) for n, o in _selected(cfg, "evaluator")]
-    reporters = _reporters(cfg, registry)
+    registry = registry or get_registry([str(n) for n in config.plugins.block])
+    check_intervention(config.intervention)
+    cache_dir = cache_dir_for(config.cache, config.cache_dir)
+    attributor = registry.methods.build(_name(config.method), config.method)
+    task = registry.tasks.build(_name(config.task), config.task)
+    selector = registry.selectors.build(_name(config.selector), config.selector)
+    evaluators = [registry.evaluators.build(n, o) for n, o in config.evaluator.items()]
+    reporters = [registry.reporters.build(n, o) for n, o in _reporters(config, registry).items()]
     level = getattr(attributor.config, "level", None)
     if isinstance(level, str):  # node/neuron-level methods need a selector that chooses nodes/neurons
         selector.check_level(level)
 
-    torch.manual_seed(ctx.seed)
-    seconds = result.seconds
+    torch.manual_seed(config.seed)
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if model is None:
-        mc = cfg.get("model", {})
-        model = load_model(
-            mc.get("name", "bundled"),
-            device=mc.get("device", "auto"),
-            dtype=mc.get("dtype", "float32"),
-            prepend_bos=mc.get("prepend_bos", True),
-            device_map=mc.get("device_map"),
-            n_devices=mc.get("n_devices"),
-            allow_unverified=bool(mc.get("allow_unverified", False)),
-        )
-        model.fast_paths = bool(mc.get("fast_paths", True))
+        model = _load(config.model)
     seconds["load_model"] = time.perf_counter() - t0
     selector.validate(model.graph)
 
     # A task whose metric is ``kl`` needs the model (its clean distribution) to compute the metric.
-    from circuitkit.objectives import bind_objective
-
     task = bind_objective(task, model)
     t0 = time.perf_counter()
     data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
     check_fits_model(model, data)
     seconds["build_task"] = time.perf_counter() - t0
-    if intervention != "patching":
+    intervention = None
+    if config.intervention != "patching":
         t0 = time.perf_counter()
-        ctx.intervention = build_intervention(model, data, intervention, ctx.batch_size)
+        intervention = build_intervention(model, data, config.intervention, config.batch_size)
         seconds["intervention"] = time.perf_counter() - t0
-    meta = result.meta  # the attribution cache adds to it (scores_from_cache)
-    meta.update({
-        "method": method_name,
-        "task": task_name,
-        "selector": selector_name,
+    ctx = RunContext(
+        batch_size=config.batch_size,
+        progress=config.progress,
+        seed=config.seed,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        intervention=intervention,
+        buffer_dtype=config.buffer_dtype,
+        positions_per_pass=config.positions_per_pass,
+        # The selector's search, the curve and the faithfulness of the chosen circuit share evaluation work.
+        evaluations=EvaluationCache(),
+        bootstrap=config.bootstrap,
+        attributor=attributor,
+    )
+    provenance = {
+        "method": _name(config.method),
+        "task": _name(config.task),
+        "selector": _name(config.selector),
         "model": model.name,
         "model_weights_hash": model.weights_hash,
         **({"model_unverified": model.unverified} if getattr(model, "unverified", None) else {}),
@@ -274,46 +249,74 @@ def _execute(cfg: dict[str, Any], run_dir: Path, result: RunResult, *, model: Ci
         "task_info": data.info,
         "prepend_bos": bool(model.prepend_bos),
         "bos_token": getattr(model.tokenizer, "bos_token", None) if model.prepend_bos else None,
-        "seed": ctx.seed,
-        "intervention": intervention,
-        "batch_size": ctx.batch_size,
+        "seed": config.seed,
+        "intervention": config.intervention,
+        "batch_size": config.batch_size,
         "device": str(model.device),
-        "versions": versions(),
-        "config": cfg,
-    })
-    _write_results(result, run_dir)
+    }
     if data.n_dropped:
-        log.info("Task %s: kept %d examples, dropped %d candidates: %s.", task_name, len(data), data.n_dropped, data.drop_summary())
+        log.info("Task %s: kept %d examples, dropped %d candidates: %s.", provenance["task"], len(data), data.n_dropped, data.drop_summary())
+    return Prepared(config, registry, attributor, task, selector, evaluators, reporters, ctx, model, data, provenance, seconds)
 
-    t0 = time.perf_counter()
-    # --- attribution cache (circuitkit/cache.py): same weights, data and method -> reuse scores ---
-    from circuitkit.cache import cached_attribute
 
-    scores = cached_attribute(attributor, model, task, data, ctx, cfg, meta, registry)
-    # --- end attribution cache ---
-    seconds["attribute"] = time.perf_counter() - t0
-    scores.meta.update(
-        {k: meta[k] for k in ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed", "versions")}
-    )
+#: What scores.json records of the run, besides the method's own metadata.
+SCORES_PROVENANCE = ("method", "task", "model", "model_weights_hash", "task_data_hash", "seed")
+
+
+def attribute(p: Prepared) -> tuple[Scores, dict[str, Any]]:
+    """The method's scores (from the attribution cache when the same scores were computed before), with the
+    run's provenance in their metadata; and what results.json records about the cache."""
+    from circuitkit.cache import cache_dir_for, cached_attribute
+
+    cache_dir = cache_dir_for(p.config.cache, p.config.cache_dir)
+    scores, cache_info = cached_attribute(p.attributor, p.model, p.task, p.data, p.ctx, cache_dir, p.registry)
+    meta = {**scores.meta, **{k: p.provenance[k] for k in SCORES_PROVENANCE}, "versions": versions()}
+    scores = dataclasses.replace(scores, meta=meta)
     scores.check_finite()
-    result.scores = scores
-    scores.save(run_dir / "scores.json")
-    ctx.scores = scores
+    return scores, cache_info
 
-    t0 = time.perf_counter()
-    # A selector may measure candidate circuits (top_n without n_edges: the smallest reaching a target).
-    circuit = selector.select_in_run(scores, model, task, data, ctx)
-    seconds["select"] = time.perf_counter() - t0
-    result.circuit = circuit
-    circuit.d_model = model.d_model
-    circuit.save(run_dir / "circuit.json")
 
-    for ev in evaluators:
+def select(p: Prepared, scores: Scores) -> Circuit:
+    """The selector's circuit from ``scores`` (a selector may measure candidate circuits: top_n without
+    n_edges chooses the smallest reaching a target)."""
+    circuit = p.selector.select_in_run(scores, p.model, p.task, p.data, dataclasses.replace(p.ctx, scores=scores))
+    return dataclasses.replace(circuit, d_model=p.model.d_model)
+
+
+def evaluate(p: Prepared, scores: Scores, circuit: Circuit) -> Any:
+    """Yield ``(name, result, seconds)`` for each evaluator, in the order chosen."""
+    ctx = dataclasses.replace(p.ctx, scores=scores)
+    for ev in p.evaluators:
         t0 = time.perf_counter()
-        res = ev.evaluate(model, task, data, circuit, ctx)
-        seconds[f"evaluate_{res.name}"] = time.perf_counter() - t0
-        result.evals[res.name] = res
-    return reporters
+        res: EvalResult = ev.evaluate(p.model, p.task, p.data, circuit, ctx)
+        yield res.name, res, time.perf_counter() - t0
+
+
+def _name(component: Any) -> str:
+    return str(component["name"] if isinstance(component, dict) else component.name)
+
+
+def _reporters(config: RunConfig, registry: Registry) -> dict[str, Any]:
+    """The reporters chosen in ``reporter=[...]`` (name -> options), plus ``pictures`` (circuit.svg/png,
+    curve.png, circuit.html) unless listed there already or turned off with ``pictures=false``."""
+    chosen = dict(config.reporter)
+    if config.pictures and "pictures" not in chosen and "pictures" in registry.reporters.names():
+        chosen = {"pictures": {}, **chosen}
+    return chosen
+
+
+def _load(mc: ModelConfig) -> CircuitModel:
+    model = load_model(
+        mc.name,
+        device=mc.device,
+        dtype=mc.dtype,
+        prepend_bos=mc.prepend_bos,
+        device_map=mc.device_map,
+        n_devices=mc.n_devices,
+        allow_unverified=bool(mc.allow_unverified),
+    )
+    model.fast_paths = bool(mc.fast_paths)
+    return model
 
 
 def check_fits_model(model: CircuitModel, data: Any) -> None:
@@ -347,7 +350,8 @@ def check_fits_model(model: CircuitModel, data: Any) -> None:
             )
 
 
-def _write_results(result: RunResult, run_dir: Path) -> None:
+def write_results(result: RunResult, run_dir: Path) -> None:
+    """Write ``result`` as ``run_dir/results.json`` (atomically)."""
     try:
         write_json(run_dir / "results.json", result.results_json())
     except CircuitkitError:
@@ -356,4 +360,4 @@ def _write_results(result: RunResult, run_dir: Path) -> None:
         raise CircuitkitError(f"results.json could not be written: {e}") from e
 
 
-__all__ = ["ModelConfig", "MODEL_PRESETS", "run", "versions", "asdict", "field"]
+__all__ = ["ModelConfig", "Prepared", "RunConfig", "attribute", "evaluate", "model_presets", "prepare", "run", "select", "versions"]

@@ -183,6 +183,55 @@ def primary_config_options() -> tuple[list[str], list[tuple[str, Any, str]]]:
     return defaults, out
 
 
+def _leaves(node: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """``[(dotted key, value)]`` of a nested mapping's leaves."""
+    out: list[tuple[str, Any]] = []
+    for k, v in node.items():
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [(f"{prefix}{k}", v)]
+    return out
+
+
+def presets_section() -> list[str]:
+    """The ``preset`` group: each preset's comment and the settings it makes, from its YAML file."""
+    from omegaconf import OmegaConf
+
+    from circuitkit.config import run_presets
+
+    lines = [
+        "## Presets",
+        "",
+        "Whole-run settings from the literature, chosen with `preset=NAME` (none by default). A preset is a YAML",
+        "file of the repository's `conf/preset/` (installed as the package `circuitkit_conf`, which the primary",
+        "config puts on Hydra's search path, so it works from any directory and in any install). It sets groups",
+        "and options like the command line would; options given on the command line win over the preset's",
+        "(`preset=paper/ioi model=bundled` runs the paper's setting offline on the bundled model).",
+        "`python -m circuitkit preset=NAME --cfg job` prints what a preset composes to; `circuitkit.config.compose`",
+        "does the same in Python (the benchmarks read their settings from the presets this way).",
+        "",
+        "| preset | sets | what it is |",
+        "|---|---|---|",
+    ]
+    root = ROOT / "conf" / "preset"
+    for name in run_presets():
+        path = root / f"{name}.yaml"
+        text = path.read_text(encoding="utf-8")
+        comment = " ".join(
+            ln.lstrip("#").strip() for ln in text.split("\n") if ln.startswith("#") and not ln.startswith("# @package")
+        )
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        assert isinstance(cfg, dict)
+        sets = []
+        for d in cfg.pop("defaults", []):
+            if isinstance(d, str):  # another preset, included whole
+                sets.append(f"preset={d}")
+                continue
+            for k, v in d.items():
+                sets.append(f"{k.replace('override /', '')}={fmt_value(v)}")
+        sets += [f"{key}={fmt_value(v)}" for key, v in _leaves(cfg, "")]
+        lines.append(f"| `preset={name}` | {cell(' '.join(f'`{x}`' for x in sets))} | {cell(comment)} |")
+    return [*lines, ""]
+
+
 TOP_LEVEL_HELP = {
     "seed": "The run's seed (torch is seeded with it before anything runs; tasks have their own `task.seed`).",
     "batch_size": "Examples per forward pass. Scores and evaluations do not depend on it; memory does.",
@@ -195,8 +244,8 @@ TOP_LEVEL_HELP = {
 
 
 def configuration_md() -> str:
+    from circuitkit.config import ModelConfig, model_presets
     from circuitkit.interfaces import TaskConfig
-    from circuitkit.pipeline import MODEL_PRESETS, ModelConfig
     from circuitkit.plugins import get_registry
     from circuitkit.registry import KINDS
 
@@ -209,7 +258,8 @@ def configuration_md() -> str:
         "circuitkit's command line is a [Hydra](https://hydra.cc) application. Its primary config is",
         "`circuitkit/conf/config.yaml`; the groups `method`, `task`, `selector`, `evaluator` and `reporter` are",
         "filled from the registered plugins (each plugin's config dataclass is stored in Hydra's ConfigStore",
-        "under its name), and `model` from two presets. Pick a component with `GROUP=NAME` and set its options",
+        "under its name), and `model` and `preset` from the YAML presets of the repository's `conf/` (see",
+        "[Presets](#presets)). Pick a component with `GROUP=NAME` and set its options",
         "with `GROUP.OPTION=VALUE`; evaluators and reporters are lists (`evaluator=[faithfulness,completeness]`)",
         "whose options are set per name (`evaluator.faithfulness_curve.target=0.9`). A misspelt group, name or",
         "option is an error that lists the choices. `python -m circuitkit --cfg job ...` prints the composed",
@@ -218,6 +268,11 @@ def configuration_md() -> str:
         "This page lists circuitkit's own plugins; third-party plugins add their own groups' choices.",
         "",
         "## Top-level options",
+        "",
+        "These are typed: Hydra merges config.yaml onto the schema `circuitkit.config.RunConfig` (stored in its",
+        "ConfigStore as `base_config`), so `batch_size=abc` or a misspelt key is refused while composing. A run",
+        "started from Python, `circuitkit.pipeline.run(config, run_dir)` with a mapping, gets the same schema:",
+        "what the mapping leaves out takes the values below, except `cache`, which is off unless asked for.",
         "",
     ]
     defaults, top = primary_config_options()
@@ -231,10 +286,11 @@ def configuration_md() -> str:
         "",
         "## model",
         "",
-        rst_to_md(first_paragraph(ModelConfig.__doc__)) + " Presets: " + ", ".join(f"`model={n}`" for n in MODEL_PRESETS) + ".",
+        rst_to_md(first_paragraph(ModelConfig.__doc__)) + " Presets: " + ", ".join(f"`model={n}`" for n in model_presets()) + ".",
         "",
         *options_table(ModelConfig, "model."),
         "",
+        *presets_section(),
     ]
     for kind, (group, base, cfg_base, combinable) in KINDS.items():
         if cfg_base is None:  # metrics and interventions have no options (chosen by task.metric / intervention)
@@ -309,7 +365,8 @@ HOOK_CALLS = [
     "- The CLI builds the registry before Hydra composes the config: the registered names are the choices",
     "  of the config groups and each config dataclass is stored in Hydra's ConfigStore as `GROUP/NAME`.",
     "- A hook only registers: it must not load models or data. Components are built later, from their",
-    "  config, as `cls(config)`; check options in `__init__` so a bad value fails before any computation.",
+    "  config, as `cls(config)`; check options in the config dataclass's `__post_init__`, so the command line",
+    "  and `ck.build` give the same error and a bad value fails before any computation.",
     "- `circuitkit.plugins.make_plugin_manager(extra_plugins=[obj])` and `build_registry(pm)` register a",
     "  plugin object without an entry point (tests do this).",
 ]

@@ -85,6 +85,16 @@ class ACDCConfig(PluginConfig):
     copies_per_pass: int = 32
     intervention: str | None = None
 
+    def __post_init__(self) -> None:
+        t = self.tau
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ConfigError(f"method.tau must be a finite number >= 0, got {t!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"method.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+        c = self.copies_per_pass
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+            raise ConfigError(f"method.copies_per_pass must be an integer of at least 1, got {c!r}.")
+
 
 class _Objective:
     """Mean objective over all examples for stacked keep masks, with the per-batch runs cached."""
@@ -133,14 +143,6 @@ class ACDC(Attributor):
 
     def __init__(self, config: ACDCConfig) -> None:
         super().__init__(config)
-        t = config.tau
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ConfigError(f"method.tau must be a finite number >= 0, got {t!r}.")
-        if config.objective not in OBJECTIVES:
-            raise ConfigError(f"method.objective must be one of {', '.join(OBJECTIVES)}, got {config.objective!r}.")
-        c = config.copies_per_pass
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise ConfigError(f"method.copies_per_pass must be an integer of at least 1, got {c!r}.")
         if config.intervention is not None:
             check_intervention(config.intervention, "method.intervention")
 

@@ -24,13 +24,12 @@ class EAPConfig(PluginConfig):
 
     level: str = "edge"
 
+    def __post_init__(self) -> None:
+        check_level(self.level, self.name or "eap")
+
 
 class EAP(Attributor):
     config: EAPConfig
-
-    def __init__(self, config: EAPConfig) -> None:
-        super().__init__(config)
-        check_level(config.level, config.name or "eap")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         return gradient_attribution(model, task, data, ctx, [1.0], method=self.config.name or "eap", level=self.config.level)

@@ -40,6 +40,17 @@ class EAPIGConfig(PluginConfig):
     level: str = "edge"
     ig_points: str = "right"
 
+    def __post_init__(self) -> None:
+        m = self.ig_steps
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r} (the paper uses 5).")
+        check_level(self.level, self.name or "eap_ig")
+        if self.ig_points not in IG_POINTS:
+            raise ConfigError(
+                f"method.ig_points must be one of {', '.join(IG_POINTS)}, got {self.ig_points!r} (right: alpha = k/m "
+                "for k = 1..m, the default; left: k = 0..m-1, as the EAP-IG library)."
+            )
+
 
 #: ``ig_points`` -> the ``k`` of ``alpha = k / m``.
 IG_POINTS = {"right": lambda m: range(1, m + 1), "left": lambda m: range(0, m)}
@@ -52,18 +63,6 @@ def ig_alphas(m: int, points: str = "right") -> list[float]:
 
 class EAPIG(Attributor):
     config: EAPIGConfig
-
-    def __init__(self, config: EAPIGConfig) -> None:
-        super().__init__(config)
-        m = config.ig_steps
-        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r} (the paper uses 5).")
-        check_level(config.level, config.name or "eap_ig")
-        if config.ig_points not in IG_POINTS:
-            raise ConfigError(
-                f"method.ig_points must be one of {', '.join(IG_POINTS)}, got {config.ig_points!r} (right: alpha = k/m "
-                "for k = 1..m, the default; left: k = 0..m-1, as the EAP-IG library)."
-            )
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         if getattr(ctx.intervention, "kind", "patching") == "zero":

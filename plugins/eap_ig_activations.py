@@ -76,20 +76,19 @@ class EAPIGActivationsConfig(PluginConfig):
     interpolate: str = "layer"
     copies_per_pass: int = 8
 
+    def __post_init__(self) -> None:
+        m = self.ig_steps
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r}.")
+        if self.interpolate not in INTERPOLATE:
+            raise ConfigError(f"method.interpolate must be one of {', '.join(INTERPOLATE)}, got {self.interpolate!r}.")
+        c = self.copies_per_pass
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+            raise ConfigError(f"method.copies_per_pass must be an integer of at least 1, got {c!r}.")
+
 
 class EAPIGActivations(Attributor):
     config: EAPIGActivationsConfig
-
-    def __init__(self, config: EAPIGActivationsConfig) -> None:
-        super().__init__(config)
-        m = config.ig_steps
-        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-            raise ConfigError(f"method.ig_steps must be an integer of at least 1, got {m!r}.")
-        if config.interpolate not in INTERPOLATE:
-            raise ConfigError(f"method.interpolate must be one of {', '.join(INTERPOLATE)}, got {config.interpolate!r}.")
-        c = config.copies_per_pass
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise ConfigError(f"method.copies_per_pass must be an integer of at least 1, got {c!r}.")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         cfg = self.config

@@ -98,6 +98,9 @@ class FaithfulnessCurveConfig(PluginConfig):
     refine_points: int = 3
     circuits_per_pass: int = 8
 
+    def __post_init__(self) -> None:
+        check_curve_options(self, None)  # the edge counts of unit=edges are checked against the graph later
+
 
 UNITS = ("percent", "edges")
 NO_TARGET: dict[str, None] = {"edges_for_target": None, "budget_for_target": None, "fraction_for_target": None, "faithfulness_at_target": None}
@@ -110,39 +113,42 @@ def budget_edges(budget: float, unit: str, total: int) -> int:
     return int(round(budget))
 
 
+def check_curve_options(c: FaithfulnessCurveConfig, total: int | None) -> list[float]:
+    """Sorted, deduplicated budgets; a ConfigError for bad options (edge counts checked once ``total``, the
+    graph's edge count, is known)."""
+    if c.unit not in UNITS:
+        raise ConfigError(f"evaluator.{c.name}.unit must be one of {', '.join(UNITS)}, got '{c.unit}'.")
+    budgets = [float(b) for b in c.budgets]
+    if not budgets:
+        raise ConfigError(f"evaluator.{c.name}.budgets is empty; give at least one budget.")
+    hi = 100.0 if c.unit == "percent" else float(total if total is not None else math.inf)
+    bad = [b for b in budgets if not math.isfinite(b) or not (0 < b <= hi)]
+    if bad:
+        what = "percentages in (0, 100]" if c.unit == "percent" else f"edge counts in [1, {total}] (this graph has {total} edges)"
+        if total is None and c.unit == "edges":
+            what = "positive edge counts"
+        raise ConfigError(f"evaluator.{c.name}.budgets must be {what}; got {bad[0]:g}.")
+    if c.unit == "edges" and any(b != int(b) for b in budgets):
+        raise ConfigError(f"evaluator.{c.name}.budgets are edge counts (unit=edges) and must be whole numbers.")
+    if not math.isfinite(c.target):
+        raise ConfigError(f"evaluator.{c.name}.target must be a finite number, got {c.target}.")
+    if (c.refine_steps is not None and c.refine_steps < 0) or c.refine_points < 1:
+        raise ConfigError(f"evaluator.{c.name}: refine_steps must be >= 0 (or null) and refine_points >= 1.")
+    if c.circuits_per_pass < 1:
+        raise ConfigError(f"evaluator.{c.name}.circuits_per_pass must be at least 1.")
+    return sorted(set(budgets))
+
+
 class FaithfulnessCurve(Evaluator):
     config: FaithfulnessCurveConfig
 
     # ----- options ------------------------------------------------------------------------------
     def __init__(self, config: FaithfulnessCurveConfig) -> None:
         super().__init__(config)
-        self._check(None)  # bad options fail when the run is built, before any computation
-        self._selector_entry()
+        self._selector_entry()  # the selector must be registered and take n_edges
 
     def _check(self, total: int | None) -> list[float]:
-        """Sorted, deduplicated budgets; a ConfigError for bad options (edge counts checked once ``total`` is known)."""
-        c = self.config
-        if c.unit not in UNITS:
-            raise ConfigError(f"evaluator.{c.name}.unit must be one of {', '.join(UNITS)}, got '{c.unit}'.")
-        budgets = [float(b) for b in c.budgets]
-        if not budgets:
-            raise ConfigError(f"evaluator.{c.name}.budgets is empty; give at least one budget.")
-        hi = 100.0 if c.unit == "percent" else float(total if total is not None else math.inf)
-        bad = [b for b in budgets if not math.isfinite(b) or not (0 < b <= hi)]
-        if bad:
-            what = "percentages in (0, 100]" if c.unit == "percent" else f"edge counts in [1, {total}] (this graph has {total} edges)"
-            if total is None and c.unit == "edges":
-                what = "positive edge counts"
-            raise ConfigError(f"evaluator.{c.name}.budgets must be {what}; got {bad[0]:g}.")
-        if c.unit == "edges" and any(b != int(b) for b in budgets):
-            raise ConfigError(f"evaluator.{c.name}.budgets are edge counts (unit=edges) and must be whole numbers.")
-        if not math.isfinite(c.target):
-            raise ConfigError(f"evaluator.{c.name}.target must be a finite number, got {c.target}.")
-        if (c.refine_steps is not None and c.refine_steps < 0) or c.refine_points < 1:
-            raise ConfigError(f"evaluator.{c.name}: refine_steps must be >= 0 (or null) and refine_points >= 1.")
-        if c.circuits_per_pass < 1:
-            raise ConfigError(f"evaluator.{c.name}.circuits_per_pass must be at least 1.")
-        return sorted(set(budgets))
+        return check_curve_options(self.config, total)
 
     def _selector_entry(self) -> Any:
         entry = get_registry().selectors.get(self.config.selector)

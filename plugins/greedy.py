@@ -46,6 +46,12 @@ class GreedyConfig(PluginConfig):
     refine_steps: int | None = None
     circuits_per_pass: int = 8
 
+    def __post_init__(self) -> None:
+        # Whether n_edges fits the graph is checked by Greedy.validate.
+        n = self.n_edges
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
+            raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")
+
 
 def check_n_edges(n: object, graph: Graph) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:

@@ -27,13 +27,12 @@ class PatchingConfig(PluginConfig):
     edges_per_pass: int = 32
     level: str = "edge"
 
+    def __post_init__(self) -> None:
+        check_level(self.level, self.name or "patching")
+
 
 class Patching(Attributor):
     config: PatchingConfig
-
-    def __init__(self, config: PatchingConfig) -> None:
-        super().__init__(config)
-        check_level(config.level, config.name or "patching")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         return exact_patching(

@@ -63,20 +63,19 @@ class PicturesConfig(PluginConfig):
     html_max_edges: int = 50_000
     html_max_draw: int = 1500
 
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(
+                f"reporter.pictures.formats must be a non-empty list of {', '.join(FORMATS)}; got {list(self.formats)}."
+            )
+        for key in ("max_edges", "html_max_edges", "html_max_draw"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"reporter.pictures.{key} must be at least 1, got {getattr(self, key)}.")
+
 
 class Pictures(Reporter):
     config: PicturesConfig
-
-    def __init__(self, config: PicturesConfig) -> None:
-        super().__init__(config)
-        bad = [f for f in config.formats if f not in FORMATS]
-        if bad or not config.formats:
-            raise ConfigError(
-                f"reporter.pictures.formats must be a non-empty list of {', '.join(FORMATS)}; got {list(config.formats)}."
-            )
-        for key in ("max_edges", "html_max_edges", "html_max_draw"):
-            if getattr(config, key) < 1:
-                raise ConfigError(f"reporter.pictures.{key} must be at least 1, got {getattr(config, key)}.")
 
     def report(self, run: RunResult, run_dir: str) -> None:
         out = Path(run_dir)

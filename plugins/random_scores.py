@@ -25,15 +25,14 @@ class RandomScoresConfig(PluginConfig):
 
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        s = self.seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
+            raise ConfigError(f"method.seed must be an integer or null, got {s!r}.")
+
 
 class RandomScores(Attributor):
     config: RandomScoresConfig
-
-    def __init__(self, config: RandomScoresConfig) -> None:
-        super().__init__(config)
-        s = config.seed
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
-            raise ConfigError(f"method.seed must be an integer or null, got {s!r}.")
 
     def attribute(self, model, task: Task, data, ctx: RunContext):  # noqa: ANN001, ANN201
         seed = self.config.seed if self.config.seed is not None else ctx.seed

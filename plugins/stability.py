@@ -75,6 +75,12 @@ class StabilityConfig(PluginConfig):
     absolute: bool = True
     circuits_per_pass: int = 8
 
+    def __post_init__(self) -> None:
+        for key in ("resamples", "seeds", "inclusion_resamples", "circuits_per_pass"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "circuits_per_pass" else 0):
+                raise ConfigError(f"evaluator.{self.name or 'stability'}.{key} must be a whole number >= {1 if key == 'circuits_per_pass' else 0}, got {v!r}.")
+
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """``|A & B| / |A | B|`` of two bool masks (1.0 for two empty sets)."""
@@ -104,11 +110,6 @@ class Stability(Evaluator):
 
     def __init__(self, config: StabilityConfig) -> None:
         super().__init__(config)
-        c = config
-        for key in ("resamples", "seeds", "inclusion_resamples", "circuits_per_pass"):
-            v = getattr(c, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "circuits_per_pass" else 0):
-                raise ConfigError(f"evaluator.{c.name or 'stability'}.{key} must be a whole number >= {1 if key == 'circuits_per_pass' else 0}, got {v!r}.")
         self._selector_entry()
 
     def _selector_entry(self) -> Any:

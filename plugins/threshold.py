@@ -37,6 +37,12 @@ class ThresholdConfig(PluginConfig):
     threshold: float | None = None
     absolute: bool = True
 
+    def __post_init__(self) -> None:
+        # A missing threshold is refused by Threshold.validate (the config's default leaves it to the user).
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise ConfigError(f"selector.threshold must be a finite number, got {t!r}.")
+
 
 #: A threshold keeping at least this fraction of the units is warned about.
 NEARLY_ALL = 0.9

@@ -66,6 +66,14 @@ class TopNConfig(PluginConfig):
     refine_steps: int | None = None
     circuits_per_pass: int = 8
 
+    def __post_init__(self) -> None:
+        # What the graph decides (sizes against its edges and nodes) is checked by TopN.validate.
+        n = self.n_edges
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"selector.n_edges must be a non-negative integer, got {n!r}.")
+        if self.n_nodes is not None and self.n_neurons is not None:
+            raise ConfigError("set selector.n_nodes or selector.n_neurons, not both.")
+
 
 def top_n_mask(scores: Scores, n: int | None, absolute: bool) -> np.ndarray:
     total = scores.graph.n_edges

@@ -50,6 +50,11 @@ class TransferConfig(PluginConfig):
     tasks: list[str] = field(default_factory=list)
     n_examples: int | None = None
 
+    def __post_init__(self) -> None:
+        # The task names are checked when the evaluator is built: they need the plugin registry.
+        if self.n_examples is not None and (isinstance(self.n_examples, bool) or self.n_examples < 1):
+            raise ConfigError(f"evaluator.{self.name or 'transfer'}.n_examples must be a positive number or null, got {self.n_examples!r}.")
+
 
 class Transfer(Evaluator):
     config: TransferConfig
@@ -60,8 +65,6 @@ class Transfer(Evaluator):
         for t in config.tasks:
             if t not in names:
                 raise ConfigError(f"evaluator.{config.name or 'transfer'}.tasks: unknown task '{t}'; choices: {', '.join(sorted(names))}.")
-        if config.n_examples is not None and (isinstance(config.n_examples, bool) or config.n_examples < 1):
-            raise ConfigError(f"evaluator.{config.name or 'transfer'}.n_examples must be a positive number or null, got {config.n_examples!r}.")
 
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
         name = self.config.name or "transfer"

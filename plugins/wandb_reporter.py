@@ -78,6 +78,10 @@ class WandbReporterConfig(PluginConfig):
     init_timeout: float = 30.0
     connect_timeout: float = 3.0
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"reporter.wandb.mode must be one of {', '.join(MODES)}; got '{self.mode}'.")
+
 
 def import_wandb() -> Any:
     try:
@@ -234,8 +238,6 @@ class WandbReporter(Reporter):
 
     def __init__(self, config: WandbReporterConfig) -> None:
         super().__init__(config)
-        if config.mode not in MODES:
-            raise ConfigError(f"reporter.wandb.mode must be one of {', '.join(MODES)}; got '{config.mode}'.")
         import importlib.util
 
         if importlib.util.find_spec("wandb") is None:  # fail before any computation

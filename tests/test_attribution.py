@@ -221,7 +221,7 @@ def test_low_precision_buffer_is_close_and_contraction_chunking_is_exact(tiny_mo
     data = data_for(tiny_model)
     full = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, ctx())
     c = ctx()
-    c.extra["buffer_dtype"] = "bfloat16"
+    c.buffer_dtype = "bfloat16"
     low = ck.build("methods", "eap_ig", ig_steps=3).attribute(tiny_model, task, data, c)
     scale = float(full.values.abs().max())
     assert float((low.values - full.values).abs().max()) < 2e-2 * scale
@@ -251,7 +251,7 @@ def test_positions_per_pass_gives_the_same_scores(tiny_model64, task, method, op
         c = ctx(batch_size=4)
         c.intervention = iv
         if k is not None:
-            c.extra["positions_per_pass"] = k
+            c.positions_per_pass = k
         s = ck.build("methods", method, **options, **({"level": level} if level != "edge" else {})).attribute(tiny_model64, task, data, c)
         return s.values if level == "edge" else s.neurons
 
@@ -273,13 +273,13 @@ def test_positions_per_pass_divides_the_memory_estimate_and_is_checked(tiny_mode
     with pytest.raises(ck.CircuitkitError, match="positions_per_pass"):
         ck.build("methods", "eap").attribute(tiny_model, task, data, ctx())
     c = ctx()
-    c.extra["positions_per_pass"] = 2
+    c.positions_per_pass = 2
     low = ck.build("methods", "eap").attribute(tiny_model, task, data, c).values
     monkeypatch.undo()
     plain = ck.build("methods", "eap").attribute(tiny_model, task, data, ctx()).values
     assert torch.allclose(low, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
     for bad in (0, -1, 1.5, "two", True):
-        c.extra["positions_per_pass"] = bad
+        c.positions_per_pass = bad
         with pytest.raises(ck.CircuitkitError, match="positions_per_pass must be a positive integer"):
             ck.build("methods", "eap").attribute(tiny_model, task, data, c)
 

@@ -60,10 +60,9 @@ def test_second_run_hits_the_cache_and_a_broken_entry_is_recomputed(tiny_model, 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "env"))
-    assert cache.cache_dir_for({"cache": True}) == tmp_path / "env"
-    assert cache.cache_dir_for({"cache": True, "cache_dir": str(tmp_path / "cfg")}) == tmp_path / "cfg"
-    assert cache.cache_dir_for({"cache": False}) is None
-    assert cache.cache_dir_for({}) is None  # a hand-made config does not cache unless asked
+    assert cache.cache_dir_for(True) == tmp_path / "env"
+    assert cache.cache_dir_for(True, str(tmp_path / "cfg")) == tmp_path / "cfg"
+    assert cache.cache_dir_for(False, str(tmp_path / "cfg")) is None
     monkeypatch.delenv(cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.default_cache_dir() == tmp_path / "xdg" / "circuitkit"
@@ -140,13 +139,11 @@ class Fixed(ck.Attributor):
         return Scores(model.graph, torch.full((model.graph.n_edges,), self.config.value), {"method": "fixed"})
 
 
-def lookup(tmp_path, attributor, model, task, data, ctx=None, method=None):
+def lookup(tmp_path, attributor, model, task, data, ctx=None):
     """(scores, whether they came from the cache) for one cached_attribute call."""
     ctx = ctx or ck.RunContext(batch_size=8, progress=False)
-    cfg = {"cache": True, "cache_dir": str(tmp_path / "cache"), "method": method or {"name": attributor.config.name}}
-    meta = {}
-    scores = cache.cached_attribute(attributor, model, task, data, ctx, cfg, meta)
-    return scores, meta["scores_from_cache"]
+    scores, info = cache.cached_attribute(attributor, model, task, data, ctx, tmp_path / "cache")
+    return scores, info["scores_from_cache"]
 
 
 def write_rows(path, rows):
@@ -197,13 +194,14 @@ def test_every_input_of_the_scores_is_in_the_key(tiny_model, tmp_path, custom, c
     elif change == "seed":
         ctx.seed = 1
     elif change == "intervention":
-        ctx.extra["intervention"] = "patching"  # what a run records even for the default
+        from circuitkit.interventions import build_intervention
+
+        ctx.intervention = build_intervention(tiny_model, data, "zero")
     elif change == "buffer precision":
-        ctx.extra["buffer_dtype"] = "float64"
+        ctx.buffer_dtype = "float64"
     else:
         task, data = build()
-    # What cached_attribute is given: the method's options as the run config has them.
-    second, hit = lookup(tmp_path, ck.build("methods", "eap_ig", **opts), tiny_model, task, data, ctx, {"name": "eap_ig", **opts})
+    second, hit = lookup(tmp_path, ck.build("methods", "eap_ig", **opts), tiny_model, task, data, ctx)
     if change == "nothing":
         assert hit and second.values.tolist() == first.values.tolist()
         return
@@ -325,10 +323,10 @@ def test_cached_scores_keep_their_level(tiny_model, tmp_path, level, selector):
     assert second.scores.level == level
     for part in ("values", "nodes", "neurons"):
         a, b = getattr(first.scores, part), getattr(second.scores, part)
-    # Everything else read back as computed (stderr included); the meta differs by the cache's own keys.
-    assert dataclasses.replace(second.scores, meta=first.scores.meta) == first.scores
         assert (a is None) == (b is None) and (a is None or a.tolist() == b.tolist()), part
     assert (level == "edge") == (second.scores.nodes is None) and (level == "neuron") == (second.scores.neurons is not None)
+    # Everything else read back as computed (stderr included); the meta differs by the cache's own keys.
+    assert dataclasses.replace(second.scores, meta=first.scores.meta) == first.scores
     assert second.circuit.edges.tolist() == first.circuit.edges.tolist()
     assert Circuit.load(tmp_path / "b" / "circuit.json").edges.tolist() == first.circuit.edges.tolist()
 

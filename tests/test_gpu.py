@@ -83,7 +83,7 @@ def test_low_precision_buffers_on_the_gpu(tiny_model_dir):
     full = ck.build("methods", "eap_ig", ig_steps=3).attribute(model, task, data, ck.RunContext(batch_size=4, progress=False))
     for dtype in ("bfloat16", "float16"):
         ctx = ck.RunContext(batch_size=4, progress=False)
-        ctx.extra["buffer_dtype"] = dtype
+        ctx.buffer_dtype = dtype
         low = ck.build("methods", "eap_ig", ig_steps=3).attribute(model, task, data, ctx)
         scale = float(full.values.abs().max())
         assert float((low.values - full.values).abs().max()) < 2e-2 * scale, dtype

@@ -259,7 +259,7 @@ def test_eap_is_the_derivative_of_exact_patching(llama, data):
 
 def test_an_intervention_without_positions_refuses_position_groups_clearly(llama, data):
     c = ctx(intervention=_Toward(eps=0.5))
-    c.extra["positions_per_pass"] = 2
+    c.positions_per_pass = 2
     with pytest.raises(ck.CircuitkitError, match=r"positions_per_pass needs the intervention's values\(model, batch, positions\)"):
         ck.build("methods", "eap").attribute(llama, TASK, data, c)
 

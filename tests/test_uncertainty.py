@@ -25,15 +25,14 @@ def hand(tiny_model64):
 
 
 @pytest.mark.parametrize(
-    ("method", "options", "extra"),
+    ("method", "options", "settings"),
     [("eap", {}, {}), ("eap_ig", {"ig_steps": 2}, {"positions_per_pass": 3}), ("patching", {}, {})],
 )
-def test_stderr_equals_single_example_runs(hand, method, options, extra):
+def test_stderr_equals_single_example_runs(hand, method, options, settings):
     """The standard errors from one batched pass equal sd/sqrt(n) of scores computed one example at a time
     (separate runs of batch size 1: scores do not depend on the batch, so these are the per-example scores)."""
     model, task, data = hand
-    ctx = ck.RunContext(batch_size=3, progress=False)
-    ctx.extra.update(extra)
+    ctx = ck.RunContext(batch_size=3, progress=False, **settings)
     scores = ck.build("methods", method, **options).attribute(model, task, data, ctx)
     single = []
     for i in range(len(data)):

@@ -78,6 +78,11 @@ class GenderPronounConfig(TaskConfig):
     metric: str = "logit_diff"
     kinds: tuple[str, ...] = ("names", "nouns", "professions")
 
+    def __post_init__(self) -> None:
+        kinds = list(self.kinds)
+        if not kinds or any(k not in SUBJECTS for k in kinds):
+            raise ConfigError(f"task.kinds={kinds} for gender_pronoun: use any of {', '.join(SUBJECTS)}.")
+
 
 def _phrase(kind: str, word: str, at_start: bool) -> str:
     if kind == "names":
@@ -102,8 +107,6 @@ class GenderPronoun(Task):
         cfg = self.config
         check_split(cfg.name or "gender_pronoun", split)
         kinds = list(cfg.kinds)
-        if not kinds or any(k not in SUBJECTS for k in kinds):
-            raise ConfigError(f"task.kinds={kinds} for gender_pronoun: use any of {', '.join(SUBJECTS)}.")
         rng = random.Random(cfg.seed)
         lengths = Lengths(tokenizer)
         for _ in range(attempts(cfg.n_examples)):

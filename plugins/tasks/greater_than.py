@@ -182,6 +182,10 @@ class GreaterThanConfig(TaskConfig):
     metric: str = "prob_diff"
     templates: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        if any(not 0 <= t < len(TEMPLATES) for t in self.templates):
+            raise ConfigError(f"task.templates={list(self.templates)}: greater_than has templates 0..{len(TEMPLATES) - 1}.")
+
 
 class GreaterThan(Task):
     config: GreaterThanConfig
@@ -221,8 +225,6 @@ class GreaterThan(Task):
         rng = random.Random(self.config.seed)
         # Template ids index TEMPLATES itself, so a subset of templates keeps the split of the full set.
         template_ids = list(self.config.templates) or list(range(len(TEMPLATES)))
-        if any(not 0 <= t < len(TEMPLATES) for t in template_ids):
-            raise ConfigError(f"task.templates={list(self.config.templates)}: greater_than has templates 0..{len(TEMPLATES) - 1}.")
         style, years = self._style(tokenizer)
         for _ in range(self.config.n_examples * 50):
             t = rng.choice(template_ids)

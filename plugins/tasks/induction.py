@@ -44,6 +44,13 @@ class InductionConfig(TaskConfig):
     max_seq_len: int = 12
     max_prefix_len: int = 10
 
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_seq_len <= self.max_seq_len or self.max_prefix_len < 0:
+            raise ConfigError(
+                f"induction needs 2 <= task.min_seq_len <= task.max_seq_len and task.max_prefix_len >= 0 (got "
+                f"{self.min_seq_len}, {self.max_seq_len}, {self.max_prefix_len})."
+            )
+
 
 #: Word-boundary markers at the start of a token string: byte-level BPE (GPT-2, Llama-3, Qwen2),
 #: SentencePiece (Llama-2, Gemma) and a plain space (tokenizers that keep it, or a decoded token).
@@ -75,11 +82,6 @@ class Induction(Task):
     def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
         cfg = self.config
         check_split(cfg.name or "induction", split)
-        if not 2 <= cfg.min_seq_len <= cfg.max_seq_len or cfg.max_prefix_len < 0:
-            raise ConfigError(
-                f"induction needs 2 <= task.min_seq_len <= task.max_seq_len and task.max_prefix_len >= 0 (got "
-                f"{cfg.min_seq_len}, {cfg.max_seq_len}, {cfg.max_prefix_len})."
-            )
         vocab = word_tokens(tokenizer, cfg.vocab_size)
         if len(vocab) < cfg.max_prefix_len + 2 * cfg.max_seq_len:
             raise DataError(

@@ -69,6 +69,13 @@ class IOIConfig(TaskConfig):
     templates: tuple[int, ...] = ()
     orders: tuple[str, ...] = ORDERS
 
+    def __post_init__(self) -> None:
+        bad = [o for o in self.orders if o not in ORDERS]
+        if bad or not self.orders:
+            raise ConfigError(f"task.orders={list(self.orders)} for IOI: use ABBA and/or BABA.")
+        if any(not 0 <= t < len(TEMPLATES) for t in self.templates):
+            raise ConfigError(f"task.templates={list(self.templates)}: IOI has templates 0..{len(TEMPLATES) - 1}.")
+
 
 class IOI(Task):
     config: IOIConfig
@@ -76,12 +83,7 @@ class IOI(Task):
     def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
         cfg = self.config
         check_split(cfg.name or "ioi", split)
-        bad = [o for o in cfg.orders if o not in ORDERS]
-        if bad or not cfg.orders:
-            raise ConfigError(f"task.orders={list(cfg.orders)} for IOI: use ABBA and/or BABA.")
         template_ids = list(cfg.templates) or list(range(len(TEMPLATES)))
-        if any(not 0 <= t < len(TEMPLATES) for t in template_ids):
-            raise ConfigError(f"task.templates={list(cfg.templates)}: IOI has templates 0..{len(TEMPLATES) - 1}.")
         rng = random.Random(cfg.seed)
         for _ in range(attempts(cfg.n_examples)):
             t = rng.choice(template_ids)

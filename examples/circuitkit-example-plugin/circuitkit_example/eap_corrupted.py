@@ -42,17 +42,16 @@ class EAPCorruptedConfig(PluginConfig):
 
     alpha: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Check options in the config: the command line and ck.build create it alike (the same error), and
+        # a run creates every config before loading the model, so a bad value fails in a second.
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 <= a <= 1.0:
+            raise ConfigError(f"method.alpha must be a number between 0 (corrupted input) and 1 (clean input, plain EAP), got {a!r}.")
+
 
 class EAPCorrupted(Attributor):
     config: EAPCorruptedConfig
-
-    def __init__(self, config: EAPCorruptedConfig) -> None:
-        super().__init__(config)
-        # Check options when the component is built: the CLI builds every component before loading the
-        # model, so a bad value fails in a second, with a message that says what to do.
-        a = config.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"method.alpha must be a number between 0 (corrupted input) and 1 (clean input, plain EAP), got {a!r}.")
 
     def attribute(self, model: CircuitModel, task: Task, data: TaskData, ctx: RunContext) -> Scores:
         alpha = float(self.config.alpha)

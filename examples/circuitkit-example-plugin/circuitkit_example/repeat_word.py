@@ -42,18 +42,17 @@ class RepeatWordConfig(TaskConfig):
     repeats: int = 2
     words: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ConfigError(f"task.repeats must be an integer of at least 1, got {self.repeats!r}.")
+        if self.split not in SPLITS:
+            raise ConfigError(f"task.split={self.split!r}: repeat_word has the splits {', '.join(SPLITS)}.")
+        if self.words and len(set(self.words)) < 2:
+            raise ConfigError("task.words needs at least two different words (one for the clean, one for the corrupted prompt).")
+
 
 class RepeatWord(Task):
     config: RepeatWordConfig
-
-    def __init__(self, config: RepeatWordConfig) -> None:
-        super().__init__(config)
-        if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
-            raise ConfigError(f"task.repeats must be an integer of at least 1, got {config.repeats!r}.")
-        if config.split not in SPLITS:
-            raise ConfigError(f"task.split={config.split!r}: repeat_word has the splits {', '.join(SPLITS)}.")
-        if config.words and len(set(config.words)) < 2:
-            raise ConfigError("task.words needs at least two different words (one for the clean, one for the corrupted prompt).")
 
     def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
         words = list(self.config.words) or WORDS
