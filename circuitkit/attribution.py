@@ -24,7 +24,7 @@ from circuitkit.interfaces import RunContext, Task
 from circuitkit.interventions import Intervention, removed_values
 from circuitkit.model import CircuitModel
 from circuitkit.progress import progress, progress_bar
-from circuitkit.results import Scores
+from circuitkit.results import Scores, node_scores
 from circuitkit.uncertainty import PerExampleScores
 
 
@@ -87,7 +87,7 @@ def gradient_attribution(
     acc = PerExampleScores(g.n_edges) if stderr else None
     has_clean = any(a == 1.0 for a in alphas)
     interpolates = any(a != 1.0 for a in alphas)
-    order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes delta
+    order = sorted(alphas, key=lambda a: a != 1.0)  # the clean pass first: it completes clean_minus_removed
     weight = 1.0 / len(alphas)
     for batch in progress(
         data.batches(ctx.batch_size, model.pad_id), ctx, total=_n_batches(data, ctx), desc=f"{method} attribution"
@@ -97,7 +97,7 @@ def gradient_attribution(
         pe = None if acc is None else torch.zeros(g.n_sources, g.n_destinations, len(batch), dtype=torch.float64, device=model.device)
         groups = [None] if span >= p else [slice(s, min(s + span, p)) for s in range(0, p, span)]
         # The interpolated inputs are ig_start + a * ig_diff at every position. In one group they come from
-        # the buffer (ig_diff None: delta[0]); in several, the buffer holds only some positions.
+        # the buffer (ig_diff None: clean_minus_removed[0]); in several, the buffer holds only some positions.
         ig_start, ig_diff = None, None
         if interpolates and groups[0] is not None:
             ig_start = (ctx.intervention or Intervention()).input_values(model, batch)
@@ -109,25 +109,25 @@ def gradient_attribution(
                 ig_start = corrupted[0].clone()  # kept apart from the buffer, which the clean pass overwrites
             if not has_clean:
                 clean = engine.run_sources(model, batch.clean, positions=at).sources
-                delta = (clean - corrupted).to(buffer_dtype)
+                clean_minus_removed = (clean - corrupted).to(buffer_dtype)
                 del clean
             elif shared:
-                delta = corrupted  # one buffer: it becomes clean - corrupted during the clean pass
+                clean_minus_removed = corrupted  # one buffer: it becomes clean - corrupted during the clean pass
             else:
-                delta = torch.empty_like(corrupted, dtype=buffer_dtype)
+                clean_minus_removed = torch.empty_like(corrupted, dtype=buffer_dtype)
             for a in order:
                 if a == 1.0:
                     engine.gradient_pass(
-                        model, batch, task.metric, delta, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons,
+                        model, batch, task.metric, clean_minus_removed, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons,
                         positions=at, per_example=pe,
                     )
                 else:
-                    emb = ig_start + a * (ig_diff if ig_diff is not None else delta[0].to(ig_start.dtype))
+                    emb = ig_start + a * (ig_diff if ig_diff is not None else clean_minus_removed[0].to(ig_start.dtype))
                     engine.gradient_pass(
-                        model, batch, task.metric, delta, scores, input_override=emb, weight=weight, neuron_scores=neurons,
+                        model, batch, task.metric, clean_minus_removed, scores, input_override=emb, weight=weight, neuron_scores=neurons,
                         positions=at, per_example=pe,
                     )
-            del corrupted, delta
+            del corrupted, clean_minus_removed
         if acc is not None and pe is not None:
             acc.add(g.to_flat(pe.permute(2, 0, 1)))
         n += len(batch)
@@ -137,7 +137,7 @@ def gradient_attribution(
     if level == "edge":
         return out
     # Node scores: the outgoing edge scores summed (neuron level: the neuron scores summed, the same number).
-    nodes = out.dense().sum(1) if neurons is None else None
+    nodes = node_scores(out.dense()) if neurons is None else None
     res = Scores(g, out.values, out.meta, level, nodes, None if neurons is None else (neurons / n).cpu())
     res.stderr, res.per_example = out.stderr, out.per_example
     return res
@@ -208,7 +208,7 @@ def exact_patching(
         if level == "node":
             return Scores.for_nodes(g, exact_node_patching(model, task, data, ctx, nodes_per_pass=edges_per_pass), meta)
         neurons = exact_neuron_patching(model, task, data, ctx, neurons_per_pass=edges_per_pass)
-        return Scores.for_nodes(g, neurons.sum(1), meta, neurons=neurons)
+        return Scores.for_nodes(g, node_scores(neurons), meta, neurons=neurons)
     todo = torch.arange(g.n_edges) if edges is None else torch.as_tensor(edges, dtype=torch.long)
     total = torch.zeros(g.n_edges, dtype=torch.float64)
     n = 0
@@ -234,11 +234,11 @@ def exact_patching(
             clean = engine.run_sources(model, batch.clean, keep_resid=True)
             with torch.no_grad():
                 clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
-            delta = corrupted - clean.sources
+            removed_minus_clean = corrupted - clean.sources
             pe = torch.zeros(len(batch), g.n_edges, dtype=torch.float64)
             for layer, chunk in groups:
                 patched = engine.single_edge_metric(
-                    model, batch, task.metric, delta, src[chunk], dst[chunk], start_layer=layer, clean=clean
+                    model, batch, task.metric, removed_minus_clean, src[chunk], dst[chunk], start_layer=layer, clean=clean
                 ).double()
                 drop = (clean_metric[None, :] - patched).cpu()  # [edges, batch]
                 total[chunk] += drop.sum(1)

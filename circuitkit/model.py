@@ -15,13 +15,18 @@ import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuitkit.errors import ConfigError, ModelLoadError
 from circuitkit.graph import Graph
+
+if TYPE_CHECKING:
+    from circuitkit.engine.fastpaths import Capabilities
+    from circuitkit.engine.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +265,11 @@ class CircuitModel:
     UNEMBED_HOOK = "unembed.hook_in"
 
     @staticmethod
+    def resid_pre_hook(layer: int) -> str:
+        """The residual stream entering ``layer``."""
+        return f"blocks.{layer}.hook_resid_pre"
+
+    @staticmethod
     def head_out_hook(layer: int) -> str:
         return f"blocks.{layer}.attn.hook_result"
 
@@ -284,6 +294,27 @@ class CircuitModel:
         """Where a layer's attention output joins the residual stream: after its post-attention norm on
         models that have one (see :meth:`attn_post_norm`)."""
         return f"blocks.{layer}.ln1_post.hook_out" if self.attn_post_norm(layer) is not None else f"blocks.{layer}.attn.hook_out"
+
+    @staticmethod
+    def post_norm_in_hook(layer: int) -> str:
+        """The input of the norm that follows a layer's attention, where it has one (:meth:`attn_post_norm`)."""
+        return f"blocks.{layer}.ln1_post.hook_in"
+
+    @cached_property
+    def capabilities(self) -> Capabilities:
+        """What each fast path was found to do on this model, checked once against the plain forward
+        (:class:`circuitkit.engine.fastpaths.Capabilities`)."""
+        from circuitkit.engine.fastpaths import Capabilities
+
+        return Capabilities()
+
+    @cached_property
+    def wiring(self) -> Wiring:
+        """Where each node of the graph is written and read in the bridge
+        (:class:`circuitkit.engine.wiring.Wiring`), built once: every pass builds its hooks from it."""
+        from circuitkit.engine.wiring import Wiring
+
+        return Wiring.build(self)
 
     def attn_post_norm(self, layer: int) -> Any | None:
         """The norm a layer applies to its attention output before adding it to the residual stream
@@ -682,7 +713,7 @@ def _check_mlp_inputs(bridge: Any, name: str, arch: str, allow_unverified: bool 
         for layer in range(int(bridge.cfg.n_layers)):
             mlp = bridge.blocks[layer].mlp
             seen = []
-            for hooks in ([], [(f"blocks.{layer}.hook_mlp_in", shift)]):
+            for hooks in ([], [(CircuitModel.mlp_in_hook(layer), shift)]):
                 box.clear()
                 handle = mlp.register_forward_pre_hook(grab, with_kwargs=True)
                 try:
@@ -722,7 +753,7 @@ def _check_kv_inputs(bridge: Any, name: str, arch: str, n_heads: int, n_kv: int)
             raise _Seen
         return t
 
-    hooks = [(f"blocks.0.attn.hook_{x}_input", grab) for x in "qkv"]
+    hooks = [(CircuitModel.head_in_hook(0, x), grab) for x in "qkv"]
     dev = module_device(getattr(bridge, "embed", None)) or next(bridge.parameters()).device
     try:
         with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):

@@ -27,29 +27,20 @@ from circuitkit.graph import Graph
 from circuitkit.interfaces import RunContext, Task
 from circuitkit.interventions import removed_values
 from circuitkit.model import CircuitModel
-from circuitkit.results import Circuit, Scores
+from circuitkit.results import Circuit, Scores, node_scores
 
 
 def node_scores_from_edges(scores: Scores) -> torch.Tensor:
     """``[n_sources]``: the sum of each source node's outgoing edge scores (exact node-level scores for
     gradient methods; see the module docstring)."""
-    return torch.nan_to_num(scores.dense(), nan=0.0).sum(1)
-
-
-def _layer_of_sources(g: Graph) -> torch.Tensor:
-    """``[n_sources]``: the layer each source node is computed in (the input: 0)."""
-    out = torch.zeros(g.n_sources, dtype=torch.long)
-    for layer in range(g.n_layers):
-        out[g.src_head(layer, 0) : g.src_head(layer, 0) + g.n_heads] = layer
-        out[g.src_mlp(layer)] = layer
-    return out
+    return node_scores(scores.dense())
 
 
 def _exact_unit_patching(model: CircuitModel, task: Task, data: TaskData, ctx: RunContext, units: torch.Tensor, dims: torch.Tensor | None, per_pass: int) -> torch.Tensor:
     """Mean drop of the metric for each (unit, dim) copy: units grouped by layer, each group's stacked
     passes starting at that layer (:func:`circuitkit.engine.single_unit_metric`)."""
     g = model.graph
-    layer = _layer_of_sources(g)[units]
+    layer = torch.tensor([s.layer for s in model.wiring.sources for _ in range(s.width)])[units]  # the input: 0
     groups = []
     for L in range(g.n_layers):
         sel = (layer == L).nonzero().squeeze(1)

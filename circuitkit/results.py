@@ -44,6 +44,14 @@ from circuitkit.graph import Graph
 LEVELS = ("edge", "node", "neuron")
 
 
+def node_scores(per_node: torch.Tensor) -> torch.Tensor:
+    """``[..., n_sources]``: each source node's score, the sum of its outgoing edge scores (``per_node`` is
+    ``[..., n_sources, n_destinations]``, dense) or of its neurons' scores (``[..., n_sources, d_model]``);
+    an unscored entry (NaN) counts 0. For gradient attribution the two are the same number, and the node's
+    own attribution: every reader's input contains the node's output."""
+    return torch.nan_to_num(per_node, nan=0.0, posinf=math.inf, neginf=-math.inf).sum(-1)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: the file is complete or absent."""
     path = Path(path)
@@ -165,7 +173,7 @@ class Scores:
         if self.neurons is not None:
             self.neurons = torch.as_tensor(self.neurons, dtype=torch.float64).detach().cpu()
             if self.nodes is None:
-                self.nodes = self.neurons.sum(1)
+                self.nodes = node_scores(self.neurons)
         if self.nodes is not None:
             self.nodes = torch.as_tensor(self.nodes, dtype=torch.float64).detach().cpu()
             if self.nodes.shape != (self.graph.n_sources,):

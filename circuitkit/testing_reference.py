@@ -604,6 +604,6 @@ def check_family(family: str, *, dtype: torch.dtype = torch.float64, workdir: st
             got = float(nodes[names.index(f"a{layer}.h{head}")])
             gaps.append(abs(got - inside))
         report.notes["all outgoing edges vs head inside the model (max gap)"] = max(gaps)
-    report.fast_paths = {k: v[0] for k, v in model.__dict__.get("fast_path_checks", {}).items()}
+    report.fast_paths = {k: o.status == "ok" for k, o in model.capabilities.checked().items()}
     report.seconds = time.perf_counter() - start
     return report

@@ -158,10 +158,12 @@ def test_bloom_reentry_falls_back_to_the_exact_path(caplog):
 
     hf, tok = tiny_family("bloom", dtype=torch.float64)
     model = bridge_model(hf, tok, name="bloom", device="cpu")
+    # The check at load may have run the checks already (unless an earlier test verified these weights).
+    model.capabilities = fastpaths.Capabilities()
     with caplog.at_level(logging.DEBUG, logger="circuitkit.engine"):
         assert forward._reentry_mode(model) == "hook"
-    assert model.fast_path_checks["reentry_ok"][0] is False
-    assert "reentry_ok off (exact path instead)" in caplog.text
+    assert model.capabilities.reentry.status == "failed" and model.capabilities.reentry.reason.startswith("layer 1: ")
+    assert "fast path reentry off (exact path instead)" in caplog.text
     ref = fastpaths._plain_reference(model)
     # The exact path gives the plain forward's final residual from the residual at layer 1.
     final = forward._forward(model, ref.tokens, [], start_at_layer=1, resid=ref.resid[1])
@@ -182,11 +184,12 @@ def test_fast_paths_off_runs_no_check_and_gives_the_same_scores(tokenizer):
     data = task.build(model.tokenizer)
     ctx = RunContext(batch_size=4, progress=False)
     fast = exact_patching(model, task, data, ctx, edges_per_pass=16).values
-    assert all(ok for ok, _ in model.fast_path_checks.values()) and "skip_blocks_ok" in model.fast_path_checks
+    checked = model.capabilities.checked()
+    assert all(o.status == "ok" for o in checked.values()) and "skip_blocks" in checked
     plain_model = tiny_gpt2(tokenizer=tokenizer, dtype=torch.float64, seed=1)
     plain_model.fast_paths = False
     plain = exact_patching(plain_model, task, data, ctx, edges_per_pass=16).values
-    assert "fast_path_checks" not in plain_model.__dict__
+    assert plain_model.capabilities.checked() == {}
     # A score is a difference of two metric values: rounding on the metric's scale.
     from circuitkit import engine
     from circuitkit.engine import forward
@@ -195,3 +198,33 @@ def test_fast_paths_off_runs_no_check_and_gives_the_same_scores(tokenizer):
     scale = float(engine.answer_metric(model, forward._forward(model, batch.clean, []), batch, task.metric).abs().max())
     eps = torch.finfo(torch.float64).eps
     assert torch.allclose(fast, plain, rtol=0, atol=model.graph.n_layers * model.d_model * eps * scale)
+
+
+def test_a_check_that_raises_turns_its_fast_path_off_but_a_bug_propagates(tokenizer, caplog):
+    """A check that raises what a fast path that does not run on a model raises (a replaced forward called
+    with other arguments: TypeError) turns that fast path off, once, with the exception as the reason and a
+    debug line; any other exception (a bug in circuitkit: AssertionError) propagates and leaves the outcome
+    unknown."""
+    from circuitkit.engine import fastpaths
+    from circuitkit.testing_models import tiny_gpt2
+
+    model = tiny_gpt2(tokenizer=tokenizer, seed=1)
+    model.capabilities = fastpaths.Capabilities()  # the checks run at load: start again
+
+    def wrong_signature():
+        raise TypeError("forward() got an unexpected keyword argument 'x'")
+
+    with caplog.at_level(logging.DEBUG, logger="circuitkit.engine"):
+        assert fastpaths._checked_once(model, "last_mlp", wrong_signature) is False
+    assert model.capabilities.last_mlp == fastpaths.Outcome("failed", "TypeError: forward() got an unexpected keyword argument 'x'")
+    assert "fast path last_mlp raised" in caplog.text and "fast path last_mlp off (exact path instead)" in caplog.text
+    assert fastpaths._checked_once(model, "last_mlp", lambda: True) is False  # checked once: not run again
+
+    def bug():
+        raise AssertionError("a bug")
+
+    with pytest.raises(AssertionError, match="a bug"):
+        fastpaths._checked_once(model, "fused_gelu", bug)
+    assert model.capabilities.fused_gelu.status == "unknown" and not model.capabilities.checking
+    assert fastpaths._checked_once(model, "fused_gelu", lambda: (True, "")) is True
+    assert model.capabilities.checked() == {"last_mlp": model.capabilities.last_mlp, "fused_gelu": fastpaths.Outcome("ok")}

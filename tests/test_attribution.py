@@ -332,8 +332,8 @@ def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer
     data = data_for(model)
     fast = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
     assert fastpaths._fused_gelu_ok(model) == (arch == "gpt2")  # GPT-2's gelu_new; Llama's SiLU is fused already
-    for attr in ("_projected_ok", "_skip_blocks_ok", "_plain_attention_ok", "_unembed_columns_ok", "_last_mlp_ok", "_fused_gelu_ok"):
-        monkeypatch.setattr(model, attr, False, raising=False)
+    for name in ("projected_inputs", "skip_blocks", "plain_attention", "unembed_columns", "last_mlp", "fused_gelu"):
+        monkeypatch.setattr(model.capabilities, name, fastpaths.Outcome("failed", "turned off by the test"))
     plain = exact_patching(model, task, data, ctx(batch_size=4), edges_per_pass=7).values
     assert not torch.isnan(fast).any()
     assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
@@ -356,7 +356,7 @@ def test_fused_gelu_leaves_gradient_and_patching_scores_unchanged_and_is_undone(
     monkeypatch.setattr(forward, "_fused_tanh_gelu", lambda x: calls.append(1) or fused_gelu(x))
     runs = {}
     for fused in (True, False):
-        model._fused_gelu_ok = fused
+        model.capabilities.fused_gelu = fastpaths.Outcome("ok" if fused else "failed")
         calls.clear()
         runs[fused] = [
             ck.build("methods", "eap").attribute(model, task, data, ctx()).values,
@@ -368,7 +368,7 @@ def test_fused_gelu_leaves_gradient_and_patching_scores_unchanged_and_is_undone(
         assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5 * float(plain.abs().max()))
     assert all("forward" not in m.__dict__ for m in mods)
 
-    model._fused_gelu_ok = True
+    model.capabilities.fused_gelu = fastpaths.Outcome("ok")
 
     def fail(t, hook):
         raise RuntimeError("boom")

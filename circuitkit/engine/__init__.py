@@ -22,8 +22,10 @@ values are returned on ``model.device``. On one device every such move is a no-o
 
 Modules, one per concept: :mod:`~circuitkit.engine.forward` (the runner, re-entry and the fast paths'
 context managers), :mod:`~circuitkit.engine.fastpaths` (their checks against the plain forward),
-:mod:`~circuitkit.engine.readout` (answer logits and metric), :mod:`~circuitkit.engine.sources` (source
-outputs and their recording), :mod:`~circuitkit.engine.memory` (the buffer estimate),
+:mod:`~circuitkit.engine.readout` (answer logits and metric), :mod:`~circuitkit.engine.wiring` (the
+wiring plan: where each node is written and read, from which every pass builds its hooks),
+:mod:`~circuitkit.engine.heads` (post-norm head shares), :mod:`~circuitkit.engine.sources` (source
+recording), :mod:`~circuitkit.engine.memory` (the buffer estimate),
 :mod:`~circuitkit.engine.gradient` (gradient passes), :mod:`~circuitkit.engine.routes` (information flow
 routes), :mod:`~circuitkit.engine.masking` (circuit evaluation) and :mod:`~circuitkit.engine.patching`
 (exact single-edge and single-unit patching). The names below are the ones the rest of circuitkit and
@@ -36,26 +38,21 @@ from circuitkit.engine.common import Metric
 from circuitkit.engine.fastpaths import fast_paths_on
 from circuitkit.engine.forward import attention_modes
 from circuitkit.engine.gradient import Overrides, gradient_pass, source_groups, stacked_gradient_pass
+from circuitkit.engine.heads import head_shares, share_dtype
 from circuitkit.engine.masking import masked_forward, masked_metric
 from circuitkit.engine.memory import available_bytes, buffer_bytes, check_fits
 from circuitkit.engine.patching import single_edge_metric, single_unit_metric
 from circuitkit.engine.readout import answer_logits, answer_metric
 from circuitkit.engine.routes import information_flow_scores, route_importance
-from circuitkit.engine.sources import (
-    SourceRun,
-    head_output_grad_hooks,
-    head_output_hooks,
-    head_shares,
-    input_embeddings,
-    new_source_buffer,
-    run_sources,
-    share_dtype,
-)
+from circuitkit.engine.sources import SourceRun, input_embeddings, new_source_buffer, run_sources
+from circuitkit.engine.wiring import Slot, Wiring, head_output_grad_hooks, head_output_hooks
 
 __all__ = [
     "Metric",
     "Overrides",
+    "Slot",
     "SourceRun",
+    "Wiring",
     "answer_logits",
     "answer_metric",
     "attention_modes",

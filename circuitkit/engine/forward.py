@@ -69,10 +69,10 @@ def _forward(
             assert resid is not None
             return _on(resid, t).to(t.dtype)
 
-        pre = [(f"blocks.{start_at_layer}.hook_resid_pre", inject)]
+        pre = [(model.wiring.resid_pre[start_at_layer], inject)]
     try:
         with (
-            model.bridge.hooks(fwd_hooks=[*pre, *hooks, (model.LOGITS_HOOK, stop)]),
+            model.bridge.hooks(fwd_hooks=[*pre, *hooks, (model.wiring.logits.hook, stop)]),
             _last_mlp_at(model, answer_at),
             _fused_tanh_gelus(_tanh_gelu_modules(model)) if gelus else contextlib.nullcontext(),
         ):
@@ -174,15 +174,15 @@ _TANH_GELUS = ("NewGELUActivation", "FastGELUActivation")
 
 
 def _tanh_gelu_modules(model: CircuitModel) -> list[torch.nn.Module]:
-    mods = getattr(model, "_tanh_gelus", None)
-    if mods is None:
-        mods = [
+    """The model's tanh-approximate GELU modules (found once)."""
+    caps = model.capabilities
+    if caps.tanh_gelus is None:
+        caps.tanh_gelus = [
             m
             for m in model.bridge.modules()
             if type(m).__name__ in _TANH_GELUS and type(m).__module__.startswith("transformers.")
         ]
-        model._tanh_gelus = mods
-    return mods
+    return caps.tanh_gelus
 
 
 def _fused_tanh_gelu(x: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,12 @@ from one clean forward."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from circuitkit.data import Batch
 from circuitkit.engine.forward import _forward
-from circuitkit.engine.sources import head_output_hooks, new_source_buffer
+from circuitkit.engine.sources import _source_writers, new_source_buffer
+from circuitkit.engine.wiring import HookFn, Slot
 from circuitkit.model import CircuitModel
 
 
@@ -52,39 +51,21 @@ def route_importance(dst_input: torch.Tensor, sources: torch.Tensor, last: torch
 def information_flow_scores(model: CircuitModel, batch: Batch, scores: torch.Tensor) -> None:
     """Add the :func:`route_importance` of every edge, summed over the examples of ``batch``, to
     ``scores [n_sources, n_destinations]`` (float64), from one forward on ``batch.clean``."""
-    g = model.graph
     tokens = batch.clean.to(model.device)
     last = batch.last.to(model.device)
     buf = new_source_buffer(model, tokens)
 
-    def put(index: int, per_head: bool) -> Callable:
-        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
-            if per_head:
-                buf[index : index + g.n_heads] = t.detach().permute(2, 0, 1, 3)
-            else:
-                buf[index] = t.detach()
-            return t
-
-        return hook
-
-    def read(dst0: int, n_up: int, per_head: bool) -> Callable:
+    def read(slot: Slot) -> HookFn:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             # On the buffer's device (``t`` is on its layer's device when the model is split over several).
-            imp = route_importance(t.detach().to(buf.device), buf[:n_up], last).sum(1)  # [S] or [S, h]
-            if per_head:  # h: query heads for q inputs, key/value heads for k and v inputs
-                scores[:n_up, dst0 : dst0 + imp.shape[1]] += imp.double()
+            imp = route_importance(t.detach().to(buf.device), buf[: slot.n_up], last).sum(1)  # [S] or [S, width]
+            if slot.per_head:  # width: query heads for q inputs, key/value heads for k and v inputs
+                scores[: slot.n_up, slot.index] += imp.double()
             else:
-                scores[:n_up, dst0] += imp.double()
+                scores[: slot.n_up, slot.first] += imp.double()
             return t
 
         return hook
 
-    hooks: list = [(model.INPUT_HOOK, put(0, False))]
-    for layer in range(g.n_layers):
-        n_up = g.n_upstream_heads(layer)
-        for x, dst0, _ in g.head_inputs(layer):
-            hooks.append((model.head_in_hook(layer, x), read(dst0, n_up, True)))
-        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
-        hooks.append((model.mlp_in_hook(layer), read(g.dst_mlp(layer), g.n_upstream_mlp(layer), False)))
-        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
-    _forward(model, tokens, hooks, final_hook=read(g.dst_logits, g.n_sources, False))
+    hooks = _source_writers(model, buf) + model.wiring.hooks(model, read=read)
+    _forward(model, tokens, hooks, final_hook=read(model.wiring.logits))
