@@ -17,7 +17,7 @@ from circuitkit.data import Batch
 from circuitkit.engine.common import Metric, _on
 from circuitkit.engine.forward import _forward
 from circuitkit.engine.readout import answer_metric
-from circuitkit.engine.sources import SourceRun, head_output_hooks
+from circuitkit.engine.sources import SourceRun
 from circuitkit.model import CircuitModel
 
 #: Which masked forward :func:`masked_forward` runs by default: ``"sparse"`` (cost follows the circuit's size,
@@ -100,18 +100,13 @@ def _masked_forward_sparse(
     d = model.d_model
     dev = model.device
     keep_cpu = keep.detach().to("cpu", torch.float64)
-    groups: list[tuple[str, int, int, int, bool]] = []  # (hook, dst0, width, n_up, per_head)
-    for layer in range(start_layer, g.n_layers):
-        n_up = g.n_upstream_heads(layer)
-        for x, dst0, width in g.head_inputs(layer):
-            groups.append((model.head_in_hook(layer, x), dst0, width, n_up, True))
-        groups.append((model.mlp_in_hook(layer), g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False))
-    groups.append((model.LOGITS_HOOK, g.dst_logits, 1, g.n_sources, False))
-    plans = [_plan_group(keep_cpu, dst0, width, n_up, kept_dims is not None) for _, dst0, width, n_up, _ in groups]
+    wiring = model.wiring
+    groups = [*wiring.destination_slots(start_layer), wiring.logits]
+    plans = [_plan_group(keep_cpu, slot.first, slot.width, slot.n_up, kept_dims is not None) for slot in groups]
     read = torch.zeros(g.n_sources, dtype=torch.bool)
     for pl in plans:
         read[[u for _, _, u, _ in pl.edits]] = True
-    totals_read = {n_up for (_, _, _, n_up, _), pl in zip(groups, plans, strict=True) if pl.from_removed}
+    totals_read = {slot.n_up for slot, pl in zip(groups, plans, strict=True) if pl.from_removed}
     diffs = torch.empty(g.n_sources, c, b, p, d, dtype=removed.dtype, device=dev) if bool(read.any()) else None
     # The running total of the differences of sources 0 .. n - 1 (``n`` the sources summed so far).
     state: dict[str, Any] = {"n": 0, "total": None, "saved": {}}
@@ -181,25 +176,21 @@ def _masked_forward_sparse(
 
         return hook
 
-    hooks: list = [(model.INPUT_HOOK, put(0, False))] if start_layer == 0 else []
-    at = {name: patch(pl, width, n_up, per_head) for (name, _, width, n_up, per_head), pl in zip(groups, plans, strict=True)}
-    for layer in range(start_layer, g.n_layers):
-        for x, _, _ in g.head_inputs(layer):
-            hooks.append((model.head_in_hook(layer, x), at[model.head_in_hook(layer, x)]))
-        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
-        hooks.append((model.mlp_in_hook(layer), at[model.mlp_in_hook(layer)]))
-        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
-    hooks = [(name, h) for name, h in hooks if h is not None]
+    at = {slot.first: patch(pl, slot.width, slot.n_up, slot.per_head) for slot, pl in zip(groups, plans, strict=True)}
+    hooks = wiring.hooks(
+        model, write=lambda slot: put(slot.first, slot.role == "heads"), read=lambda slot: at[slot.first], start_layer=start_layer
+    )
+    final = at[wiring.logits.first]
     with torch.no_grad():
         if start_layer == 0:
-            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=at[model.LOGITS_HOOK], answer_at=answer_at)
+            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final, answer_at=answer_at)
         assert clean is not None and clean.resid is not None
         start = clean.resid[start_layer].repeat(c, 1, 1)
         return _forward(
             model,
             tokens.to(dev).repeat(c, 1),
             hooks,
-            final_hook=at[model.LOGITS_HOOK],
+            final_hook=final,
             start_at_layer=start_layer,
             resid=start,
             answer_at=answer_at,
@@ -331,14 +322,13 @@ def masked_forward(
 
         return hook
 
-    hooks: list = [(model.INPUT_HOOK, put(0, False))] if start_layer == 0 else []
-    for layer in range(start_layer, g.n_layers):
-        n_up = g.n_upstream_heads(layer)
-        for x, dst0, width in g.head_inputs(layer):
-            hooks.append((model.head_in_hook(layer, x), patch(dst0, width, n_up, True)))
-        hooks += head_output_hooks(model, layer, put(g.src_head(layer, 0), True))
-        hooks.append((model.mlp_in_hook(layer), patch(g.dst_mlp(layer), 1, g.n_upstream_mlp(layer), False)))
-        hooks.append((model.mlp_out_hook(layer), put(g.src_mlp(layer), False)))
+    wiring = model.wiring
+    hooks = wiring.hooks(
+        model,
+        write=lambda slot: put(slot.first, slot.role == "heads"),
+        read=lambda slot: patch(slot.first, slot.width, slot.n_up, slot.per_head),
+        start_layer=start_layer,
+    )
     final_patch = patch(g.dst_logits, 1, g.n_sources, False)
     with torch.no_grad():
         if start_layer == 0:
