@@ -48,7 +48,7 @@ def main(families: list[str]) -> None:
         edges = dict(zip(g.source_names, nodes.nodes.tolist()))
         rows = torch.arange(len(batch))
 
-        def metric(tokens: torch.Tensor, hook: tuple | None = None) -> torch.Tensor:
+        def metric(tokens: torch.Tensor, hook: tuple | None = None, ref=ref, task=task, rows=rows, batch=batch) -> torch.Tensor:  # noqa: ANN001
             handle = None
             if hook is not None:
                 module, fn = hook
@@ -67,7 +67,7 @@ def main(families: list[str]) -> None:
         for layer in range(g.n_layers):
             o_proj = ref.model.layers[layer].self_attn.o_proj
             box = {}
-            h = o_proj.register_forward_pre_hook(lambda m, args: box.__setitem__("z", args[0].detach().clone()))
+            h = o_proj.register_forward_pre_hook(lambda m, args, box=box: box.__setitem__("z", args[0].detach().clone()))
             metric(batch.corrupted)
             h.remove()
             z_corr = box["z"]
@@ -75,7 +75,7 @@ def main(families: list[str]) -> None:
             for head in range(n_heads):
                 sl = slice(head * dh, (head + 1) * dh)
 
-                def swap(z: torch.Tensor, sl: slice = sl) -> torch.Tensor:
+                def swap(z: torch.Tensor, sl: slice = sl, z_corr: torch.Tensor = z_corr) -> torch.Tensor:
                     z = z.clone()
                     z[..., sl] = z_corr[..., sl]
                     return z

@@ -61,7 +61,7 @@ def _task_function(cfg) -> float | None:  # noqa: ANN001
     for line in summary_lines(result):
         print(f"circuitkit: {line}")
     print(f"circuitkit: results in {run_dir}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def summary_lines(result) -> list[str]:  # noqa: ANN001

@@ -68,13 +68,13 @@ def gradient_attribution(
     buffer_dtype = resolve_buffer_dtype(ctx, model)
     width = max((len(x) for x in data.clean_ids), default=1)
     span = resolve_positions_per_pass(ctx, width)
-    batch = min(ctx.batch_size, max(len(data), 1))
+    batch_size = min(ctx.batch_size, max(len(data), 1))
     # In the model's precision the corrupted outputs and the differences share one buffer: the clean pass
     # overwrites each corrupted output with clean - corrupted in place.
     shared = buffer_dtype == model.dtype
     check_attribution_fits(
         model,
-        batch,
+        batch_size,
         width,
         method,
         positions=span,
@@ -109,6 +109,7 @@ def gradient_attribution(
                 ig_start = corrupted[0].clone()  # kept apart from the buffer, which the clean pass overwrites
             if not has_clean:
                 clean = engine.run_sources(model, batch.clean, positions=at).sources
+                assert clean is not None
                 clean_minus_removed = (clean - corrupted).to(buffer_dtype)
                 del clean
             elif shared:
@@ -122,6 +123,7 @@ def gradient_attribution(
                         positions=at, per_example=pe,
                     )
                 else:
+                    assert ig_start is not None
                     emb = ig_start + a * (ig_diff if ig_diff is not None else clean_minus_removed[0].to(ig_start.dtype))
                     engine.gradient_pass(
                         model, batch, task.metric, clean_minus_removed, scores, input_override=emb, weight=weight, neuron_scores=neurons,
@@ -234,6 +236,7 @@ def exact_patching(
             clean = engine.run_sources(model, batch.clean, keep_resid=True)
             with torch.no_grad():
                 clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
+            assert clean.sources is not None
             removed_minus_clean = corrupted - clean.sources
             pe = torch.zeros(len(batch), g.n_edges, dtype=torch.float64)
             for layer, chunk in groups:

@@ -52,7 +52,7 @@ def _defaults() -> dict[str, Any]:
 
 
 def _field_default(entry: Any, name: str) -> Any:
-    for f in dataclasses.fields(entry.config):
+    for f in dataclasses.fields(entry.options):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
                 return f.default
@@ -117,7 +117,7 @@ def help_text(block: Iterable[str] = ()) -> str:
     opts: list[tuple[str, str]] = []
     if registry is not None:
         sel = registry.selectors.entries.get(chosen.get("selector"))
-        if sel is not None and any(f.name == "target" for f in dataclasses.fields(sel.config)):
+        if sel is not None and any(f.name == "target" for f in dataclasses.fields(sel.options)):
             opts.append((f"selector.target={_fmt(_field_default(sel, 'target'))}", "the faithfulness the circuit must reach (searched size)"))
             opts.append(("selector.n_edges=N", f"a fixed size instead (default {_fmt(_field_default(sel, 'n_edges'))}: search)"))
         task = registry.tasks.entries.get(chosen.get("task"))

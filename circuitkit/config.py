@@ -172,7 +172,7 @@ def record(node: Any) -> dict[str, Any]:
     nothing chosen (``reporter=[]``) is left out, as Hydra composes it."""
     from omegaconf import OmegaConf
 
-    out = OmegaConf.to_container(node, resolve=True)
+    out: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     assert isinstance(out, dict)
     for group in COMBINABLE:
         if not out.get(group):
@@ -211,7 +211,7 @@ def model_presets() -> dict[str, ModelConfig]:
 
     out = {}
     for name in _preset_names("model"):
-        text = files(PRESETS_PACKAGE).joinpath("model", f"{name}.yaml").read_text(encoding="utf-8")
+        text = files(PRESETS_PACKAGE).joinpath("model").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
         node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(text))
         out[name] = OmegaConf.to_object(node)
     return out  # type: ignore[return-value]

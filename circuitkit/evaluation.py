@@ -286,6 +286,7 @@ def evaluate_keeps(
         if entry is not None:
             entry.clean, entry.corrupted = clean, corrupted
     else:
+        assert entry.clean is not None and entry.corrupted is not None
         clean, corrupted = entry.clean, entry.corrupted
     if entry is None:
         values = per_circuit

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from circuitkit.data import Batch, Example, TaskData, tokenize_examples
+from circuitkit.data import Batch, Example, Rejected, TaskData, tokenize_examples
 from circuitkit.metrics import ANSWER_LOGITS, ANSWER_PROBS, FULL_LOGITS, get_metric
 
 if TYPE_CHECKING:
@@ -121,8 +121,9 @@ class Task(ABC):
         self.config = config
 
     @abstractmethod
-    def generate(self, tokenizer: Any, split: str) -> Iterable[Example]:
-        """Yield candidate examples for ``split``, deterministically from ``config.seed``.
+    def generate(self, tokenizer: Any, split: str) -> Iterable[Example | Rejected]:
+        """Yield candidate examples for ``split``, deterministically from ``config.seed`` (a candidate the
+        task turns down may be yielded as a :class:`~circuitkit.data.Rejected`, counted in the run's report).
 
         May yield more than ``n_examples``; the first ``n_examples`` that tokenize well are kept.
         """

@@ -9,6 +9,7 @@ exactly like a third party's. The passes that use these values are in :mod:`circ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ def mean_source_outputs(model: CircuitModel, data, batch_size: int = 16, *, per_
     for batch in data.batches(batch_size, model.pad_id):
         batch = batch.to(model.device)
         src = engine.run_sources(model, batch.clean).sources  # [S, b, p, d]
+        assert src is not None
         p = src.shape[2]
         valid = (torch.arange(p, device=model.device)[None, :] <= batch.last[:, None]).double()  # [b, p]
         total[:, :p] += torch.einsum("sbpd,bp->spd", src.double(), valid)
@@ -76,10 +78,14 @@ def head_bias_shares(model: CircuitModel) -> torch.Tensor:
 @torch.no_grad()
 def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
     box: dict[str, torch.Tensor] = {}
-    hooks = [
-        (model.head_out_hook(layer), lambda t, hook: (box.__setitem__("r", t.detach()), t)[1]),
-        (model.attn_out_hook(layer), lambda t, hook: (box.__setitem__("o", t.detach()), t)[1]),  # no norm after it here
-    ]
+    def grab(key: str) -> Callable[[torch.Tensor, object], torch.Tensor]:
+        def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
+            box[key] = t.detach()
+            return t
+
+        return hook
+
+    hooks = [(model.head_out_hook(layer), grab("r")), (model.attn_out_hook(layer), grab("o"))]  # no norm after the attention output here
     tokens = torch.tensor([[model.pad_id]], device=model.device)
     _forward(model, tokens, hooks)
     return (box["o"] - box["r"].sum(2).to(box["o"].device))[0, 0]
@@ -238,7 +244,8 @@ def build_intervention(model: CircuitModel, data, kind: str, batch_size: int = 1
     check_intervention(kind)
     from circuitkit.plugins import get_registry
 
-    iv = get_registry().interventions.entries[kind].cls.prepare(model, data, batch_size)
+    cls: type[Intervention] = get_registry().interventions.entries[kind].cls
+    iv = cls.prepare(model, data, batch_size)
     iv.kind = kind
     return iv
 

@@ -132,10 +132,10 @@ def _format(plugins: Sequence[PluginInfo], ok: bool, status: str, verbose: bool)
         rows.append((p.name, where, what))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    for r, p in zip(rows, [None, *plugins], strict=True):
+    for r, info in zip(rows, [None, *plugins], strict=True):
         lines.append(f"  {r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}")
-        if verbose and p is not None:
-            lines.append(f"  {'':<{w0}}  {'':<{w1}}  module: {p.module}")
+        if verbose and info is not None:
+            lines.append(f"  {'':<{w0}}  {'':<{w1}}  module: {info.module}")
     lines.append("")
     if ok:
         lines.append("Choices per config group (python -m circuitkit GROUP=NAME):")

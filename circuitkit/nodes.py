@@ -125,7 +125,7 @@ def neuron_circuit(graph: Graph, neurons: np.ndarray, scores: Scores | None = No
     """The circuit of the kept neurons ``[n_sources, d_model]`` (bool): every edge between nodes with at
     least one kept neuron (pruned); the other dimensions of those nodes carry their corrupted value."""
     neurons = np.asarray(neurons, dtype=bool)
-    circuit = node_circuit(graph, neurons.any(1), scores)
+    circuit = node_circuit(graph, np.asarray(neurons.any(1)), scores)
     circuit.level = "neuron"
     circuit.neurons = neurons.copy()
     return circuit

@@ -52,6 +52,13 @@ class Entry:
     plugin: str  # the plugin (entry point) that registered it
     distribution: str = ""
 
+    @property
+    def options(self) -> type:
+        """The config dataclass, for the kinds registered with one (TypeError for metrics and interventions)."""
+        if self.config is None:
+            raise TypeError(f"'{self.name}' ({self.cls.__name__}) is registered without a config")
+        return self.config
+
 
 @dataclass
 class ComponentRegistry:
@@ -122,14 +129,15 @@ class ComponentRegistry:
             if config:
                 raise ConfigError(f"The {self.group} '{name}' has no options, got {', '.join(sorted(dict(config)))}.")
             return entry.cls()
-        cfg = to_dataclass(entry.config, config, name)
+        cfg = to_dataclass(entry.options, config, name)
         return entry.cls(cfg)
 
 
 def to_dataclass(cls: type, config: Any, name: str) -> Any:
     """Turn ``config`` (None, a dataclass instance, a mapping or an OmegaConf node) into ``cls``."""
     if isinstance(config, cls):
-        if not config.name:
+        assert dataclasses.is_dataclass(config) and not isinstance(config, type)
+        if not config.name:  # type: ignore[attr-defined]
             config = dataclasses.replace(config, name=name)
         return config
     if config is None:
@@ -141,7 +149,7 @@ def to_dataclass(cls: type, config: Any, name: str) -> Any:
             config = OmegaConf.to_container(config, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
-    if dataclasses.is_dataclass(config):
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     values = dict(config)
     values["name"] = name
@@ -183,7 +191,7 @@ class Registry:
             reg = self.kinds[kind]
             combinable = KINDS[reg.kind][3]
             for name, entry in reg.entries.items():
-                node = entry.config(name=name)
+                node = entry.options(name=name)
                 if combinable:
                     cs.store(group=reg.group, name=name, node=node, package=f"{reg.group}.{name}")
                 else:

@@ -223,7 +223,8 @@ class SearchesSize:
     def fixed(self, n: int) -> Any:
         import dataclasses
 
-        return type(self)(dataclasses.replace(self.config, n_edges=int(n)))
+        cls: Any = type(self)  # a selector class (this is its mixin)
+        return cls(dataclasses.replace(self.config, n_edges=int(n)))
 
     def refuse_without_model(self) -> None:
         raise ConfigError(

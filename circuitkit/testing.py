@@ -282,7 +282,7 @@ class ComponentContract(RegisteredContract):
         entry = self.entry()
         _, base, cfg_base, _ = KINDS[self.kind]
         assert issubclass(entry.cls, base), f"{entry.cls} is not a {base.__name__}"
-        assert dataclasses.is_dataclass(entry.config) and issubclass(entry.config, cfg_base)
+        assert cfg_base is not None and dataclasses.is_dataclass(entry.config) and issubclass(entry.options, cfg_base)
         assert entry.plugin, "the registry does not know which plugin registered it"
 
     def test_config_instantiates_with_defaults(self) -> None:
@@ -290,9 +290,9 @@ class ComponentContract(RegisteredContract):
 
         entry = self.entry()
         try:
-            cfg = entry.config(name=self.name)
+            cfg = entry.options(name=self.name)
         except TypeError as e:
-            pytest.fail(f"{entry.config.__name__} needs a default for every field (Hydra builds it from defaults): {e}")
+            pytest.fail(f"{entry.options.__name__} needs a default for every field (Hydra builds it from defaults): {e}")
         node = OmegaConf.structured(cfg)  # what the ConfigStore holds; fails on types OmegaConf cannot hold
         assert node.name == self.name
 
@@ -300,10 +300,10 @@ class ComponentContract(RegisteredContract):
         """``name`` belongs to circuitkit (the registry sets it to the registered name): a config must not
         redefine it as an option of its own, which could never be set."""
         entry = self.entry()
-        field = {f.name: f for f in dataclasses.fields(entry.config)}["name"]
+        field = {f.name: f for f in dataclasses.fields(entry.options)}["name"]
         base = {f.name: f for f in dataclasses.fields(PluginConfig)}["name"]
         assert field.default == base.default and field.type in (str, "str"), (
-            f"{entry.config.__name__} redefines the reserved field 'name' ({field.type}, default {field.default!r}); "
+            f"{entry.options.__name__} redefines the reserved field 'name' ({field.type}, default {field.default!r}); "
             "the registry always overwrites it with the registered name. Rename the option."
         )
         built = self.build()
@@ -318,11 +318,12 @@ class ComponentContract(RegisteredContract):
         cfg = compose_config([f"{group}=[{self.name}]" if combinable else f"{group}={self.name}"])
         node = cfg[group][self.name] if combinable else cfg[group]
         composed = OmegaConf.to_container(node, resolve=True)
-        defaults = _plain(dataclasses.asdict(entry.config(name=self.name)))
+        defaults = _plain(dataclasses.asdict(entry.options(name=self.name)))
         assert composed == defaults, f"composed {group} config {composed} differs from the dataclass defaults {defaults}"
         merged = OmegaConf.merge(node, ck_options) if ck_options else node
         built = self._components().build(self.name, merged)
-        assert isinstance(built, entry.cls) and built.config.name == self.name
+        component: Any = built
+        assert isinstance(built, entry.cls) and component.config.name == self.name
 
 
 class AttributorContract(ComponentContract):
@@ -502,7 +503,7 @@ class EvaluatorContract(ComponentContract):
         if not keys <= have:
             pytest.skip(f"'{self.name}' does not report {', '.join(sorted(keys - have))}: no endpoint to check")
         for label, target in (("empty", "corrupted_metric"), ("full", "clean_metric")):
-            v = ck_endpoint_results[label].values
+            v = {k: float(x) for k, x in ck_endpoint_results[label].values.items() if isinstance(x, (int, float))}
             scale = max(abs(v["clean_metric"]), abs(v["corrupted_metric"]), 1e-6)
             assert math.isclose(v["circuit_metric"], v[target], rel_tol=self.rtol, abs_tol=self.rtol * scale), (
                 f"the {label} circuit's metric is {v['circuit_metric']:g}, expected the {target.split('_')[0]} metric {v[target]:g}"
@@ -524,7 +525,7 @@ class ReporterContract(ComponentContract):
 
     def test_builds_from_its_default_config(self, ck_options: dict[str, Any]) -> None:
         entry = self.entry()
-        reporter = entry.cls(entry.config(name=self.name))
+        reporter = entry.cls(entry.options(name=self.name))
         assert callable(getattr(reporter, "report", None))
         assert isinstance(self.build(ck_options), entry.cls)
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ class _Objective:
             metric = bound.bound_metric
             assert isinstance(metric, KLToClean)
             metric.max_bytes = max(metric.max_bytes, (len(data) + 1) * vocab * 8)
-            self.metric = metric
+            self.metric: Any = metric
             self.sign = -1.0  # the metric is -KL; the objective is KL
         else:
             self.metric = bind_objective(task, model).metric

@@ -152,7 +152,7 @@ class FaithfulnessCurve(Evaluator):
 
     def _selector_entry(self) -> Any:
         entry = get_registry().selectors.get(self.config.selector)
-        if "n_edges" not in {f.name for f in dataclasses.fields(entry.config)}:
+        if "n_edges" not in {f.name for f in dataclasses.fields(entry.options)}:
             raise ConfigError(
                 f"evaluator.{self.config.name}.selector={self.config.selector} does not take n_edges; the curve needs a "
                 "selector that keeps a given number of edges (top_n, greedy)."
@@ -162,7 +162,7 @@ class FaithfulnessCurve(Evaluator):
     def _selector(self, n: int, absolute: bool) -> Any:
         entry = self._selector_entry()
         opts: dict[str, Any] = {"n_edges": int(n)}
-        if "absolute" in {f.name for f in dataclasses.fields(entry.config)}:
+        if "absolute" in {f.name for f in dataclasses.fields(entry.options)}:
             opts["absolute"] = absolute
         return entry.cls(entry.config(name=entry.name, **opts))
 

@@ -114,7 +114,7 @@ class Stability(Evaluator):
 
     def _selector_entry(self) -> Any:
         entry = get_registry().selectors.get(self.config.selector)
-        if "n_edges" not in {f.name for f in dataclasses.fields(entry.config)}:
+        if "n_edges" not in {f.name for f in dataclasses.fields(entry.options)}:
             raise ConfigError(
                 f"evaluator.{self.config.name or 'stability'}.selector={self.config.selector} does not take n_edges; "
                 "stability needs a selector that keeps a given number of edges (top_n, greedy)."
@@ -124,7 +124,7 @@ class Stability(Evaluator):
     def _select(self, scores: Scores, n: int) -> Circuit:
         entry = self._selector_entry()
         opts: dict[str, Any] = {"n_edges": int(n)}
-        if "absolute" in {f.name for f in dataclasses.fields(entry.config)}:
+        if "absolute" in {f.name for f in dataclasses.fields(entry.options)}:
             opts["absolute"] = self.config.absolute
         return entry.cls(entry.config(name=entry.name, **opts)).select(scores)
 

@@ -85,7 +85,7 @@ class Transfer(Evaluator):
                     "split": getattr(base.config, "split", "test"),
                 }
                 entry = get_registry().tasks.get(t)
-                fields = {f.name for f in dataclasses.fields(entry.config)}
+                fields = {f.name for f in dataclasses.fields(entry.options)}
                 other = bind_objective(get_registry().tasks.build(t, {k: v for k, v in opts.items() if k in fields}), model)
                 other_data = other.build(model.tokenizer, prepend_bos=model.prepend_bos)
             ev = evaluate_keeps(model, other, other_data, keep, ctx, desc=f"transfer to {t}", neurons=None if dims is None else dims[None])

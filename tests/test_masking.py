@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import dest_hook, source_hook
 
 import circuitkit as ck
 from circuitkit import engine
@@ -14,7 +15,6 @@ from circuitkit.interventions import build_intervention
 from circuitkit.model import bridge_model
 from circuitkit.results import Circuit
 from circuitkit.testing_families import tiny_family
-from helpers import dest_hook, source_hook
 
 #: pre-norm multi-head, grouped-query attention with rotary, parallel attention and MLP, a norm after the
 #: attention (head shares)

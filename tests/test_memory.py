@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import circuitkit as ck
-from circuitkit.engine import memory
 from circuitkit.attribution import gradient_attribution
+from circuitkit.engine import memory
 from circuitkit.errors import CircuitkitError, ConfigError
 from circuitkit.testing_models import tiny_llama
 

@@ -69,6 +69,7 @@ def _forward(
             assert resid is not None
             return _on(resid, t).to(t.dtype)
 
+        assert start_at_layer is not None
         pre = [(model.wiring.resid_pre[start_at_layer], inject)]
     try:
         with (

@@ -27,7 +27,7 @@ def head_shares(model: CircuitModel, layer: int, result: torch.Tensor, normed_in
     work = share_dtype(model)
     x = normed_in.to(work)
     eps = getattr(hf_norm, "variance_epsilon", None)
-    eps = getattr(hf_norm, "eps", 1e-6) if eps is None else eps
+    eps = float(getattr(hf_norm, "eps", 1e-6) if eps is None else eps)
     inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [b, p, 1]
     w = hf_norm.weight.to(device=x.device, dtype=work)
     if getattr(norm, "uses_weight_offset", False):
@@ -54,7 +54,7 @@ def share_dtype(model: CircuitModel) -> torch.dtype:
             with torch.no_grad():
                 out = hf_norm(x)
             eps = getattr(hf_norm, "variance_epsilon", None)
-            eps = getattr(hf_norm, "eps", 1e-6) if eps is None else eps
+            eps = float(getattr(hf_norm, "eps", 1e-6) if eps is None else eps)
             w = hf_norm.weight.double() + (1.0 if getattr(norm, "uses_weight_offset", False) else 0.0)
             exact = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
             if float((out - exact).abs().max()) <= 64 * torch.finfo(torch.float64).eps * float(exact.abs().max()):

@@ -52,6 +52,7 @@ def answer_metric(model: CircuitModel, final: torch.Tensor, batch: Batch, metric
     resid = final[rows, batch.last.to(final.device)]
     if logits_fn is not None:
         return _metric_on(logits_fn, _unembed_columns(model, resid, ids), renumbered, home)
+    assert probs_fn is not None
     return _metric_on(probs_fn, _answer_and_rest_logits(model, resid, ids), renumbered, home)
 
 

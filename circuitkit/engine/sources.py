@@ -62,7 +62,11 @@ def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool =
     resid: list[torch.Tensor] = []
     home = model.device
     if keep_resid:
-        hooks += [(name, lambda t, hook: (resid.append(t.detach().to(home)), t)[1]) for name in model.wiring.resid_pre]
+        def keep(t: torch.Tensor, hook: object) -> torch.Tensor:
+            resid.append(t.detach().to(home))
+            return t
+
+        hooks += [(name, keep) for name in model.wiring.resid_pre]
     final = _forward(model, tokens, hooks)
     return SourceRun(final=final, sources=buf, resid=resid if keep_resid else None)
 

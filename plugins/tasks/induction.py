@@ -79,7 +79,7 @@ def word_tokens(tokenizer: Any, limit: int) -> list[int]:
 class Induction(Task):
     config: InductionConfig
 
-    def generate(self, tokenizer: Any, split: str) -> Iterator[Example]:
+    def generate(self, tokenizer: Any, split: str) -> Iterator[Example | Rejected]:
         cfg = self.config
         check_split(cfg.name or "induction", split)
         vocab = word_tokens(tokenizer, cfg.vocab_size)
