@@ -10,7 +10,6 @@ import torch
 from circuitkit.engine.common import _StopForward
 from circuitkit.engine.forward import _forward
 from circuitkit.engine.wiring import HookFn, Hooks, Slot
-from circuitkit.engine.wiring import head_output_hooks as head_output_hooks  # moved to wiring; old import path
 from circuitkit.model import CircuitModel
 
 
