@@ -119,7 +119,9 @@ def compare(before: Path, after: Path, names: list[str]) -> bool:
                 if isinstance(na.get(k), (int, float)) and isinstance(nb.get(k), (int, float)) and not isinstance(na.get(k), bool)
             ]
             largest = max((d for d in diffs if not math.isnan(d)), default=float("nan"))
-            print(f"{name}/{f}: DIFFERS in {len(differ)} of {len(keys)} values (largest numeric difference {largest:.3g}); first: {differ[:5]}")
+            print(
+                f"{name}/{f}: DIFFERS in {len(differ)} of {len(keys)} values (largest numeric difference {largest:.3g}); first: {differ[:5]}"
+            )
     return same
 
 

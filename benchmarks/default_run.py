@@ -79,7 +79,8 @@ def main() -> None:
         att = secs.get("attribute") or float("nan")
         after = {k: v for k, v in secs.items() if k == "select" or k.startswith("evaluate_")}
         print(
-            f"  {label} run 1 seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items())
+            f"  {label} run 1 seconds: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in secs.items())
             + f"; selection + evaluation = {sum(after.values()) / att:.2f} x attribution"
         )
 

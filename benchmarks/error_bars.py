@@ -58,7 +58,9 @@ def main() -> None:
             ctx.scores = ctx.attributor.attribute(model, task, data, ctx)
             circuit = ck.build("selectors", "top_n").select_in_run(ctx.scores, model, task, data, ctx)
             f = ck.build("evaluators", "faithfulness").evaluate(model, task, data, circuit, ctx)
-            st = ck.build("evaluators", "stability", resamples=args.resamples, seeds=args.seeds).evaluate(model, task, data, circuit, ctx)
+            st = ck.build("evaluators", "stability", resamples=args.resamples, seeds=args.seeds).evaluate(
+                model, task, data, circuit, ctx
+            )
             v = st.values
             row = {
                 "task": t,
@@ -100,7 +102,9 @@ def main() -> None:
             f = ev.faithfulness(ev.circuits[0])
             matrix[src][dst] = [f, None if f is None or mi is None else mi.interval(mi.faithfulness[0])]
 
-    print("\n| task | method | edges (0.85) | faithfulness [95% CI] | Jaccard resample (min) | Jaccard seed | Jaccard template | inclusion freq. (edges >= 0.95) |")
+    print(
+        "\n| task | method | edges (0.85) | faithfulness [95% CI] | Jaccard resample (min) | Jaccard seed | Jaccard template | inclusion freq. (edges >= 0.95) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['method']} | {r['edges']}{'' if r['reached'] else ' (not reached)'} | "
@@ -112,7 +116,11 @@ def main() -> None:
     for src in tasks:
         print(f"| {src} | " + " | ".join(_f(matrix[src][d][0]) for d in tasks) + " |")
     with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump({"rows": rows, "transfer_eap_ig": matrix, "examples": args.examples, "seconds": time.perf_counter() - t_start}, fh, indent=1)
+        json.dump(
+            {"rows": rows, "transfer_eap_ig": matrix, "examples": args.examples, "seconds": time.perf_counter() - t_start},
+            fh,
+            indent=1,
+        )
     print(f"\nwritten to {args.out}; {time.perf_counter() - t_start:.0f} s")
 
 

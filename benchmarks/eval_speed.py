@@ -97,7 +97,15 @@ def main() -> None:
 
     tok = gpt2_tokenizer()
     if args.arch == "llama":
-        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate, device=args.device)
+        model = tiny_llama(
+            args.layers,
+            args.heads,
+            args.kv_heads,
+            args.d_model,
+            tokenizer=tok,
+            intermediate_size=args.intermediate,
+            device=args.device,
+        )
     else:
         model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok, device=args.device)
     g = model.graph

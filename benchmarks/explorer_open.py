@@ -73,7 +73,9 @@ def main() -> None:
     base = rows[0]
     print(f"{'graph':28} {'edges':>7} {'file KB':>8} {'open s':>7} {'x bundled':>9} {'slider s':>9} {'x bundled':>9}")
     for name, edges, size, t_open, t_slide in rows:
-        print(f"{name:28} {edges:7d} {size / 1000:8.1f} {t_open:7.3f} {t_open / base[3]:9.2f} {t_slide:9.3f} {t_slide / base[4]:9.2f}")
+        print(
+            f"{name:28} {edges:7d} {size / 1000:8.1f} {t_open:7.3f} {t_open / base[3]:9.2f} {t_slide:9.3f} {t_slide / base[4]:9.2f}"
+        )
     print("(slider: median over moves to 3 sizes up to the whole graph; at most 1,500 edges are drawn)")
 
 

@@ -54,9 +54,21 @@ def llama8b(args: argparse.Namespace) -> None:
 
     dev = torch.device(args.device)
     if args.tiny:
-        shape = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 224}
+        shape = {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 224,
+        }
     else:
-        shape = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336}
+        shape = {
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+        }
     cfg = LlamaConfig(**shape, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False)
     tok = gpt2_tokenizer()
     t0 = time.perf_counter()
@@ -105,11 +117,39 @@ def main() -> None:
     ap.add_argument("--step-timeout", type=float, default=240)
     args = ap.parse_args()
     if "ratios" in args.only:
-        common = ["--device", args.device, "--prompts", "32", "--tokens", "64", "--repeat", "3", "--methods", "eap,eap_ig", "--skip-bridge", "--skip-eval"]
+        common = [
+            "--device",
+            args.device,
+            "--prompts",
+            "32",
+            "--tokens",
+            "64",
+            "--repeat",
+            "3",
+            "--methods",
+            "eap,eap_ig",
+            "--skip-bridge",
+            "--skip-eval",
+        ]
         sh([f"{HERE}/speed.py", *common], args.step_timeout)
         sh([f"{HERE}/speed.py", *common, "--arch", "llama"], args.step_timeout)
     if "eval" in args.only:
-        sh([f"{HERE}/eval_speed.py", "--device", args.device, "--examples", "32", "--batch-size", "32", "--path", "both", "--repeat", "3"], args.step_timeout)
+        sh(
+            [
+                f"{HERE}/eval_speed.py",
+                "--device",
+                args.device,
+                "--examples",
+                "32",
+                "--batch-size",
+                "32",
+                "--path",
+                "both",
+                "--repeat",
+                "3",
+            ],
+            args.step_timeout,
+        )
     if "8b" in args.only:
         llama8b(args)
 

@@ -44,7 +44,11 @@ def main() -> None:
     model = ck.load_model(args.model)
     g = model.graph
     print(f"model {model.name}: {g.n_sources} nodes (+ logits), {g.n_edges} edges; {args.n_examples} examples per task")
-    header = "| task | intervention | EAP node r / rho | EAP-IG node r / rho | " + " | ".join(f"faithfulness top-{k} nodes" for k in args.k) + " | seconds |"
+    header = (
+        "| task | intervention | EAP node r / rho | EAP-IG node r / rho | "
+        + " | ".join(f"faithfulness top-{k} nodes" for k in args.k)
+        + " | seconds |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for task_name in args.tasks:
@@ -62,7 +66,12 @@ def main() -> None:
             ev = evaluate_keeps(model, task, data, torch.stack([c.keep_dense() for c in circuits]), ctx)
             faith = [ev.faithfulness(v) for v in ev.circuits]
             cells = [f"{f:.3f}" if f is not None else "undefined" for f in faith]
-            print(f"| {task_name} | {kind} | {agree[0]} | {agree[1]} | " + " | ".join(cells) + f" | {time.perf_counter() - t0:.0f} |", flush=True)
+            print(
+                f"| {task_name} | {kind} | {agree[0]} | {agree[1]} | "
+                + " | ".join(cells)
+                + f" | {time.perf_counter() - t0:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def build(shape: str, device: str):  # noqa: ANN201
     tok = gpt2_tokenizer()
     if arch == "llama":
         layers, heads, d, kv = n
-        return tiny_llama(layers, heads, kv, d, tokenizer=tok, intermediate_size=4 * d, device=device, max_position_embeddings=256)
+        return tiny_llama(
+            layers, heads, kv, d, tokenizer=tok, intermediate_size=4 * d, device=device, max_position_embeddings=256
+        )
     layers, heads, d = n
     return tiny_gpt2(layers, heads, d, tokenizer=tok, device=device, n_positions=256)
 
@@ -49,7 +51,9 @@ def task_data(model, prompts: int, tokens: int):  # noqa: ANN001, ANN201
     ids = torch.randint(1000, 20000, (prompts, tokens), generator=gen)
     corr = ids.clone()
     corr[:, tokens // 2] = torch.randint(1000, 20000, (prompts,), generator=gen)
-    examples = [Example(tok.decode(a), tok.decode(b), (" the",), (" a",)) for a, b in zip(ids.tolist(), corr.tolist(), strict=True)]
+    examples = [
+        Example(tok.decode(a), tok.decode(b), (" the",), (" a",)) for a, b in zip(ids.tolist(), corr.tolist(), strict=True)
+    ]
     data = tokenize_examples("bench", examples, tok, prepend_bos=False, on_invalid="drop")
     task = type("BenchTask", (ck.Task,), {"generate": lambda self, t, s: iter(examples)})(ck.TaskConfig(name="bench"))
     return task, data
@@ -111,8 +115,12 @@ def main() -> None:
         child(args)
         return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    print(f"EAP-IG({args.ig_steps}), {args.prompts} prompts x {args.tokens} tokens, device {args.device}; MB above the loaded model and data")
-    print(f"{'shape':<20}{'examples x tokens':>18}{'measured':>10}{'estimate':>10}{'ratio':>7}   buffers / activations / transient / accumulators")
+    print(
+        f"EAP-IG({args.ig_steps}), {args.prompts} prompts x {args.tokens} tokens, device {args.device}; MB above the loaded model and data"
+    )
+    print(
+        f"{'shape':<20}{'examples x tokens':>18}{'measured':>10}{'estimate':>10}{'ratio':>7}   buffers / activations / transient / accumulators"
+    )
     for shape in args.shapes:
         cmd = [sys.executable, __file__, "--child", shape, "--prompts", str(args.prompts), "--tokens", str(args.tokens),
                "--ig-steps", str(args.ig_steps), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
@@ -122,7 +130,9 @@ def main() -> None:
             print(f"{shape:<20} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         peak, est, buf, act, tr, acc, n, w = (float(x) for x in line[0].split()[1:])
-        print(f"{shape:<20}{f'{int(n)} x {int(w)}':>18}{peak:>10.1f}{est:>10.1f}{est / peak:>7.2f}   {buf:.1f} / {act:.1f} / {tr:.1f} / {acc:.1f}")
+        print(
+            f"{shape:<20}{f'{int(n)} x {int(w)}':>18}{peak:>10.1f}{est:>10.1f}{est / peak:>7.2f}   {buf:.1f} / {act:.1f} / {tr:.1f} / {acc:.1f}"
+        )
 
 
 if __name__ == "__main__":

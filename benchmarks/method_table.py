@@ -41,7 +41,9 @@ MEASURES = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="bundled", help="'bundled', a saved model directory, or a Hugging Face name (default: bundled)")
+    p.add_argument(
+        "--model", default="bundled", help="'bundled', a saved model directory, or a Hugging Face name (default: bundled)"
+    )
     p.add_argument("--tasks", default="", help="comma-separated task names (default: every registered task except custom)")
     p.add_argument("--methods", default="eap,eap_ig", help="comma-separated methods (default: eap,eap_ig)")
     p.add_argument("--n-examples", type=int, default=64, help="examples per task (default: 64)")
@@ -121,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"method_table: {e}", file=sys.stderr)
         return 1
     g = model.graph
-    print(f"model: {model.name} ({g.n_layers} layers, {g.n_heads} heads, {g.n_edges} edges) loaded in {time.perf_counter() - t0:.1f}s on {model.device}", flush=True)
+    print(
+        f"model: {model.name} ({g.n_layers} layers, {g.n_heads} heads, {g.n_edges} edges) loaded in {time.perf_counter() - t0:.1f}s on {model.device}",
+        flush=True,
+    )
 
     curve_eval = ck.build("evaluators", "faithfulness_curve", **{**mib_curve_options(), "target": args.target})
     rows = methods + ([] if args.no_patching_row else ["patching"])
@@ -148,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             ev = curve_eval.evaluate(model, task, data, ck.Circuit.empty(g), ctx)
             agree = score_agreement(scores, truth)
             results[task_name][m] = {
-                **{k: ev.values.get(k) for k in ("cpr", "cmd", "edges_for_target", "faithfulness_at_target", "clean_metric", "corrupted_metric")},
+                **{
+                    k: ev.values.get(k)
+                    for k in ("cpr", "cmd", "edges_for_target", "faithfulness_at_target", "clean_metric", "corrupted_metric")
+                },
                 "pearson": agree["pearson"] if m != "patching" else None,
                 "spearman": agree["spearman"] if m != "patching" else None,
                 "attribution_seconds": seconds,
@@ -157,25 +165,39 @@ def main(argv: list[str] | None = None) -> int:
                 "notes": ev.notes,
             }
             r = results[task_name][m]
-            print(f"  {m}: CPR {fmt(r['cpr'], 'cpr')}  CMD {fmt(r['cmd'], 'cmd')}  edges@{args.target:g} {fmt(r['edges_for_target'], 'edges_for_target')}  "
-                  f"r {fmt(r['pearson'], 'pearson')}  rho {fmt(r['spearman'], 'spearman')}  ({seconds:.1f}s)", flush=True)
+            print(
+                f"  {m}: CPR {fmt(r['cpr'], 'cpr')}  CMD {fmt(r['cmd'], 'cmd')}  edges@{args.target:g} {fmt(r['edges_for_target'], 'edges_for_target')}  "
+                f"r {fmt(r['pearson'], 'pearson')}  rho {fmt(r['spearman'], 'spearman')}  ({seconds:.1f}s)",
+                flush=True,
+            )
         if args.plots:
             from circuitkit import plot
 
             if plot.available():
                 out = Path(args.plots) / f"curve_{task_name}.png"
-                plot.plot_curves({m: results[task_name][m]["curve"] for m in rows}, out, target=args.target, title=f"{task_name} ({model.name})")
+                plot.plot_curves(
+                    {m: results[task_name][m]["curve"] for m in rows},
+                    out,
+                    target=args.target,
+                    title=f"{task_name} ({model.name})",
+                )
             else:
                 print(f"no pictures: {plot.INSTALL_HINT}", flush=True)
 
     shown = [t for t in tasks if t in results]
     print()
-    print(f"{model.name}: {args.n_examples} examples per task ({args.split} split); budgets {', '.join(f'{b:g}' for b in curve_eval.config.budgets)} % of {g.n_edges} edges")
+    print(
+        f"{model.name}: {args.n_examples} examples per task ({args.split} split); budgets {', '.join(f'{b:g}' for b in curve_eval.config.budgets)} % of {g.n_edges} edges"
+    )
     print(render(results, shown, rows, args.target))
     for t, why in skipped.items():
         print(f"skipped {t}: {why}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model.name, "n_edges": g.n_edges, "args": vars(args), "results": results, "skipped": skipped}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"model": model.name, "n_edges": g.n_edges, "args": vars(args), "results": results, "skipped": skipped}, indent=1
+            )
+        )
     return 0
 
 

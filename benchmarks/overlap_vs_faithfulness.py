@@ -33,11 +33,19 @@ import circuitkit as ck
 from circuitkit.analysis import overlap_vs_faithfulness, spearman
 
 TASKS = ("ioi", "greater_than", "gender_pronoun", "sva", "hypernymy", "country_capital", "induction")
-METHODS = (("eap", {}), ("eap_ig", {"ig_steps": 5}), ("clean_corrupted", {}), ("eap_ig_activations", {"ig_steps": 5}), ("random", {}))
+METHODS = (
+    ("eap", {}),
+    ("eap_ig", {"ig_steps": 5}),
+    ("clean_corrupted", {}),
+    ("eap_ig_activations", {"ig_steps": 5}),
+    ("random", {}),
+)
 PERCENT = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 
 
-def cluster_bootstrap(points: list[dict], key_x: str, key_y: str, within: bool, n: int, seed: int) -> tuple[float | None, list[float] | None]:
+def cluster_bootstrap(
+    points: list[dict], key_x: str, key_y: str, within: bool, n: int, seed: int
+) -> tuple[float | None, list[float] | None]:
     """Spearman of ``key_x`` vs ``key_y`` over ``points`` and its percentile interval, resampling tasks."""
     tasks = sorted({p["task"] for p in points})
 
@@ -113,14 +121,19 @@ def main() -> None:
 
 def summarise(points: list[dict], sizes: list[int], n_edges: int, args: argparse.Namespace) -> None:
     methods = [m for m, _ in METHODS]
-    print(f"\n{len(points)} points ({len({p['task'] for p in points})} tasks x {len(methods)} methods x {len(sizes)} sizes: {PERCENT} % of {n_edges} edges)")
+    print(
+        f"\n{len(points)} points ({len({p['task'] for p in points})} tasks x {len(methods)} methods x {len(sizes)} sizes: {PERCENT} % of {n_edges} edges)"
+    )
     # The random baseline (no overlap, no faithfulness) alone makes overlap look predictive: also without it.
     for label, pts in (("all methods", points), ("without random", [p for p in points if p["method"] != "random"])):
         for within in (False, True):
             for key in ("edge_iou", "node_iou"):
                 v, ci = cluster_bootstrap(pts, key, "faithfulness", within, args.resamples, 0)
                 what = "within (task, size)" if within else "pooled"
-                print(f"{label}: Spearman({key}, faithfulness), {what}: {v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " [no interval]"))
+                print(
+                    f"{label}: Spearman({key}, faithfulness), {what}: {v:.3f}"
+                    + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " [no interval]")
+                )
     print("\nmean edge IoU with the exact-patching circuit / mean faithfulness, by method and size (over tasks):")
     print("| method | " + " | ".join(f"{p:g}%" for p in PERCENT) + " |")
     print("|---|" + "---|" * len(PERCENT))
@@ -128,7 +141,9 @@ def summarise(points: list[dict], sizes: list[int], n_edges: int, args: argparse
         cells = []
         for n in sizes:
             pts = [p for p in points if p["method"] == m and p["size"] == n]
-            cells.append(f"{np.mean([p['edge_iou'] for p in pts]):.2f} / {np.mean([p['faithfulness'] for p in pts]):.2f}" if pts else "-")
+            cells.append(
+                f"{np.mean([p['edge_iou'] for p in pts]):.2f} / {np.mean([p['faithfulness'] for p in pts]):.2f}" if pts else "-"
+            )
         print(f"| {m} | " + " | ".join(cells) + " |")
     ref_f = [np.mean([p["faithfulness_patching"] for p in points if p["size"] == n]) for n in sizes]
     print("| exact patching (reference) | " + " | ".join(f"1.00 / {f:.2f}" for f in ref_f) + " |")
@@ -141,7 +156,14 @@ def summarise(points: list[dict], sizes: list[int], n_edges: int, args: argparse
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for i, m in enumerate(methods):
             pts = [p for p in points if p["method"] == m]
-            ax.scatter([p["edge_iou"] for p in pts], [p["faithfulness"] for p in pts], s=14, label=m, color=plt.get_cmap("tab10")(i), alpha=0.8)
+            ax.scatter(
+                [p["edge_iou"] for p in pts],
+                [p["faithfulness"] for p in pts],
+                s=14,
+                label=m,
+                color=plt.get_cmap("tab10")(i),
+                alpha=0.8,
+            )
         ax.set_xlabel("edge IoU with the exact-patching circuit of the same size")
         ax.set_ylabel("faithfulness")
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")

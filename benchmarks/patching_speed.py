@@ -58,16 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     g = model.graph
     registry = get_registry()
-    print(f"model: {model.name}, {g.n_edges} edges; {args.n_examples} examples per task; {args.edges_per_pass} edges per pass; "
-          f"device {model.device}" + ("" if model.device.type == "cuda" else f", torch threads {torch.get_num_threads()}"))
+    print(
+        f"model: {model.name}, {g.n_edges} edges; {args.n_examples} examples per task; {args.edges_per_pass} edges per pass; "
+        f"device {model.device}" + ("" if model.device.type == "cuda" else f", torch threads {torch.get_num_threads()}")
+    )
     print(f"{'task':<16}{'metric':<12}{'all edges s':>12}{'edges/s':>9}{'one-by-one edges/s':>20}{'speed-up':>10}")
     gen = torch.Generator().manual_seed(0)
     for name in args.tasks:
         task = registry.tasks.build(name, {"n_examples": args.n_examples, "split": "test"})
         data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
         t_all, t_one = measure(model, task, data, args, gen)
-        print(f"{name:<16}{task.config.metric:<12}{t_all:>12.2f}{g.n_edges / t_all:>9.1f}{1 / t_one:>20.1f}{t_one * g.n_edges / t_all:>9.1f}x",
-              flush=True)
+        print(
+            f"{name:<16}{task.config.metric:<12}{t_all:>12.2f}{g.n_edges / t_all:>9.1f}{1 / t_one:>20.1f}{t_one * g.n_edges / t_all:>9.1f}x",
+            flush=True,
+        )
     return 0
 
 

@@ -49,7 +49,11 @@ def reporter_seconds(run_dir: Path) -> tuple[float, float]:
     scores = Scores.load(run_dir / "scores.json")
     circuit = Circuit.load(run_dir / "circuit.json")
     circuit.scores = scores
-    evals = {k: EvalResult(k, v.get("values", {}), v.get("tables", {})) for k, v in res.items() if isinstance(v, dict) and "values" in v}
+    evals = {
+        k: EvalResult(k, v.get("values", {}), v.get("tables", {}))
+        for k, v in res.items()
+        if isinstance(v, dict) and "values" in v
+    }
     run = RunResult(meta=res["meta"], scores=scores, circuit=circuit, evals=evals)
     rep = ck.build("reporters", "pictures")
     import matplotlib.figure  # noqa: F401 - imported before timing: drawing and writing only

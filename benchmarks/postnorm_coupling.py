@@ -44,7 +44,9 @@ def main(families: list[str]) -> None:
         data = task.build(model.tokenizer, prepend_bos=model.prepend_bos)
         batch = next(data.batches(len(data), model.pad_id))
         g = model.graph
-        nodes = ck.build("methods", "patching", level="node").attribute(model, task, data, ck.RunContext(batch_size=8, progress=False))
+        nodes = ck.build("methods", "patching", level="node").attribute(
+            model, task, data, ck.RunContext(batch_size=8, progress=False)
+        )
         edges = dict(zip(g.source_names, nodes.nodes.tolist()))
         rows = torch.arange(len(batch))
 

@@ -70,11 +70,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--ig-steps", type=int, default=5)
     ap.add_argument("--patch-edges", type=int, default=64, help="edges to patch exactly (a sample)")
-    ap.add_argument("--edges-per-pass", type=int, default=32, help="exact patching: edges per stacked pass (the method's default)")
+    ap.add_argument(
+        "--edges-per-pass", type=int, default=32, help="exact patching: edges per stacked pass (the method's default)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    ap.add_argument("--positions-per-pass", type=int, default=None, help="attribution: positions of the difference buffer per pass (default: all)")
+    ap.add_argument(
+        "--positions-per-pass",
+        type=int,
+        default=None,
+        help="attribution: positions of the difference buffer per pass (default: all)",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     ap.add_argument("--no-warmup", action="store_true", help="no untimed first call (for big models)")
     ap.add_argument("--methods", default="eap,eap_ig,clean_corrupted", help="which attribution rows to time")
@@ -88,10 +95,20 @@ def main() -> None:
 
     tok = gpt2_tokenizer()
     if args.arch == "llama":
-        model = tiny_llama(args.layers, args.heads, args.kv_heads, args.d_model, tokenizer=tok, intermediate_size=args.intermediate,
-                           device=args.device, max_position_embeddings=max(64, 2 * args.tokens))
+        model = tiny_llama(
+            args.layers,
+            args.heads,
+            args.kv_heads,
+            args.d_model,
+            tokenizer=tok,
+            intermediate_size=args.intermediate,
+            device=args.device,
+            max_position_embeddings=max(64, 2 * args.tokens),
+        )
     else:
-        model = tiny_gpt2(args.layers, args.heads, args.d_model, tokenizer=tok, device=args.device, n_positions=max(64, 2 * args.tokens))
+        model = tiny_gpt2(
+            args.layers, args.heads, args.d_model, tokenizer=tok, device=args.device, n_positions=max(64, 2 * args.tokens)
+        )
     hf = model.bridge.original_model
     embed, body = hf.get_input_embeddings(), hf.base_model  # GPT-2: transformer.wte, transformer
     g = model.graph
@@ -99,9 +116,7 @@ def main() -> None:
     ids = torch.randint(1000, 20000, (args.prompts, args.tokens), generator=gen)
     corr = ids.clone()
     corr[:, args.tokens // 2] = torch.randint(1000, 20000, (args.prompts,), generator=gen)
-    examples = [
-        Example(tok.decode(a), tok.decode(b), (" the",), (" a",)) for a, b in zip(ids.tolist(), corr.tolist())
-    ]
+    examples = [Example(tok.decode(a), tok.decode(b), (" the",), (" a",)) for a, b in zip(ids.tolist(), corr.tolist())]
     data = tokenize_examples("bench", examples, tok, prepend_bos=False, on_invalid="drop")
     task_cls = type("BenchTask", (ck.Task,), {"generate": lambda self, t, s: iter(examples)})
     task = task_cls(ck.TaskConfig(name="bench"))
@@ -109,10 +124,20 @@ def main() -> None:
     ctx = ck.RunContext(batch_size=len(data), progress=False)
     if args.positions_per_pass:
         ctx.positions_per_pass = args.positions_per_pass
-    heads = f"{args.heads} heads" if args.arch == "gpt2" else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
-    print(f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
-          f"{len(data)} prompts x {batch.clean.shape[1]} tokens; positions per pass {args.positions_per_pass or 'all'}; device {model.device}"
-          + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else f"; torch threads {torch.get_num_threads()}"))
+    heads = (
+        f"{args.heads} heads"
+        if args.arch == "gpt2"
+        else f"Llama, {args.heads} query heads sharing {g.n_kv} key/value heads, MLP {args.intermediate}"
+    )
+    print(
+        f"model: {args.layers} layers, {heads}, d_model {args.d_model}; {g.n_edges} edges; "
+        f"{len(data)} prompts x {batch.clean.shape[1]} tokens; positions per pass {args.positions_per_pass or 'all'}; device {model.device}"
+        + (
+            f" ({torch.cuda.get_device_name(model.device)})"
+            if model.device.type == "cuda"
+            else f"; torch threads {torch.get_num_threads()}"
+        )
+    )
 
     def metric_of(logits):
         rows = torch.arange(len(batch), device=logits.device)
@@ -143,7 +168,10 @@ def main() -> None:
         with torch.no_grad():
             model.bridge(batch.corrupted)
         for _ in range(m_passes):
-            with torch.enable_grad(), model.bridge.hooks(fwd_hooks=[(model.INPUT_HOOK, lambda t, hook: t.detach().requires_grad_(True))]):
+            with (
+                torch.enable_grad(),
+                model.bridge.hooks(fwd_hooks=[(model.INPUT_HOOK, lambda t, hook: t.detach().requires_grad_(True))]),
+            ):
                 metric_of(model.bridge(batch.clean)).backward()
 
     if args.child:
@@ -155,7 +183,11 @@ def main() -> None:
     global WARMUP
     WARMUP = not args.no_warmup
     wanted = set(args.methods.split(","))
-    for name, method, opts, passes in (("EAP", "eap", {}, 1), (f"EAP-IG({m})", "eap_ig", {"ig_steps": m}, m), ("clean-corrupted", "clean_corrupted", {}, 2)):
+    for name, method, opts, passes in (
+        ("EAP", "eap", {}, 1),
+        (f"EAP-IG({m})", "eap_ig", {"ig_steps": m}, m),
+        ("clean-corrupted", "clean_corrupted", {}, 2),
+    ):
         if method not in wanted:
             continue
         t_hf = timed(lambda p=passes: bare_hf(p), args.repeat)
@@ -172,7 +204,9 @@ def main() -> None:
 
     if not args.skip_eval:
         # Evaluation of one circuit: corrupted fwd + clean fwd + one masked fwd.
-        circuit = ck.build("selectors", "top_n", n_edges=min(500, g.n_edges)).select(ck.build("methods", "eap").attribute(model, task, data, ctx))
+        circuit = ck.build("selectors", "top_n", n_edges=min(500, g.n_edges)).select(
+            ck.build("methods", "eap").attribute(model, task, data, ctx)
+        )
         keep = circuit.keep_dense()[None]
         t_eval = timed(lambda: evaluate_keeps(model, task, data, keep, ctx), args.repeat)
         t_fwd = timed(lambda: hf(batch.clean), args.repeat)
@@ -180,15 +214,23 @@ def main() -> None:
 
         # Exact patching: batched vs one full evaluation per edge.
         picks = torch.randperm(g.n_edges, generator=gen)[: args.patch_edges]
-        t_patch = timed(lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=args.edges_per_pass), args.repeat)
+        t_patch = timed(
+            lambda: exact_patching(model, task, data, ctx, edges=picks, edges_per_pass=args.edges_per_pass), args.repeat
+        )
         single = torch.stack([Circuit(g, (torch.arange(g.n_edges) != int(i)).numpy()).keep_dense() for i in picks[:16]])
-        t_single = timed(lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], args.repeat) / len(single)
-        print(f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
-              f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s")
+        t_single = timed(
+            lambda: [evaluate_keeps(model, task, data, single[k : k + 1], ctx) for k in range(len(single))], args.repeat
+        ) / len(single)
+        print(
+            f"exact patching: {args.patch_edges / t_patch:.1f} edges/s batched; one evaluation per edge: {1 / t_single:.1f} edges/s; "
+            f"speed-up {t_single * args.patch_edges / t_patch:.1f}x; all {g.n_edges} edges ~ {g.n_edges / (args.patch_edges / t_patch):.0f} s"
+        )
     if not args.no_memory and model.device.type == "cuda":
         print("\npeak GPU memory of the pass above the loaded model and data (torch.cuda.max_memory_allocated):")
-        peaks = {what: _cuda_peak_mb(what, model, task, data, ctx, bare_hf, bare_hf_last, m)
-                 for what in ("bare_hf", "bare_hf_last", "eap", "bare_hf_ig", "eap_ig")}
+        peaks = {
+            what: _cuda_peak_mb(what, model, task, data, ctx, bare_hf, bare_hf_last, m)
+            for what in ("bare_hf", "bare_hf_last", "eap", "bare_hf_ig", "eap_ig")
+        }
         _print_peaks(peaks, m)
     elif not args.no_memory:
         print("\npeak memory of the pass above the loaded model and data (separate processes; peak RSS counter reset")
@@ -204,9 +246,15 @@ def main() -> None:
 
 
 def _print_peaks(peaks: dict[str, float], m: int) -> None:
-    print(f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB")
-    print(f"  EAP: {peaks['eap']:.0f} MB = {peaks['eap'] / peaks['bare_hf']:.2f} x bare HF, {peaks['eap'] / peaks['bare_hf_last']:.2f} x HF@answer")
-    print(f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)")
+    print(
+        f"  bare HF fwd+bwd (corrupted fwd + clean fwd/bwd): {peaks['bare_hf']:.0f} MB; logits at answer only: {peaks['bare_hf_last']:.0f} MB"
+    )
+    print(
+        f"  EAP: {peaks['eap']:.0f} MB = {peaks['eap'] / peaks['bare_hf']:.2f} x bare HF, {peaks['eap'] / peaks['bare_hf_last']:.2f} x HF@answer"
+    )
+    print(
+        f"  EAP-IG({m}): {peaks['eap_ig']:.0f} MB = {peaks['eap_ig'] / peaks['bare_hf_ig']:.2f} x its bare HF passes ({peaks['bare_hf_ig']:.0f} MB)"
+    )
 
 
 def _run_pass(what, model, task, data, ctx, bare_hf, bare_hf_last, m) -> None:  # noqa: ANN001

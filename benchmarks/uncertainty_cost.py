@@ -54,7 +54,9 @@ def _once(fn) -> float:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gpt2-shape", action="store_true", help="a GPT-2-small-shaped model with random weights instead of the bundled one")
+    ap.add_argument(
+        "--gpt2-shape", action="store_true", help="a GPT-2-small-shaped model with random weights instead of the bundled one"
+    )
     ap.add_argument("--task", default="greater_than")
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -114,7 +116,9 @@ def main() -> None:
     print(f"evaluation: curve sweep ({len(circuits)} circuits) {t_eval:.3f} s, bootstrap ({args.resamples} resamples, every point, "
           f"CPR, CMD) {t_boot:.3f} s: ratio {(t_eval + t_boot) / t_eval:.3f}")  # fmt: skip
     base = t_plain + t_eval
-    print(f"attribution + evaluation: {base:.3f} s without, {t_se + t_eval + t_boot:.3f} s with error bars: ratio {(t_se + t_eval + t_boot) / base:.3f}")
+    print(
+        f"attribution + evaluation: {base:.3f} s without, {t_se + t_eval + t_boot:.3f} s with error bars: ratio {(t_se + t_eval + t_boot) / base:.3f}"
+    )
 
 
 if __name__ == "__main__":

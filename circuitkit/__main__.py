@@ -86,10 +86,13 @@ def summary_lines(result) -> list[str]:  # noqa: ANN001
     if curve is not None and curve.tables.get("curve"):
         unit = "%" if curve_unit(result) == "percent" else ""
         pts = " ".join(
-            f"{r['budget']:g}{unit}:" + ("n/a" if r["faithfulness"] is None else f"{r['faithfulness']:.2f}") for r in curve.tables["curve"]
+            f"{r['budget']:g}{unit}:" + ("n/a" if r["faithfulness"] is None else f"{r['faithfulness']:.2f}")
+            for r in curve.tables["curve"]
         )
         v = curve.values
-        areas = ", ".join(f"{k.upper()} {fmt_interval(v[k], curve.intervals.get(k), 4)}" for k in ("cpr", "cmd") if v.get(k) is not None)
+        areas = ", ".join(
+            f"{k.upper()} {fmt_interval(v[k], curve.intervals.get(k), 4)}" for k in ("cpr", "cmd") if v.get(k) is not None
+        )
         lines.append(f"faithfulness curve (edge budget: faithfulness) {pts}" + (f"; {areas}" if areas else ""))
     return lines
 

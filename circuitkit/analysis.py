@@ -230,6 +230,14 @@ def cmd(fractions: Sequence[float], faithfulness: Sequence[float]) -> float:
 
 
 __all__ = [
-    "MIB_PERCENTAGES", "area_under_curve", "cmd", "cpr", "overlap", "overlap_vs_faithfulness", "pearson",
-    "rankdata", "score_agreement", "spearman",
+    "MIB_PERCENTAGES",
+    "area_under_curve",
+    "cmd",
+    "cpr",
+    "overlap",
+    "overlap_vs_faithfulness",
+    "pearson",
+    "rankdata",
+    "score_agreement",
+    "spearman",
 ]

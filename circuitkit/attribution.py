@@ -94,7 +94,11 @@ def gradient_attribution(
     ):
         batch = batch.to(model.device)
         p = batch.clean.shape[1]
-        pe = None if acc is None else torch.zeros(g.n_sources, g.n_destinations, len(batch), dtype=torch.float64, device=model.device)
+        pe = (
+            None
+            if acc is None
+            else torch.zeros(g.n_sources, g.n_destinations, len(batch), dtype=torch.float64, device=model.device)
+        )
         groups = [None] if span >= p else [slice(s, min(s + span, p)) for s in range(0, p, span)]
         # The interpolated inputs are ig_start + a * ig_diff at every position. In one group they come from
         # the buffer (ig_diff None: clean_minus_removed[0]); in several, the buffer holds only some positions.
@@ -119,15 +123,31 @@ def gradient_attribution(
             for a in order:
                 if a == 1.0:
                     engine.gradient_pass(
-                        model, batch, task.metric, clean_minus_removed, scores, weight=weight, fill_from=corrupted, neuron_scores=neurons,
-                        positions=at, per_example=pe,
+                        model,
+                        batch,
+                        task.metric,
+                        clean_minus_removed,
+                        scores,
+                        weight=weight,
+                        fill_from=corrupted,
+                        neuron_scores=neurons,
+                        positions=at,
+                        per_example=pe,
                     )
                 else:
                     assert ig_start is not None
                     emb = ig_start + a * (ig_diff if ig_diff is not None else clean_minus_removed[0].to(ig_start.dtype))
                     engine.gradient_pass(
-                        model, batch, task.metric, clean_minus_removed, scores, input_override=emb, weight=weight, neuron_scores=neurons,
-                        positions=at, per_example=pe,
+                        model,
+                        batch,
+                        task.metric,
+                        clean_minus_removed,
+                        scores,
+                        input_override=emb,
+                        weight=weight,
+                        neuron_scores=neurons,
+                        positions=at,
+                        per_example=pe,
                     )
             del corrupted, clean_minus_removed
         if acc is not None and pe is not None:

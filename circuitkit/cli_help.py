@@ -100,15 +100,30 @@ def help_text(block: Iterable[str] = ()) -> str:
             default = chosen.get(group)
             marked = set(default) if isinstance(default, list) else {default}
             names = [f"{n}*" if n in marked else n for n in registry.kinds[kind].names()]
-            hint = f"   (a list: {group}=[{','.join(sorted(str(d) for d in default)) or 'a,b'}])" if combinable and isinstance(default, list) else ""
+            hint = (
+                f"   (a list: {group}=[{','.join(sorted(str(d) for d in default)) or 'a,b'}])"
+                if combinable and isinstance(default, list)
+                else ""
+            )
             if combinable and not hint:
                 hint = f"   (a list: {group}=[a,b])"
             rows.append((group, (", ".join(names) or "(none installed)") + hint))
-    rows.append(("model", ", ".join(f"{n}*" if n == chosen.get("model") else n for n in model_presets()) + "   (or model.name=/path/to/saved_model)"))
+    rows.append(
+        (
+            "model",
+            ", ".join(f"{n}*" if n == chosen.get("model") else n for n in model_presets())
+            + "   (or model.name=/path/to/saved_model)",
+        )
+    )
     rows.append(("preset", ", ".join(run_presets()) + "   (whole-run settings; none by default)"))
     if registry is not None:
         ivs = intervention_names()
-        rows.append(("intervention", ", ".join(f"{n}*" if n == cfg.get("intervention") else n for n in ivs) + "   (what a removed edge carries)"))
+        rows.append(
+            (
+                "intervention",
+                ", ".join(f"{n}*" if n == cfg.get("intervention") else n for n in ivs) + "   (what a removed edge carries)",
+            )
+        )
     w = max(len(r[0]) for r in rows)
     lines.append("Config groups (GROUP=NAME; * marks the default; installed plugins included):")
     lines += [f"  {g:<{w}}  {text}" for g, text in rows]
@@ -118,7 +133,12 @@ def help_text(block: Iterable[str] = ()) -> str:
     if registry is not None:
         sel = registry.selectors.entries.get(chosen.get("selector"))
         if sel is not None and any(f.name == "target" for f in dataclasses.fields(sel.options)):
-            opts.append((f"selector.target={_fmt(_field_default(sel, 'target'))}", "the faithfulness the circuit must reach (searched size)"))
+            opts.append(
+                (
+                    f"selector.target={_fmt(_field_default(sel, 'target'))}",
+                    "the faithfulness the circuit must reach (searched size)",
+                )
+            )
             opts.append(("selector.n_edges=N", f"a fixed size instead (default {_fmt(_field_default(sel, 'n_edges'))}: search)"))
         task = registry.tasks.entries.get(chosen.get("task"))
         if task is not None:
@@ -126,7 +146,12 @@ def help_text(block: Iterable[str] = ()) -> str:
         method = registry.methods.entries.get("eap_ig")
         if method is not None:
             opts.append((f"method.ig_steps={_fmt(_field_default(method, 'ig_steps'))}", "EAP-IG's interpolation steps"))
-            opts.append((f"method.level={_fmt(_field_default(method, 'level'))}", "edge, node or neuron (then selector=top_n selector.n_nodes=K)"))
+            opts.append(
+                (
+                    f"method.level={_fmt(_field_default(method, 'level'))}",
+                    "edge, node or neuron (then selector=top_n selector.n_nodes=K)",
+                )
+            )
     opts += [
         ("model.device=auto", "cpu, cuda, cuda:N"),
         ("model.dtype=float32", "bfloat16, float16, float64"),

@@ -117,7 +117,9 @@ def load_run(run_dir: str | Path) -> RunSummary:
     run_dir = Path(run_dir)
     res = read_json(run_dir / "results.json", "Results")
     if not isinstance(res, dict):
-        raise CircuitkitError(f"{run_dir / 'results.json'} is not a circuitkit results file (a JSON {type(res).__name__}, not an object).")
+        raise CircuitkitError(
+            f"{run_dir / 'results.json'} is not a circuitkit results file (a JSON {type(res).__name__}, not an object)."
+        )
     try:
         return _summary(run_dir, res)
     except (AttributeError, TypeError, ValueError) as e:
@@ -218,7 +220,18 @@ def summary_rows(runs: Sequence[RunSummary], root: Path | None = None) -> tuple[
     # The smallest circuit reaching the target faithfulness (faithfulness_curve's edges_for_target).
     targets = {r.target if r.target is not None else 0.85 for r in runs if r.find("edges_for_target") is not None}
     target_col = [f"edges_for_{targets.pop():g}" if len(targets) == 1 else "edges_for_target"] if targets else []
-    header = ["run", "method", "task", "model", "status", "faithfulness", "edges", *target_col, *[n for n, _ in optional], "seconds"]
+    header = [
+        "run",
+        "method",
+        "task",
+        "model",
+        "status",
+        "faithfulness",
+        "edges",
+        *target_col,
+        *[n for n, _ in optional],
+        "seconds",
+    ]
     if show_cache:
         header.append("cached")
     rows = []
@@ -245,7 +258,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def curve_series(run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None = None) -> tuple[str, str, list[float], list[float]] | None:
+def curve_series(
+    run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None = None
+) -> tuple[str, str, list[float], list[float]] | None:
     """``(x_name, y_name, xs, ys)`` of one curve for the plot. The default x is the fraction of the graph's
     edges in the circuit (the curve's ``fraction`` column, else its edge counts over the run's
     ``edges_in_graph``), so models and methods of different sizes share one axis."""
@@ -259,7 +274,9 @@ def curve_series(run: RunSummary, rows: Sequence[dict[str, Any]], x: str | None 
     return curve_points(rows, x)
 
 
-def write_comparison_plot(runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None) -> Path | None:
+def write_comparison_plot(
+    runs: Sequence[RunSummary], out: str | Path, root: Path | None = None, x: str | None = None
+) -> Path | None:
     """Write :func:`curve_figure` (every run's faithfulness curves, a panel per task) to ``out`` (the format
     follows the suffix). Returns None when no run has a curve. One run's curves, or methods overlaid in one
     panel, are :func:`circuitkit.plot.plot_curves`.
@@ -451,7 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 where = matrices.log_wandb(written_files, args.wandb)
             except Exception as e:  # noqa: BLE001 - the local files are written
-                print(f"circuitkit.compare: warning: W&B logging failed ({type(e).__name__}: {e}); the files above are complete.", file=sys.stderr)
+                print(
+                    f"circuitkit.compare: warning: W&B logging failed ({type(e).__name__}: {e}); the files above are complete.",
+                    file=sys.stderr,
+                )
             else:
                 print(f"matrices logged to W&B {where}")
     if args.html or args.html_out:
@@ -459,7 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         page = Path(args.html_out) if args.html_out else (root or Path.cwd()) / "compare.html"
         if len(dirs) < 2:
-            print(f"circuitkit.compare: error: --html compares circuits, but only one run was found ({dirs[0]}); pass two or more run directories (a run's own explorer is its circuit.html).", file=sys.stderr)
+            print(
+                f"circuitkit.compare: error: --html compares circuits, but only one run was found ({dirs[0]}); pass two or more run directories (a run's own explorer is its circuit.html).",
+                file=sys.stderr,
+            )
             return 1
         try:
             explorer.for_run_dirs(dirs, page, labels=[f"{r.method} / {r.task} ({_label(r, root)})" for r in runs])

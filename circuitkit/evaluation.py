@@ -102,11 +102,12 @@ def gap_check(ev: Evaluation, factor: float = GAP_SE_FACTOR, min_relative: float
     se = sd / math.sqrt(n)
     size = float(((clean.abs() + corrupted.abs()) / 2).mean())
     if not (math.isfinite(mean) and math.isfinite(se) and math.isfinite(size)):
-        return False, f"faithfulness is not meaningful here: the clean-corrupted gap is not finite (mean {mean}, standard error {se})"
+        return (
+            False,
+            f"faithfulness is not meaningful here: the clean-corrupted gap is not finite (mean {mean}, standard error {se})",
+        )
     what = f"the clean-corrupted gap (mean {mean:.3g} over {n} examples)"
-    advice = (
-        "Check the task and the model (a random or untrained model shows no behaviour), or use more examples."
-    )
+    advice = "Check the task and the model (a random or untrained model shows no behaviour), or use more examples."
     if not abs(mean) >= factor * se or mean == 0.0:
         return False, (
             f"faithfulness is not meaningful here: {what} is smaller than {factor:g} standard errors of its mean "

@@ -99,10 +99,7 @@ class Graph:
                 "Cannot build a graph from this config: it has no layer or head count "
                 "(expected n_layers/num_hidden_layers and n_heads/num_attention_heads)."
             )
-        parallel = bool(
-            first("parallel_attn_mlp", "use_parallel_residual")
-            or get("model_type") in ("gptj", "falcon", "phi")
-        )
+        parallel = bool(first("parallel_attn_mlp", "use_parallel_residual") or get("model_type") in ("gptj", "falcon", "phi"))
         n_kv = first("n_kv_heads", "n_key_value_heads", "num_key_value_heads")
         return cls(int(n_layers), int(n_heads), parallel, None if n_kv is None else int(n_kv))
 

@@ -154,8 +154,7 @@ class Task(ABC):
             todo = "Use a model whose tokenizer has the task's words as single tokens"
             todo += ", or lower task.min_examples." if len(data) else "."
             raise DataError(
-                f"Task '{cfg.name}': only {len(data)} usable examples for this tokenizer (need at least {need}); "
-                f"{why} {todo}"
+                f"Task '{cfg.name}': only {len(data)} usable examples for this tokenizer (need at least {need}); {why} {todo}"
             )
         return data
 

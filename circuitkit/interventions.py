@@ -78,6 +78,7 @@ def head_bias_shares(model: CircuitModel) -> torch.Tensor:
 @torch.no_grad()
 def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
     box: dict[str, torch.Tensor] = {}
+
     def grab(key: str) -> Callable[[torch.Tensor, object], torch.Tensor]:
         def hook(t: torch.Tensor, hook: object) -> torch.Tensor:
             box[key] = t.detach()
@@ -85,7 +86,10 @@ def _measured_b_o(model: CircuitModel, layer: int) -> torch.Tensor:
 
         return hook
 
-    hooks = [(model.head_out_hook(layer), grab("r")), (model.attn_out_hook(layer), grab("o"))]  # no norm after the attention output here
+    hooks = [
+        (model.head_out_hook(layer), grab("r")),
+        (model.attn_out_hook(layer), grab("o")),
+    ]  # no norm after the attention output here
     tokens = torch.tensor([[model.pad_id]], device=model.device)
     _forward(model, tokens, hooks)
     return (box["o"] - box["r"].sum(2).to(box["o"].device))[0, 0]

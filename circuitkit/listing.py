@@ -98,7 +98,11 @@ def inspect_plugins(block: Iterable[str] = ()) -> list[PluginInfo]:
         if ep.name in seen:
             out.append(
                 PluginInfo(
-                    ep.name, ep.value, dist, ep.dist.version if ep.dist else "", status="error",
+                    ep.name,
+                    ep.value,
+                    dist,
+                    ep.dist.version if ep.dist else "",
+                    status="error",
                     error=f"ignored: distribution '{seen[ep.name]}' declares a plugin of the same name, which is loaded instead",
                 )
             )
@@ -153,7 +157,9 @@ def _format(plugins: Sequence[PluginInfo], ok: bool, status: str, verbose: bool)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m circuitkit.list", description="List the installed circuitkit plugins and their components.")
+    ap = argparse.ArgumentParser(
+        prog="python -m circuitkit.list", description="List the installed circuitkit plugins and their components."
+    )
     ap.add_argument("--json", action="store_true", help="print JSON: {'plugins': [...], 'registry': {'ok', 'status'}}")
     ap.add_argument("-v", "--verbose", action="store_true", help="also show the module each entry point names")
     ap.add_argument("--block", action="append", default=[], metavar="NAME[,NAME]", help=f"block plugins, as {BLOCK_ENV} does")

@@ -27,7 +27,9 @@ from circuitkit.results import Circuit, atomic_write_text
 OVERLAP_KEYS = ("edge_iou", "edge_precision", "edge_recall", "node_iou", "node_precision", "node_recall")
 
 
-def overlap_matrices(circuits: Sequence[Circuit | None], labels: Sequence[str]) -> tuple[dict[str, list[list[float | None]]], list[str]]:
+def overlap_matrices(
+    circuits: Sequence[Circuit | None], labels: Sequence[str]
+) -> tuple[dict[str, list[list[float | None]]], list[str]]:
     """``{key: matrix}`` for each of :data:`OVERLAP_KEYS` (None where a run has no circuit or the graphs
     differ), and notes on runs left out."""
     from circuitkit.analysis import overlap
@@ -91,7 +93,9 @@ def _cell(v: Any, lo: Any = None, hi: Any = None) -> str:
 
 
 def format_matrix(rows: Sequence[str], cols: Sequence[str], cells: Sequence[Sequence[str]], corner: str = "") -> str:
-    widths = [max(len(corner), *(len(r) for r in rows))] + [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    widths = [max(len(corner), *(len(r) for r in rows))] + [
+        max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)
+    ]
     lines = ["  ".join(s.ljust(w) for s, w in zip([corner, *cols], widths, strict=True))]
     for r, row in zip(rows, cells, strict=True):
         lines.append("  ".join(s.ljust(w) for s, w in zip([r, *row], widths, strict=True)))
@@ -139,7 +143,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_matrices(run_dirs: Sequence[Path], labels: Sequence[str], out_dir: Path, *, plot: bool = True) -> tuple[list[str], dict[str, Path]]:
+def write_matrices(
+    run_dirs: Sequence[Path], labels: Sequence[str], out_dir: Path, *, plot: bool = True
+) -> tuple[list[str], dict[str, Path]]:
     """Compute and write the overlap and transfer matrices of ``run_dirs``; returns the lines to print and
     ``{name: path}`` of the files written (nothing when fewer than two runs have circuits and none has
     transfer results)."""
@@ -174,7 +180,9 @@ def write_matrices(run_dirs: Sequence[Path], labels: Sequence[str], out_dir: Pat
         files["overlap.csv"] = out_dir / "overlap.csv"
         _write_csv(files["overlap.csv"], ["run", "reference_run", *OVERLAP_KEYS], rows)
         if plot:
-            files["overlap.png"] = heatmap(mats["edge_iou"], labels, labels, "Edge IoU of the runs' circuits", out_dir / "overlap.png")
+            files["overlap.png"] = heatmap(
+                mats["edge_iou"], labels, labels, "Edge IoU of the runs' circuits", out_dir / "overlap.png"
+            )
     tm = transfer_matrix(results, labels)
     if tm is not None:
         payload["transfer"] = tm

@@ -36,7 +36,15 @@ def node_scores_from_edges(scores: Scores) -> torch.Tensor:
     return node_scores(scores.dense())
 
 
-def _exact_unit_patching(model: CircuitModel, task: Task, data: TaskData, ctx: RunContext, units: torch.Tensor, dims: torch.Tensor | None, per_pass: int) -> torch.Tensor:
+def _exact_unit_patching(
+    model: CircuitModel,
+    task: Task,
+    data: TaskData,
+    ctx: RunContext,
+    units: torch.Tensor,
+    dims: torch.Tensor | None,
+    per_pass: int,
+) -> torch.Tensor:
     """Mean drop of the metric for each (unit, dim) copy: units grouped by layer, each group's stacked
     passes starting at that layer (:func:`circuitkit.engine.single_unit_metric`)."""
     g = model.graph
@@ -55,7 +63,14 @@ def _exact_unit_patching(model: CircuitModel, task: Task, data: TaskData, ctx: R
             clean_metric = engine.answer_metric(model, clean.final, batch, task.metric).double()
         for L, chunk in groups:
             patched = engine.single_unit_metric(
-                model, batch, task.metric, removed, units[chunk], None if dims is None else dims[chunk], start_layer=L, clean=clean
+                model,
+                batch,
+                task.metric,
+                removed,
+                units[chunk],
+                None if dims is None else dims[chunk],
+                start_layer=L,
+                clean=clean,
             ).double()
             total[chunk] += (clean_metric[None, :] - patched).sum(1).cpu()
         n += len(batch)
@@ -174,7 +189,9 @@ def select_units(
         key = rank_key(scores.neurons, absolute)
         if threshold is not None:
             return neuron_circuit(g, (key >= threshold).numpy(), scores)
-        return neuron_circuit(g, top_mask(key, check_count(n_neurons, "selector.n_neurons", key.numel(), "nodes x d_model")), scores)
+        return neuron_circuit(
+            g, top_mask(key, check_count(n_neurons, "selector.n_neurons", key.numel(), "nodes x d_model")), scores
+        )
     key = rank_key(scores.nodes, absolute)
     if threshold is not None:
         return node_circuit(g, (key >= threshold).numpy(), scores)

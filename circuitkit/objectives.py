@@ -165,7 +165,6 @@ class BoundTask(Task):
     def build(self, tokenizer: Any, *, prepend_bos: bool = True):  # noqa: ANN201
         return self.wrapped.build(tokenizer, prepend_bos=prepend_bos)
 
-
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found on the proxy itself.
         if name == "wrapped":

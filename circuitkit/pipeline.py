@@ -157,7 +157,9 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
-def _stages(node: Any, run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None) -> list[Reporter]:
+def _stages(
+    node: Any, run_dir: Path, result: RunResult, *, model: CircuitModel | None, registry: Registry | None
+) -> list[Reporter]:
     """The stages, each one's output written as it finishes; returns the reporters to run once the result
     files are complete."""
     prepared = prepare(to_objects(node), model=model, registry=registry)
@@ -255,7 +257,13 @@ def prepare(config: RunConfig, *, model: CircuitModel | None = None, registry: R
         "device": str(model.device),
     }
     if data.n_dropped:
-        log.info("Task %s: kept %d examples, dropped %d candidates: %s.", provenance["task"], len(data), data.n_dropped, data.drop_summary())
+        log.info(
+            "Task %s: kept %d examples, dropped %d candidates: %s.",
+            provenance["task"],
+            len(data),
+            data.n_dropped,
+            data.drop_summary(),
+        )
     return Prepared(config, registry, attributor, task, selector, evaluators, reporters, ctx, model, data, provenance, seconds)
 
 
@@ -339,7 +347,9 @@ def check_fits_model(model: CircuitModel, data: Any) -> None:
             )
     d_vocab = getattr(cfg, "d_vocab", None)
     if isinstance(d_vocab, int) and d_vocab > 0:
-        ids = [max(row) for rows in (data.clean_ids, data.corrupted_ids, data.correct_ids, data.incorrect_ids) for row in rows if row]
+        ids = [
+            max(row) for rows in (data.clean_ids, data.corrupted_ids, data.correct_ids, data.incorrect_ids) for row in rows if row
+        ]
         top = max(ids + [model.pad_id], default=-1)
         if top >= d_vocab:
             raise DataError(
@@ -360,4 +370,15 @@ def write_results(result: RunResult, run_dir: Path) -> None:
         raise CircuitkitError(f"results.json could not be written: {e}") from e
 
 
-__all__ = ["ModelConfig", "Prepared", "RunConfig", "attribute", "evaluate", "model_presets", "prepare", "run", "select", "versions"]
+__all__ = [
+    "ModelConfig",
+    "Prepared",
+    "RunConfig",
+    "attribute",
+    "evaluate",
+    "model_presets",
+    "prepare",
+    "run",
+    "select",
+    "versions",
+]

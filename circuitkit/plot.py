@@ -161,7 +161,9 @@ def draw_circuit(
             styles.append(LINESTYLES[qkv])
     if curves:
         ax.add_collection(
-            PathCollection(curves, facecolors="none", edgecolors=colors, linewidths=widths, linestyles=styles, alpha=0.75, zorder=1)
+            PathCollection(
+                curves, facecolors="none", edgecolors=colors, linewidths=widths, linestyles=styles, alpha=0.75, zorder=1
+            )
         )
     for name, (x, y) in pos.items():
         on = bool(in_circuit[name])
@@ -169,8 +171,20 @@ def draw_circuit(
             continue
         face = "#e0e0e0" if name in ("input", "logits") else ("#ffe0b2" if name.startswith("a") else "#c8e6c9")
         ax.text(
-            x, y, name, ha="center", va="center", fontsize=7, zorder=3, alpha=1.0 if on else 0.35,
-            bbox={"boxstyle": "round,pad=0.3", "facecolor": face if on else "white", "edgecolor": "black" if on else "#bbbbbb", "linewidth": 0.6},
+            x,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontsize=7,
+            zorder=3,
+            alpha=1.0 if on else 0.35,
+            bbox={
+                "boxstyle": "round,pad=0.3",
+                "facecolor": face if on else "white",
+                "edgecolor": "black" if on else "#bbbbbb",
+                "linewidth": 0.6,
+            },
         )
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
@@ -183,7 +197,10 @@ def draw_circuit(
         Line2D([], [], color="black", linestyle=LINESTYLES["v"], label="into value"),
     ]
     if circuit.scores is not None:
-        handles += [Line2D([], [], color=POSITIVE, lw=2, label="positive score"), Line2D([], [], color=NEGATIVE, lw=2, label="negative score")]
+        handles += [
+            Line2D([], [], color=POSITIVE, lw=2, label="positive score"),
+            Line2D([], [], color=NEGATIVE, lw=2, label="negative score"),
+        ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     if title is None:
         title = f"{circuit.n_edges} edges, {int(circuit.nodes.sum())} nodes"

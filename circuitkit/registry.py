@@ -84,7 +84,9 @@ class ComponentRegistry:
         group, base, cfg_base, _ = KINDS[self.kind]
         who = self.current_plugin or "<unknown plugin>"
         if not isinstance(name, str) or not name.isidentifier():
-            raise PluginError(f"Plugin '{who}' registers a {group} named {name!r}: names must be Python identifiers (letters, digits, _).")
+            raise PluginError(
+                f"Plugin '{who}' registers a {group} named {name!r}: names must be Python identifiers (letters, digits, _)."
+            )
         if name in self.entries:
             other = self.entries[name].plugin
             raise PluginError(
@@ -92,7 +94,9 @@ class ComponentRegistry:
                 "(CIRCUITKIT_BLOCK_PLUGINS=name), or rename it."
             )
         if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise PluginError(f"Plugin '{who}' registers {group} '{name}' with {cls!r}, which is not a subclass of {base.__name__}.")
+            raise PluginError(
+                f"Plugin '{who}' registers {group} '{name}' with {cls!r}, which is not a subclass of {base.__name__}."
+            )
         if cfg_base is None:
             if config is not None:
                 raise PluginError(
@@ -113,7 +117,9 @@ class ComponentRegistry:
         try:
             return self.entries[name]
         except KeyError:
-            raise ConfigError(f"Unknown {self.group}: {choices_hint(name, self.names())}. Choose one with {self.group}=NAME.") from None
+            raise ConfigError(
+                f"Unknown {self.group}: {choices_hint(name, self.names())}. Choose one with {self.group}=NAME."
+            ) from None
 
     def default_config(self, name: str) -> Any:
         entry = self.get(name)
@@ -156,7 +162,9 @@ def to_dataclass(cls: type, config: Any, name: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"Unknown option(s) {', '.join(unknown)} for '{name}' ({cls.__name__}); valid: {', '.join(sorted(known))}.")
+        raise ConfigError(
+            f"Unknown option(s) {', '.join(unknown)} for '{name}' ({cls.__name__}); valid: {', '.join(sorted(known))}."
+        )
     return cls(**values)
 
 

@@ -185,7 +185,9 @@ class Scores:
         if self.stderr is not None:
             self.stderr = torch.as_tensor(self.stderr, dtype=torch.float64).detach().cpu()
             if self.stderr.shape != (self.graph.n_edges,):
-                raise CircuitkitError(f"Score standard errors have shape {tuple(self.stderr.shape)}, expected ({self.graph.n_edges},).")
+                raise CircuitkitError(
+                    f"Score standard errors have shape {tuple(self.stderr.shape)}, expected ({self.graph.n_edges},)."
+                )
 
     @classmethod
     def for_nodes(
@@ -320,7 +322,9 @@ class Scores:
         if isinstance(obj.get("stderr"), dict):
             se = obj["stderr"]
             try:
-                stderr = torch.tensor([math.nan if se.get(n) is None else float(se[n]) for n in g.edge_names], dtype=torch.float64)
+                stderr = torch.tensor(
+                    [math.nan if se.get(n) is None else float(se[n]) for n in g.edge_names], dtype=torch.float64
+                )
             except (TypeError, ValueError) as e:
                 raise CircuitkitError(f"Scores file {path}: 'stderr' must map edge names to numbers ({e}).") from None
         return cls(
@@ -468,7 +472,9 @@ class Circuit:
     @classmethod
     def _from_json(cls, obj: dict[str, Any], graph: Graph | None, source: str) -> Circuit:
         if not isinstance(obj, dict) or not isinstance(obj.get("cfg"), dict):
-            raise CircuitkitError(f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'.")
+            raise CircuitkitError(
+                f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'."
+            )
         try:
             cfg = obj["cfg"]
             n_kv = cfg.get("n_kv_heads")
@@ -479,9 +485,13 @@ class Circuit:
                         f"{source} is not a circuit file: cfg.{key} must be a whole number from 1 to 4096, got {v!r:.40}."
                     )
             if cfg["n_layers"] * cfg["n_heads"] > 65536:
-                raise CircuitkitError(f"{source} is not a circuit file: cfg describes {cfg['n_layers']} x {cfg['n_heads']} heads.")
+                raise CircuitkitError(
+                    f"{source} is not a circuit file: cfg describes {cfg['n_layers']} x {cfg['n_heads']} heads."
+                )
             file_graph = Graph(
-                int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)),
+                int(cfg["n_layers"]),
+                int(cfg["n_heads"]),
+                bool(cfg.get("parallel_attn_mlp", False)),
                 None if n_kv is None else int(n_kv),
             )
             edges = obj["edges"]
@@ -491,7 +501,11 @@ class Circuit:
             raise CircuitkitError(
                 f"{source} is not a circuit file: expected keys 'cfg' (n_layers, n_heads), 'nodes' and 'edges'."
             ) from None
-        if graph is not None and (graph.n_layers, graph.n_heads, graph.n_kv) != (file_graph.n_layers, file_graph.n_heads, file_graph.n_kv):
+        if graph is not None and (graph.n_layers, graph.n_heads, graph.n_kv) != (
+            file_graph.n_layers,
+            file_graph.n_heads,
+            file_graph.n_kv,
+        ):
             raise CircuitkitError(
                 f"{source} is a circuit for a model with {file_graph.n_layers} layers and {_heads(file_graph)}, but this "
                 f"model has {graph.n_layers} layers and {_heads(graph)}. Use a circuit file made for this model."
@@ -511,7 +525,9 @@ class Circuit:
         have_scores = obj.get("scored", True) is not False
         for n, e in edges.items():
             if not isinstance(e, dict):
-                raise CircuitkitError(f'{source}: edge {quote(n, 60)} must map to {{"score": ..., "in_graph": ...}}, got {quote(e, 60)}.')
+                raise CircuitkitError(
+                    f'{source}: edge {quote(n, 60)} must map to {{"score": ..., "in_graph": ...}}, got {quote(e, 60)}.'
+                )
             i = g.edge_index[n]
             mask[i] = bool(e.get("in_graph", False))
             s = e.get("score")

@@ -71,7 +71,11 @@ def grid_sizes(percentages: Sequence[float], total: int, where: str = "selector"
     """Sizes ``int(p / 100 * total)`` of the grid's percentages (MIB's rounding), sorted and distinct."""
     import math
 
-    bad = [p for p in percentages if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 100]
+    bad = [
+        p
+        for p in percentages
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 100
+    ]
     if bad or not percentages:
         raise ConfigError(f"{where}.search_budgets must be a non-empty list of percentages in (0, 100]; got {list(percentages)}.")
     return sorted({int(float(p) / 100.0 * total + 1e-9) for p in percentages})
@@ -160,13 +164,29 @@ def search_circuit(
             if n not in circuits:
                 circuits[n] = build(n)
         keeps = torch.stack([circuits[n].keep_dense() for n in sizes])
-        ev = evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=circuits_per_pass, desc=f"smallest circuit, faithfulness >= {target:g}")
+        ev = evaluate_keeps(
+            model,
+            task,
+            data,
+            keeps,
+            ctx,
+            circuits_per_pass=circuits_per_pass,
+            desc=f"smallest circuit, faithfulness >= {target:g}",
+        )
         endpoints.update(clean_metric=ev.clean, corrupted_metric=ev.corrupted)
         return [ev.faithfulness(m) for m in ev.circuits]
 
     found = smallest_reaching(measure, grid, target, refine_points=refine_points, refine_steps=refine_steps)
     rows = sorted(
-        ({"requested_edges": r["n"], "n_edges": circuits[r["n"]].n_edges, "faithfulness": r["faithfulness"], "stage": r["stage"]} for r in found.rows),
+        (
+            {
+                "requested_edges": r["n"],
+                "n_edges": circuits[r["n"]].n_edges,
+                "faithfulness": r["faithfulness"],
+                "stage": r["stage"],
+            }
+            for r in found.rows
+        ),
         key=lambda r: r["requested_edges"],
     )
     record: dict[str, Any] = {
@@ -185,7 +205,9 @@ def search_circuit(
     }
     if found.n is None:  # faithfulness undefined: no behaviour to measure; keep every edge of the grid's largest size
         circuit = circuits.get(grid[-1]) or build(grid[-1])
-        record["note"] = "faithfulness is undefined (clean and corrupted metrics are equal): no size could be chosen; the largest grid size was kept."
+        record["note"] = (
+            "faithfulness is undefined (clean and corrupted metrics are equal): no size could be chosen; the largest grid size was kept."
+        )
         record["requested_edges"] = grid[-1]
         record["edges_in_circuit"] = circuit.n_edges
         record["fraction_of_graph"] = circuit.n_edges / total

@@ -97,8 +97,18 @@ __all__ = [
 #: Clean/corrupted pairs of different lengths (so batches are padded), each pair the same length in
 #: GPT-2 tokens, every answer one GPT-2 token.
 TINY_EXAMPLES: tuple[Example, ...] = (
-    Example("When Anna and Tom went to the park, Tom gave a ball to", "When Anna and Tom went to the park, Sam gave a ball to", (" Anna",), (" Tom",)),
-    Example("The trip lasted from the year 1745 to the year 17", "The trip lasted from the year 1701 to the year 17", (" 80",), (" 01",)),
+    Example(
+        "When Anna and Tom went to the park, Tom gave a ball to",
+        "When Anna and Tom went to the park, Sam gave a ball to",
+        (" Anna",),
+        (" Tom",),
+    ),
+    Example(
+        "The trip lasted from the year 1745 to the year 17",
+        "The trip lasted from the year 1701 to the year 17",
+        (" 80",),
+        (" 01",),
+    ),
     Example("The book on the shelves", "The books on the shelves", (" is",), (" are",)),
     Example("London is the capital of", "Paris is the capital of", (" England",), (" France",)),
     Example("The queen said that", "The king said that", (" she",), (" he",)),
@@ -272,7 +282,6 @@ class RegisteredContract:
         return cls._components().build(cls.name, dict(options or {}))
 
 
-
 class ComponentContract(RegisteredContract):
     """Checks shared by every kind registered with a config dataclass (methods, tasks, selectors,
     evaluators, reporters): the config's defaults, its Hydra composition, and building from it."""
@@ -342,7 +351,9 @@ class AttributorContract(ComponentContract):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def ck_reference_scores(cls, ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]) -> Scores:
+    def ck_reference_scores(
+        cls, ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]
+    ) -> Scores:
         return cls.attribute(ck_tiny_model, ck_tiny_task, ck_tiny_data, max(cls.batch_sizes), ck_options)
 
     def test_scores_cover_every_edge_and_are_finite(self, ck_reference_scores: Scores, ck_tiny_model: Any) -> None:
@@ -356,12 +367,21 @@ class AttributorContract(ComponentContract):
         assert bool((s.values != 0).any()), "every score is 0 on a random model whose clean and corrupted runs differ"
         json.dumps(s.to_json(), allow_nan=False)  # scores.json can be written
 
-    def test_deterministic_for_a_seed(self, ck_reference_scores: Scores, ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]) -> None:
+    def test_deterministic_for_a_seed(
+        self,
+        ck_reference_scores: Scores,
+        ck_tiny_model: Any,
+        ck_tiny_task: Task,
+        ck_tiny_data: TaskData,
+        ck_options: dict[str, Any],
+    ) -> None:
         again = self.attribute(ck_tiny_model, ck_tiny_task, ck_tiny_data, max(self.batch_sizes), ck_options)
         diff = (again.values - ck_reference_scores.values).abs().max().item()
         assert torch.equal(again.values, ck_reference_scores.values), f"two runs with seed 0 differ by up to {diff:g}"
 
-    def test_scores_do_not_depend_on_the_batch_size(self, ck_tiny_model64: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]) -> None:
+    def test_scores_do_not_depend_on_the_batch_size(
+        self, ck_tiny_model64: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]
+    ) -> None:
         """In float64, so that the check sees the algorithm (examples averaged, not batches), not rounding."""
         sizes = sorted(self.batch_sizes, reverse=True)
         ref = self.attribute(ck_tiny_model64, ck_tiny_task, ck_tiny_data, sizes[0], ck_options).values
@@ -397,7 +417,9 @@ class TaskContract(ComponentContract):
                 f"({len(data.dropped)} dropped: {sorted({r for _, r in data.dropped})[:2]}); generate more candidates"
             )
 
-    def test_pairs_have_equal_length_and_single_token_answers(self, ck_task_data: tuple[Task, TaskData], ck_tokenizer: Any) -> None:
+    def test_pairs_have_equal_length_and_single_token_answers(
+        self, ck_task_data: tuple[Task, TaskData], ck_tokenizer: Any
+    ) -> None:
         _, data = ck_task_data
         for ex in data.examples:
             clean, corrupted = encode(ck_tokenizer, ex.clean), encode(ck_tokenizer, ex.corrupted)
@@ -408,7 +430,9 @@ class TaskContract(ComponentContract):
                 assert len(encode(ck_tokenizer, a)) == 1, f"answer {a!r} of {ex.clean!r} is not one GPT-2 token"
             assert not set(ex.correct) & set(ex.incorrect), f"answers both correct and incorrect for {ex.clean!r}"
 
-    def test_same_seed_gives_the_same_examples(self, ck_task_data: tuple[Task, TaskData], ck_tokenizer: Any, ck_options: dict[str, Any]) -> None:
+    def test_same_seed_gives_the_same_examples(
+        self, ck_task_data: tuple[Task, TaskData], ck_tokenizer: Any, ck_options: dict[str, Any]
+    ) -> None:
         _, data = ck_task_data
         again = self.build(ck_options).build(ck_tokenizer)
         assert again.content_hash() == data.content_hash(), "building the task twice with the same seed gave different examples"
@@ -479,7 +503,9 @@ class EvaluatorContract(ComponentContract):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def ck_endpoint_results(cls, ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]) -> dict[str, EvalResult]:
+    def ck_endpoint_results(
+        cls, ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData, ck_options: dict[str, Any]
+    ) -> dict[str, EvalResult]:
         g = ck_tiny_model.graph
         scores = SelectorContract.random_scores(g, 0)
         out = {}
@@ -510,7 +536,9 @@ class EvaluatorContract(ComponentContract):
             )
             if v.get("faithfulness") is not None:
                 want = 0.0 if label == "empty" else 1.0
-                assert math.isclose(v["faithfulness"], want, abs_tol=1e-4), f"the {label} circuit's faithfulness is {v['faithfulness']:g}, expected {want}"
+                assert math.isclose(v["faithfulness"], want, abs_tol=1e-4), (
+                    f"the {label} circuit's faithfulness is {v['faithfulness']:g}, expected {want}"
+                )
 
 
 class ReporterContract(ComponentContract):
@@ -584,7 +612,9 @@ class MetricContract(RegisteredContract):
             pytest.skip(f"'{self.name}' reads the logits of the whole vocabulary: no declaration to check")
         k = batch.correct.numel()
         ids, inverse = torch.unique(torch.cat([batch.correct.flatten(), batch.incorrect.flatten()]), return_inverse=True)
-        renumbered = Batch(**{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)})
+        renumbered = Batch(
+            **{**batch.__dict__, "correct": inverse[:k].view_as(batch.correct), "incorrect": inverse[k:].view_as(batch.incorrect)}
+        )
         others = torch.ones(logits.shape[1], dtype=torch.bool)
         others[ids] = False
         want = metric(logits, batch)
@@ -635,10 +665,14 @@ class InterventionContract(RegisteredContract):
         from circuitkit.interventions import Intervention
 
         entry = self.entry()
-        assert isinstance(entry.cls, type) and issubclass(entry.cls, Intervention), f"{entry.cls} is not a circuitkit.interventions.Intervention"
+        assert isinstance(entry.cls, type) and issubclass(entry.cls, Intervention), (
+            f"{entry.cls} is not a circuitkit.interventions.Intervention"
+        )
         assert entry.config is None and entry.plugin
 
-    def test_values_cover_every_source_and_are_finite(self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any) -> None:
+    def test_values_cover_every_source_and_are_finite(
+        self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any
+    ) -> None:
         iv, batch, values = ck_prepared
         assert iv.kind == self.name, f"the prepared intervention says kind={iv.kind!r}"
         want = (ck_tiny_model.graph.n_sources, *batch.clean.shape, ck_tiny_model.d_model)
@@ -657,14 +691,18 @@ class InterventionContract(RegisteredContract):
         with torch.no_grad():
             if iv.takes_positions:
                 part = removed_values(ck_tiny_model, batch, iv, positions=at)
-                assert torch.allclose(part, values[:, :, at], rtol=0, atol=tol), "values at positions 1..2 differ from the full values there"
+                assert torch.allclose(part, values[:, :, at], rtol=0, atol=tol), (
+                    "values at positions 1..2 differ from the full values there"
+                )
             else:
                 with pytest.raises(ConfigError, match="positions_per_pass"):
                     removed_values(ck_tiny_model, batch, iv, positions=at)
             inputs = iv.input_values(ck_tiny_model, batch)
         assert torch.allclose(inputs, values[0], rtol=0, atol=tol), "input_values() differs from values()[0] (the input node)"
 
-    def test_full_circuit_is_clean_and_empty_circuit_is_the_baseline(self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData) -> None:
+    def test_full_circuit_is_clean_and_empty_circuit_is_the_baseline(
+        self, ck_prepared: tuple[Any, Any, torch.Tensor], ck_tiny_model: Any, ck_tiny_task: Task, ck_tiny_data: TaskData
+    ) -> None:
         from circuitkit.evaluation import evaluate_keeps
 
         iv = ck_prepared[0]
@@ -674,8 +712,12 @@ class InterventionContract(RegisteredContract):
         ev = evaluate_keeps(ck_tiny_model, ck_tiny_task, ck_tiny_data, keeps, ctx)
         scale = max(abs(ev.clean), abs(ev.corrupted), 1e-6)
         tol = 1e-4 * scale
-        assert math.isclose(ev.circuits[1], ev.clean, abs_tol=tol), f"the full circuit scores {ev.circuits[1]:g}, the clean run {ev.clean:g}"
-        assert math.isclose(ev.circuits[0], ev.corrupted, abs_tol=tol), f"the empty circuit scores {ev.circuits[0]:g}, the baseline {ev.corrupted:g}"
+        assert math.isclose(ev.circuits[1], ev.clean, abs_tol=tol), (
+            f"the full circuit scores {ev.circuits[1]:g}, the clean run {ev.clean:g}"
+        )
+        assert math.isclose(ev.circuits[0], ev.corrupted, abs_tol=tol), (
+            f"the empty circuit scores {ev.circuits[0]:g}, the baseline {ev.corrupted:g}"
+        )
 
 
 #: kind -> its contract
@@ -693,8 +735,10 @@ CONTRACTS: dict[str, type[RegisteredContract]] = {
 def contract_class(kind: str, name: str, **attributes: Any) -> type:
     """A ``Test...`` subclass of ``kind``'s contract for component ``name`` (for generated suites)::
 
-        globals().update({c.__name__: c for c in [contract_class("methods", n) for n in names]})
+    globals().update({c.__name__: c for c in [contract_class("methods", n) for n in names]})
     """
     contract = CONTRACTS[kind]
     cls_name = f"Test_{KINDS[kind][0]}_{name}"
-    return type(cls_name, (contract,), {"name": name, "__module__": attributes.pop("__module__", contract.__module__), **attributes})
+    return type(
+        cls_name, (contract,), {"name": name, "__module__": attributes.pop("__module__", contract.__module__), **attributes}
+    )

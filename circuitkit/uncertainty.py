@@ -144,7 +144,9 @@ def evaluation_intervals(ev: Any, ctx: Any) -> MetricIntervals | None:
     ``n_resamples`` is 0."""
     if ev.clean_values is None or ev.corrupted_values is None or ev.circuit_values is None:
         return None
-    return metric_intervals(ev.clean_values, ev.corrupted_values, ev.circuit_values, bootstrap_config(ctx), int(getattr(ctx, "seed", 0)))
+    return metric_intervals(
+        ev.clean_values, ev.corrupted_values, ev.circuit_values, bootstrap_config(ctx), int(getattr(ctx, "seed", 0))
+    )
 
 
 def add_circuit_uncertainty(res: Any, ev: Any, mi: MetricIntervals | None, index: int, ctx: Any) -> None:

@@ -158,7 +158,12 @@ def verify_model(model: CircuitModel) -> Verification:
     last = final[:, -1]
     ids = torch.tensor([0, 7 % vocab, vocab - 1], device=model.device)
     cols = _unembed_columns(model, last, ids).to(logits.device)
-    record("answer_columns", float((cols - logits[:, -1, ids]).abs().max()), allowed, "the answer-column logits differ from the model's")
+    record(
+        "answer_columns",
+        float((cols - logits[:, -1, ids]).abs().max()),
+        allowed,
+        "the answer-column logits differ from the model's",
+    )
     rest = _answer_and_rest_logits(model, last, ids).to(logits.device)
     probs = rest.double().softmax(-1)[:, : len(ids)]
     ref_probs = logits[:, -1].double().softmax(-1)[:, ids]
@@ -183,7 +188,12 @@ def verify_model(model: CircuitModel) -> Verification:
         masked = engine.masked_forward(model, clean, sources[:, N_ROWS:], keep).reshape(2, N_ROWS, N_POS, -1)
         full, empty = model.unembed(masked[0]).to(logits.device), model.unembed(masked[1]).to(logits.device)
     allowed = g.n_layers * model.d_model * eps * scale
-    record("full_circuit", float((full - logits[:N_ROWS]).abs().max()), allowed, "a full-circuit masked forward does not give the model's logits on the clean tokens")
+    record(
+        "full_circuit",
+        float((full - logits[:N_ROWS]).abs().max()),
+        allowed,
+        "a full-circuit masked forward does not give the model's logits on the clean tokens",
+    )
     record(
         "empty_circuit",
         float((empty - logits[N_ROWS:]).abs().max()),
@@ -217,7 +227,10 @@ def check_model(model: CircuitModel, *, allow_unverified: bool = False) -> None:
         model.unverified = f"{model.name} ({v.family}): {what}"
         logging.getLogger("circuitkit").warning(
             "circuitkit could not verify '%s' (%s): %s. Going on because allow_unverified is set: scores may not "
-            "describe this model.", model.name, v.family, what
+            "describe this model.",
+            model.name,
+            v.family,
+            what,
         )
         return
     raise ModelLoadError(

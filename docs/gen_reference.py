@@ -130,7 +130,9 @@ def options_table(config: type, prefix: str, only: set[str] | None = None) -> li
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append(f"| `{prefix}{f.name}` | `{cell(fmt_type(f.type))}` | `{cell(fmt_value(default))}` | {cell(docs.get(f.name, ''))} |")
+        rows.append(
+            f"| `{prefix}{f.name}` | `{cell(fmt_type(f.type))}` | `{cell(fmt_value(default))}` | {cell(docs.get(f.name, ''))} |"
+        )
     return rows
 
 
@@ -276,7 +278,12 @@ def configuration_md() -> str:
         "",
     ]
     defaults, top = primary_config_options()
-    lines += ["Defaults: " + ", ".join(f"`{d}`" for d in defaults) + ".", "", "| option | default | description |", "|---|---|---|"]
+    lines += [
+        "Defaults: " + ", ".join(f"`{d}`" for d in defaults) + ".",
+        "",
+        "| option | default | description |",
+        "|---|---|---|",
+    ]
     for key, value, comment in top:
         lines.append(f"| `{key}` | `{cell(fmt_value(value))}` | {cell(comment or TOP_LEVEL_HELP.get(key, ''))} |")
     lines += [
@@ -297,10 +304,24 @@ def configuration_md() -> str:
             continue
         reg = registry.kinds[kind]
         names = [n for n in reg.names() if reg.entries[n].distribution == BUILTIN_DISTRIBUTION]
-        choose = f"`{group}=[NAME,...]` (a list; options as `{group}.NAME.OPTION=...`)" if combinable else f"`{group}=NAME` (options as `{group}.OPTION=...`)"
-        lines += [f"## {group}", "", f"Choose with {choose}. Registered by `circuitkit_register_{kind}`; classes subclass `{base.__name__}`.", ""]
+        choose = (
+            f"`{group}=[NAME,...]` (a list; options as `{group}.NAME.OPTION=...`)"
+            if combinable
+            else f"`{group}=NAME` (options as `{group}.OPTION=...`)"
+        )
+        lines += [
+            f"## {group}",
+            "",
+            f"Choose with {choose}. Registered by `circuitkit_register_{kind}`; classes subclass `{base.__name__}`.",
+            "",
+        ]
         if cfg_base is TaskConfig:
-            lines += ["Every task has the common options of `TaskConfig` (a task may change their defaults):", "", *options_table(TaskConfig, "task."), ""]
+            lines += [
+                "Every task has the common options of `TaskConfig` (a task may change their defaults):",
+                "",
+                *options_table(TaskConfig, "task."),
+                "",
+            ]
         for name in names:
             entry = reg.entries[name]
             module = sys.modules.get(entry.cls.__module__)
@@ -311,7 +332,11 @@ def configuration_md() -> str:
             if cfg_base is TaskConfig:
                 own = [f for f in dataclasses.fields(cfg) if f.name != "name"]
                 base_defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig)}
-                changed = [f for f in own if f.name not in base_defaults or f.default != base_defaults[f.name] or f.default is dataclasses.MISSING]
+                changed = [
+                    f
+                    for f in own
+                    if f.name not in base_defaults or f.default != base_defaults[f.name] or f.default is dataclasses.MISSING
+                ]
                 if not changed:
                     lines += ["Only the common task options.", ""]
                     continue
@@ -345,13 +370,35 @@ def hooks_md() -> str:
             chosen = f"`{group}=[a,b]`" if combinable else f"`{CHOSEN_BY.get(kind, group)}=NAME`"
             config = f"`circuitkit.interfaces.{cfg_base.__name__}`" if cfg_base is not None else "none: `registry.add(name, cls)`"
             cls = f"`{base.__module__}.{base.__name__}`"
-            lines.append(f"| [`{name}`](#{name}) | {f'`{group}`' if cfg_base is not None else ''} | {cls} | {config} | {chosen} |")
+            lines.append(
+                f"| [`{name}`](#{name}) | {f'`{group}`' if cfg_base is not None else ''} | {cls} | {config} | {chosen} |"
+            )
         else:
             lines.append(f"| [`{name}`](#{name}) | | | | |")
-    lines += ["", "## How the hooks are called", "", *HOOK_CALLS, "", "## `registry.add(name, cls, config)`", "", rst_to_md(inspect.cleandoc(ComponentRegistry.add.__doc__ or "")), ""]
+    lines += [
+        "",
+        "## How the hooks are called",
+        "",
+        *HOOK_CALLS,
+        "",
+        "## `registry.add(name, cls, config)`",
+        "",
+        rst_to_md(inspect.cleandoc(ComponentRegistry.add.__doc__ or "")),
+        "",
+    ]
     for name, fn in specs:
         sig = str(inspect.signature(fn)).replace("'", "")
-        lines += [f"## {name}", "", "```python", "@hookimpl", f"def {name}{sig}: ...", "```", "", rst_to_md(inspect.cleandoc(fn.__doc__ or "")), ""]
+        lines += [
+            f"## {name}",
+            "",
+            "```python",
+            "@hookimpl",
+            f"def {name}{sig}: ...",
+            "```",
+            "",
+            rst_to_md(inspect.cleandoc(fn.__doc__ or "")),
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

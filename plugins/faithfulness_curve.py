@@ -103,7 +103,12 @@ class FaithfulnessCurveConfig(PluginConfig):
 
 
 UNITS = ("percent", "edges")
-NO_TARGET: dict[str, None] = {"edges_for_target": None, "budget_for_target": None, "fraction_for_target": None, "faithfulness_at_target": None}
+NO_TARGET: dict[str, None] = {
+    "edges_for_target": None,
+    "budget_for_target": None,
+    "fraction_for_target": None,
+    "faithfulness_at_target": None,
+}
 
 
 def budget_edges(budget: float, unit: str, total: int) -> int:
@@ -176,7 +181,9 @@ class FaithfulnessCurve(Evaluator):
         name = c.name or "faithfulness_curve"
         scores = ctx.scores if ctx.scores is not None else circuit.scores
         if scores is None:
-            raise ConfigError(f"Evaluator '{name}' needs edge scores: run it after attribution, or pass a circuit that has scores.")
+            raise ConfigError(
+                f"Evaluator '{name}' needs edge scores: run it after attribution, or pass a circuit that has scores."
+            )
         if scores.level != "edge":
             # Part of the default evaluators: a node- or neuron-level run keeps its faithfulness and says why
             # there is no curve.
@@ -281,7 +288,9 @@ class FaithfulnessCurve(Evaluator):
         keeps = torch.stack([c.keep_dense() for c in circuits])
         return evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=self.config.circuits_per_pass, desc=desc)
 
-    def _target(self, res: EvalResult, model, task, data, scores: Scores, ctx, requested: list[int], fs: list[float], total: int) -> None:  # noqa: ANN001
+    def _target(
+        self, res: EvalResult, model, task, data, scores: Scores, ctx, requested: list[int], fs: list[float], total: int
+    ) -> None:  # noqa: ANN001
         """Fill ``edges_for_target`` (the smallest size found reaching the target) with the bisection of
         :func:`circuitkit.search.smallest_reaching`, starting from the curve's budgets."""
         c = self.config
@@ -297,7 +306,9 @@ class FaithfulnessCurve(Evaluator):
                 for n, circ, m in zip(new, circs, ev.circuits, strict=True):
                     known[n] = ev.faithfulness(m)  # type: ignore[assignment]
                     circuits[n] = circ
-                    refine_rows.append({"requested_edges": n, "n_edges": circ.n_edges, "faithfulness": known[n], "circuit_metric": m})
+                    refine_rows.append(
+                        {"requested_edges": n, "n_edges": circ.n_edges, "faithfulness": known[n], "circuit_metric": m}
+                    )
             return [known[n] for n in sizes]
 
         found = smallest_reaching(measure, requested, c.target, refine_points=c.refine_points, refine_steps=c.refine_steps)

@@ -79,7 +79,9 @@ class StabilityConfig(PluginConfig):
         for key in ("resamples", "seeds", "inclusion_resamples", "circuits_per_pass"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "circuits_per_pass" else 0):
-                raise ConfigError(f"evaluator.{self.name or 'stability'}.{key} must be a whole number >= {1 if key == 'circuits_per_pass' else 0}, got {v!r}.")
+                raise ConfigError(
+                    f"evaluator.{self.name or 'stability'}.{key} must be a whole number >= {1 if key == 'circuits_per_pass' else 0}, got {v!r}."
+                )
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -148,7 +150,9 @@ class Stability(Evaluator):
         if scores is None:
             raise ConfigError(f"Evaluator '{name}' needs the run's edge scores: run it after attribution.")
         if circuit.level != "edge":
-            raise ConfigError(f"Evaluator '{name}' compares edge sets; the circuit is {circuit.level}-level (use method.level=edge).")
+            raise ConfigError(
+                f"Evaluator '{name}' compares edge sets; the circuit is {circuit.level}-level (use method.level=edge)."
+            )
         n = self._requested(scores, circuit)
         attributor = getattr(ctx, "attributor", None)
         res = EvalResult(name, {"edges_in_circuit": circuit.n_edges, "requested_edges": n})
@@ -160,7 +164,9 @@ class Stability(Evaluator):
             if scores.per_example is not None and scores.per_example.shape[0] == len(data):
                 res.notes.append("Resampled circuits from the per-example scores (exact means over each resample).")
                 for k in range(c.resamples):
-                    variants.append(("resample", self._select(Scores(scores.graph, w[k] @ scores.per_example, dict(scores.meta)), n)))
+                    variants.append(
+                        ("resample", self._select(Scores(scores.graph, w[k] @ scores.per_example, dict(scores.meta)), n))
+                    )
             elif attributor is not None:
                 res.notes.append("Resampled circuits by attributing again on each resample (no per-example scores).")
                 counts = torch.round(w * len(data)).long()
@@ -168,7 +174,9 @@ class Stability(Evaluator):
                     idx = [i for i in range(len(data)) for _ in range(int(counts[k, i]))]
                     variants.append(("resample", self._select(attributor.attribute(model, task, data.subset(idx), ctx), n)))
             else:
-                res.notes.append("No resamples: the scores have no per-example values and no method is known (run through the pipeline).")
+                res.notes.append(
+                    "No resamples: the scores have no per-example values and no method is known (run through the pipeline)."
+                )
 
         # --- fresh seeds of the task ------------------------------------------------------------------
         if c.seeds and attributor is not None:

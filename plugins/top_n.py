@@ -103,7 +103,9 @@ class TopN(SearchesSize, Selector):
     def check_level(self, level: str) -> None:
         cfg = self.config
         if level == "edge" and (cfg.n_nodes is not None or cfg.n_neurons is not None):
-            raise ConfigError("selector.n_nodes / selector.n_neurons need node- or neuron-level scores: add method.level=node (or neuron).")
+            raise ConfigError(
+                "selector.n_nodes / selector.n_neurons need node- or neuron-level scores: add method.level=node (or neuron)."
+            )
         if level == "node" and cfg.n_neurons is not None:
             raise ConfigError("selector.n_neurons needs neuron-level scores: run the method with method.level=neuron.")
         if level != "edge" and cfg.n_nodes is None and cfg.n_neurons is None:

@@ -53,7 +53,9 @@ class TransferConfig(PluginConfig):
     def __post_init__(self) -> None:
         # The task names are checked when the evaluator is built: they need the plugin registry.
         if self.n_examples is not None and (isinstance(self.n_examples, bool) or self.n_examples < 1):
-            raise ConfigError(f"evaluator.{self.name or 'transfer'}.n_examples must be a positive number or null, got {self.n_examples!r}.")
+            raise ConfigError(
+                f"evaluator.{self.name or 'transfer'}.n_examples must be a positive number or null, got {self.n_examples!r}."
+            )
 
 
 class Transfer(Evaluator):
@@ -64,7 +66,9 @@ class Transfer(Evaluator):
         names = get_registry().tasks.names()
         for t in config.tasks:
             if t not in names:
-                raise ConfigError(f"evaluator.{config.name or 'transfer'}.tasks: unknown task '{t}'; choices: {', '.join(sorted(names))}.")
+                raise ConfigError(
+                    f"evaluator.{config.name or 'transfer'}.tasks: unknown task '{t}'; choices: {', '.join(sorted(names))}."
+                )
 
     def evaluate(self, model, task: Task, data, circuit: Circuit, ctx: RunContext) -> EvalResult:  # noqa: ANN001
         name = self.config.name or "transfer"
@@ -88,7 +92,9 @@ class Transfer(Evaluator):
                 fields = {f.name for f in dataclasses.fields(entry.options)}
                 other = bind_objective(get_registry().tasks.build(t, {k: v for k, v in opts.items() if k in fields}), model)
                 other_data = other.build(model.tokenizer, prepend_bos=model.prepend_bos)
-            ev = evaluate_keeps(model, other, other_data, keep, ctx, desc=f"transfer to {t}", neurons=None if dims is None else dims[None])
+            ev = evaluate_keeps(
+                model, other, other_data, keep, ctx, desc=f"transfer to {t}", neurons=None if dims is None else dims[None]
+            )
             f = ev.faithfulness(ev.circuits[0])
             mi = evaluation_intervals(ev, ctx)
             ci = None if mi is None or f is None else mi.interval(mi.faithfulness[0])

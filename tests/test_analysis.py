@@ -17,7 +17,12 @@ from circuitkit.graph import Graph
 from circuitkit.results import Circuit, Scores
 
 EXAMPLES = [
-    Example("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Anne gave a drink to", (" Mary",), (" John",)),
+    Example(
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Anne gave a drink to",
+        (" Mary",),
+        (" John",),
+    ),
     Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
     Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
     Example("The nurse said that", "The pilot said that", (" she",), (" he",)),
@@ -194,8 +199,13 @@ def test_circuit_json_round_trip_and_eap_ig_layout(tmp_path):
     assert obj["cfg"] == {"n_layers": 2, "n_heads": 3, "parallel_attn_mlp": False, "d_model": 48}
     assert list(obj["nodes"]) == g.node_names and obj["nodes"]["logits"] == {"in_graph": True}
     assert set(obj["edges"]) == set(g.edge_names)
-    assert all(set(v) == {"score", "in_graph"} and isinstance(v["score"], float) and isinstance(v["in_graph"], bool) for v in obj["edges"].values())
-    assert [n for n, v in obj["nodes"].items() if v["in_graph"] and n != "logits"] == [n for n in circuit.node_names if n != "logits"]
+    assert all(
+        set(v) == {"score", "in_graph"} and isinstance(v["score"], float) and isinstance(v["in_graph"], bool)
+        for v in obj["edges"].values()
+    )
+    assert [n for n, v in obj["nodes"].items() if v["in_graph"] and n != "logits"] == [
+        n for n in circuit.node_names if n != "logits"
+    ]
 
 
 def test_circuit_json_without_scores_and_parallel_blocks(tmp_path):
@@ -242,7 +252,11 @@ def test_circuit_file_for_another_architecture_is_rejected(tmp_path):
     path.write_text(json.dumps({"edges": {}}))
     with pytest.raises(CircuitkitError, match="is not a circuit file"):
         Circuit.load(path)
-    path.write_text(json.dumps({"cfg": {"n_layers": 1, "n_heads": 1}, "nodes": {}, "edges": {"input->a5.h0<q>": {"score": 1, "in_graph": True}}}))
+    path.write_text(
+        json.dumps(
+            {"cfg": {"n_layers": 1, "n_heads": 1}, "nodes": {}, "edges": {"input->a5.h0<q>": {"score": 1, "in_graph": True}}}
+        )
+    )
     with pytest.raises(CircuitkitError, match="does not have"):
         Circuit.load(path)
 
@@ -309,7 +323,9 @@ def test_completeness_endpoints(setup):
     ev = ck.build("evaluators", "completeness")
     empty = ev.evaluate(model, task, data, Circuit.empty(g), ctx).values
     assert empty["complement_metric"] == pytest.approx(empty["clean_metric"], abs=1e-10)
-    assert empty["complement_faithfulness"] == pytest.approx(1.0, abs=1e-6) and empty["completeness"] == pytest.approx(0.0, abs=1e-6)
+    assert empty["complement_faithfulness"] == pytest.approx(1.0, abs=1e-6) and empty["completeness"] == pytest.approx(
+        0.0, abs=1e-6
+    )
     assert empty["faithfulness"] == pytest.approx(0.0, abs=1e-6)
     full = ev.evaluate(model, task, data, Circuit.full(g), ctx).values
     assert full["complement_metric"] == pytest.approx(full["corrupted_metric"], abs=1e-10)
@@ -326,17 +342,23 @@ def test_faithfulness_curve_on_a_model(setup):
     assert [r["requested_edges"] for r in curve] == [int(p / 100 * n) for p in analysis.MIB_PERCENTAGES]
     assert curve[-1]["n_edges"] == n and curve[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-6)
     assert curve[0]["faithfulness"] == pytest.approx(0.0, abs=1e-6)  # 0 edges: the corrupted run
-    assert res.values["faithfulness"] == pytest.approx(0.0, abs=1e-6) and res.values["edges_in_circuit"] == 0  # the circuit handed in
+    assert (
+        res.values["faithfulness"] == pytest.approx(0.0, abs=1e-6) and res.values["edges_in_circuit"] == 0
+    )  # the circuit handed in
     x = [r["fraction"] for r in curve]
     assert res.values["cmd"] == pytest.approx(analysis.cmd(x, [r["faithfulness"] for r in curve]))
     assert res.values["cpr"] == pytest.approx(analysis.cpr(x, [r["faithfulness"] for r in res.tables["curve_signed"]]))
     # Each row's circuit is the configured selector's circuit at that size.
-    single = ck.build("evaluators", "faithfulness").evaluate(model, task, data, ck.build("selectors", "top_n", n_edges=curve[6]["requested_edges"]).select(ctx.scores), ctx)
+    single = ck.build("evaluators", "faithfulness").evaluate(
+        model, task, data, ck.build("selectors", "top_n", n_edges=curve[6]["requested_edges"]).select(ctx.scores), ctx
+    )
     assert single.values["faithfulness"] == pytest.approx(curve[6]["faithfulness"], abs=1e-9)
     if res.values["edges_for_target"] is not None:
         assert res.values["faithfulness_at_target"] >= 0.85
     with pytest.raises(ConfigError, match="edge counts"):
-        ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[1, n + 1]).evaluate(model, task, data, Circuit.empty(model.graph), ctx)
+        ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[1, n + 1]).evaluate(
+            model, task, data, Circuit.empty(model.graph), ctx
+        )
     # Options that cannot work fail when the evaluator is built, before any computation.
     with pytest.raises(ConfigError, match="does not take n_edges"):
         ck.build("evaluators", "faithfulness_curve", selector="threshold")
@@ -374,9 +396,13 @@ def test_edges_for_target_bisection_between_budgets(monkeypatch):
     assert res.values["cpr"] == pytest.approx(analysis.cpr([v / g.n_edges for v in (10, 20, 50, 100)], [0.2, 0.4, 1.0, 2.0]))
     # Without refinement the answer is the first budget that reaches the target.
     calls.clear()
-    res = ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[10, 20, 50, 100], refine_steps=0).evaluate(None, None, None, Circuit.empty(g), ctx)
+    res = ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[10, 20, 50, 100], refine_steps=0).evaluate(
+        None, None, None, Circuit.empty(g), ctx
+    )
     assert res.values["edges_for_target"] == 50 and len(calls) == 1
-    res = ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[10, 20], target=2.0).evaluate(None, None, None, Circuit.empty(g), ctx)
+    res = ck.build("evaluators", "faithfulness_curve", unit="edges", budgets=[10, 20], target=2.0).evaluate(
+        None, None, None, Circuit.empty(g), ctx
+    )
     assert res.values["edges_for_target"] is None and any("No budget reaches" in n for n in res.notes)
 
 
@@ -398,22 +424,38 @@ def test_combined_evaluators_compose_and_land_in_results_json(setup, tmp_path):
         cfg = compose(
             "config",
             overrides=[
-                "method=eap", "task=custom", f"task.path={tmp_path / 'data.jsonl'}", "selector=greedy", "selector.n_edges=20", "progress=false",
-                "evaluator=[faithfulness,faithfulness_curve,completeness]", "evaluator.faithfulness_curve.budgets=[5,20,100]", "reporter=[pictures]",
+                "method=eap",
+                "task=custom",
+                f"task.path={tmp_path / 'data.jsonl'}",
+                "selector=greedy",
+                "selector.n_edges=20",
+                "progress=false",
+                "evaluator=[faithfulness,faithfulness_curve,completeness]",
+                "evaluator.faithfulness_curve.budgets=[5,20,100]",
+                "reporter=[pictures]",
                 "reporter.pictures.formats=[png]",
             ],
         )
     GlobalHydra.instance().clear()
     cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg["cache"] = False  # no attribution cache outside tmp_path
-    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps({"clean": e.clean, "corrupted": e.corrupted, "correct": e.correct[0], "incorrect": e.incorrect[0]}) for e in EXAMPLES))
+    (tmp_path / "data.jsonl").write_text(
+        "\n".join(
+            json.dumps({"clean": e.clean, "corrupted": e.corrupted, "correct": e.correct[0], "incorrect": e.incorrect[0]})
+            for e in EXAMPLES
+        )
+    )
     out = tmp_path / "run"
     run(cfg, out, model=model)
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete"
     assert {"faithfulness", "faithfulness_curve", "completeness"} <= set(results)
     fc = results["faithfulness_curve"]
-    assert {"cpr", "cmd", "edges_for_target"} <= set(fc["values"]) and [r["budget"] for r in fc["tables"]["curve"]] == [5, 20, 100]
+    assert {"cpr", "cmd", "edges_for_target"} <= set(fc["values"]) and [r["budget"] for r in fc["tables"]["curve"]] == [
+        5,
+        20,
+        100,
+    ]
     assert results["completeness"]["values"]["faithfulness"] == pytest.approx(results["faithfulness"]["values"]["faithfulness"])
     assert math.isfinite(results["completeness"]["values"]["completeness"])
     if pytest.importorskip("matplotlib"):

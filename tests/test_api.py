@@ -20,7 +20,14 @@ def circuitkit_imports(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "circuitkit" or node.module.startswith("circuitkit."):
-                out.append((node.lineno, node.module if node.module != "circuitkit" else "circuitkit (" + ", ".join(a.name for a in node.names) + ")"))
+                out.append(
+                    (
+                        node.lineno,
+                        node.module
+                        if node.module != "circuitkit"
+                        else "circuitkit (" + ", ".join(a.name for a in node.names) + ")",
+                    )
+                )
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name == "circuitkit" or a.name.startswith("circuitkit.")]
     return out
@@ -54,7 +61,11 @@ def test_no_engine_internals_are_exported():
         assert not name.startswith("_"), name
         module = getattr(getattr(api, name), "__module__", "") or ""
         assert not module.startswith("circuitkit.engine.") or name in {
-            "run_sources", "stacked_gradient_pass", "source_groups", "masked_metric", "information_flow_scores",
+            "run_sources",
+            "stacked_gradient_pass",
+            "source_groups",
+            "masked_metric",
+            "information_flow_scores",
         }, f"{name} comes from {module}"
 
 

@@ -216,7 +216,9 @@ def test_a_check_that_raises_turns_its_fast_path_off_but_a_bug_propagates(tokeni
 
     with caplog.at_level(logging.DEBUG, logger="circuitkit.engine"):
         assert fastpaths._checked_once(model, "last_mlp", wrong_signature) is False
-    assert model.capabilities.last_mlp == fastpaths.Outcome("failed", "TypeError: forward() got an unexpected keyword argument 'x'")
+    assert model.capabilities.last_mlp == fastpaths.Outcome(
+        "failed", "TypeError: forward() got an unexpected keyword argument 'x'"
+    )
     assert "fast path last_mlp raised" in caplog.text and "fast path last_mlp off (exact path instead)" in caplog.text
     assert fastpaths._checked_once(model, "last_mlp", lambda: True) is False  # checked once: not run again
 

@@ -16,8 +16,15 @@ from circuitkit.metrics import logit_diff
 from circuitkit.results import Circuit
 
 EXAMPLES = [
-    Example("When Mary and John went to the store, John gave a drink to", "When Mary and John went to the store, Anne gave a drink to", (" Mary",), (" John",)),
-    Example("The war lasted from the year 1732 to the year 17", "The war lasted from the year 1701 to the year 17", (" 45",), (" 01",)),
+    Example(
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Anne gave a drink to",
+        (" Mary",),
+        (" John",),
+    ),
+    Example(
+        "The war lasted from the year 1732 to the year 17", "The war lasted from the year 1701 to the year 17", (" 45",), (" 01",)
+    ),
     Example("The key to the cabinets", "The keys to the cabinets", (" is",), (" are",)),
     Example("After Tom and Anna left, Tom said to", "After Tom and Anna left, Paul said to", (" Anna",), (" Tom",)),
     Example("Paris, the capital of", "London, the capital of", (" France",), (" England",)),
@@ -53,7 +60,9 @@ def test_eap_equals_finite_differences_of_single_edge_patches(tiny_model64, task
     scores = ck.build("methods", "eap").attribute(model, task, data, ctx())
     batch = next(data.batches(8))
     rng = np.random.default_rng(0)
-    picks = list(rng.choice(model.graph.n_edges, 25, replace=False)) + [model.graph.index_of(e) for e in ("m0->m1", "a0.h1->m1", "input->logits", "m1->logits")]
+    picks = list(rng.choice(model.graph.n_edges, 25, replace=False)) + [
+        model.graph.index_of(e) for e in ("m0->m1", "a0.h1->m1", "input->logits", "m1->logits")
+    ]
     eps = 1e-5
     for i in picks:
         edge = model.graph.edge_names[i]
@@ -109,7 +118,11 @@ def test_ig_input_edges_satisfy_completeness_as_steps_grow(tiny_model64, task):
     model = tiny_model64
     data = data_for(model, 4)
     batch = next(data.batches(8))
-    target = (plain_metric(model, batch.clean, batch, logit_diff) - plain_metric(model, batch.corrupted, batch, logit_diff)).mean().item()
+    target = (
+        (plain_metric(model, batch.clean, batch, logit_diff) - plain_metric(model, batch.corrupted, batch, logit_diff))
+        .mean()
+        .item()
+    )
     g = model.graph
     errors = []
     for steps in (1, 4, 64):
@@ -142,7 +155,9 @@ def test_patching_equals_all_but_one_circuits_and_hand_written_patches(tiny_mode
     for k, i in enumerate(picks.tolist()):
         edge = g.edge_names[i]
         assert s[edge] == pytest.approx(ev.clean - ev.circuits[k], abs=tol), edge
-        hand = (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        hand = (
+            (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        )
         assert s[edge] == pytest.approx(hand, abs=tol), edge
     assert torch.isnan(s.values).sum() == g.n_edges - len(picks)
 
@@ -151,7 +166,9 @@ def test_evaluation_endpoints(tiny_model, task):
     model = tiny_model
     data = data_for(model)
     g = model.graph
-    ev = evaluate_keeps(model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx(batch_size=3))
+    ev = evaluate_keeps(
+        model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx(batch_size=3)
+    )
     batch = next(data.batches(8))
     clean = plain_metric(model, batch.clean, batch, logit_diff).mean().item()
     corrupted = plain_metric(model, batch.corrupted, batch, logit_diff).mean().item()
@@ -252,7 +269,9 @@ def test_positions_per_pass_gives_the_same_scores(tiny_model64, task, method, op
         c.intervention = iv
         if k is not None:
             c.positions_per_pass = k
-        s = ck.build("methods", method, **options, **({"level": level} if level != "edge" else {})).attribute(tiny_model64, task, data, c)
+        s = ck.build("methods", method, **options, **({"level": level} if level != "edge" else {})).attribute(
+            tiny_model64, task, data, c
+        )
         return s.values if level == "edge" else s.neurons
 
     for level in ("edge", "neuron") if method != "clean_corrupted" else ("edge",):
@@ -290,7 +309,15 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, use_parallel_residual=True)
+    cfg = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        use_parallel_residual=True,
+    )
     model = ck.bridge_model(GPTNeoXForCausalLM(cfg).double(), tokenizer, name="tiny-neox", device="cpu")
     assert model.graph.parallel_attn_mlp and "a0.h0->m0" not in model.graph.edge_index
     data = data_for(model, 4)
@@ -298,7 +325,10 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     batch = next(data.batches(8))
     for edge in ["input->a0.h0<q>", "a0.h1->a1.h0<k>", "m0->a1.h2<v>", "a1.h0->logits", "a0.h2->m1"]:
         eps = 1e-5
-        fd = -(patched_metric(model, batch, logit_diff, edge, eps).mean() - patched_metric(model, batch, logit_diff, edge, -eps).mean()).item() / (2 * eps)
+        fd = -(
+            patched_metric(model, batch, logit_diff, edge, eps).mean()
+            - patched_metric(model, batch, logit_diff, edge, -eps).mean()
+        ).item() / (2 * eps)
         assert s[edge] == pytest.approx(fd, rel=1e-4, abs=1e-9), edge
     g = model.graph
     ev = evaluate_keeps(model, task, data, torch.stack([Circuit.empty(g).keep_dense(), Circuit.full(g).keep_dense()]), ctx())
@@ -308,7 +338,9 @@ def test_parallel_attention_mlp_model_gpt_neox(tokenizer, task):
     edges = ["input->a0.h0<q>", "a0.h1->a1.h0<k>", "m0->a1.h2<v>", "a1.h0->logits", "a0.h2->m1", "input->m0"]
     exact = exact_patching(model, task, data, ctx(), edges=torch.tensor([g.index_of(e) for e in edges]), edges_per_pass=4)
     for edge in edges:
-        hand = (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        hand = (
+            (plain_metric(model, batch.clean, batch, logit_diff) - patched_metric(model, batch, logit_diff, edge)).mean().item()
+        )
         assert exact[edge] == pytest.approx(hand, rel=1e-7, abs=1e-9), edge
 
 
@@ -326,7 +358,11 @@ def test_exact_patching_shortcuts_leave_scores_unchanged(arch, metric, tokenizer
         model = tiny_model64
     else:
         model = tiny_llama(n_layers=3, n_heads=4, n_kv_heads=2, d_model=32, dtype=torch.float64, tokenizer=tokenizer)
-    assert fastpaths._projected_inputs_ok(model) and fastpaths._skipping_is_exact(model) and fastpaths._plain_attention_is_close(model)
+    assert (
+        fastpaths._projected_inputs_ok(model)
+        and fastpaths._skipping_is_exact(model)
+        and fastpaths._plain_attention_is_close(model)
+    )
     shortcut = task.answer_logits_metric() if metric == "logit_diff" else task.answer_probs_metric()
     assert fastpaths._unembed_columns_ok(model) and shortcut is not None and fastpaths._last_mlp_ok(model)
     data = data_for(model)
@@ -387,7 +423,9 @@ def test_answer_metric_equals_the_metric_of_the_full_logits(tiny_model, metric):
     assert (t.answer_logits_metric() is not None) == (metric in ("logit_diff", "logit"))
     assert (t.answer_probs_metric() is not None) == (metric in ("prob_diff", "logprob"))
     full = t.metric(engine.answer_logits(tiny_model, final, batch.last), batch)
-    assert torch.allclose(engine.answer_metric(tiny_model, final, batch, t.metric), full, rtol=0, atol=float_tol(tiny_model, full.abs().max()))
+    assert torch.allclose(
+        engine.answer_metric(tiny_model, final, batch, t.metric), full, rtol=0, atol=float_tol(tiny_model, full.abs().max())
+    )
 
 
 @pytest.mark.parametrize("gain", [0.0, 1.0, 30.0, 3000.0])
@@ -477,4 +515,6 @@ def test_positions_per_pass_from_the_run_config(tiny_model_dir, tmp_path):
     chunked = run(cfg(positions_per_pass=3), tmp_path / "chunked")
     plain = run(cfg(), tmp_path / "plain")
     assert chunked.status == plain.status == "complete" and chunked.meta["config"]["positions_per_pass"] == 3
-    torch.testing.assert_close(chunked.scores.values, plain.scores.values, rtol=1e-5, atol=1e-6 * float(plain.scores.values.abs().max()))
+    torch.testing.assert_close(
+        chunked.scores.values, plain.scores.values, rtol=1e-5, atol=1e-6 * float(plain.scores.values.abs().max())
+    )

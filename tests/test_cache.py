@@ -287,9 +287,16 @@ def test_a_changed_plugin_or_core_source_misses_the_cache(tiny_model, tmp_path, 
     # circuitkit's own source is part of every key, read once per process.
     root = Path(cache.__file__).parent
     assert cache.core_code_hash() == cache.source_hash(cache._py_files(root), root)
-    assert {"engine/gradient.py", "engine/masking.py", "engine/wiring.py", "attribution.py", "model.py", "interventions.py", "graph.py", "data.py"} <= {
-        p.relative_to(root).as_posix() for p in cache._py_files(root)
-    }
+    assert {
+        "engine/gradient.py",
+        "engine/masking.py",
+        "engine/wiring.py",
+        "attribution.py",
+        "model.py",
+        "interventions.py",
+        "graph.py",
+        "data.py",
+    } <= {p.relative_to(root).as_posix() for p in cache._py_files(root)}
     monkeypatch.setattr(cache, "core_code_hash", lambda: "edited")
     _, hit = lookup(tmp_path, method(), tiny_model, task, data)
     assert not hit

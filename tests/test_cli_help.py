@@ -31,7 +31,13 @@ def test_help_shows_groups_choices_options_and_examples(tmp_path):
     text = p.stdout
     assert "powered by Hydra" not in text and text.startswith(f"circuitkit {metadata.version('circuitkit')}:")
     registry = get_registry()
-    for kind, group in (("methods", "method"), ("tasks", "task"), ("selectors", "selector"), ("evaluators", "evaluator"), ("reporters", "reporter")):
+    for kind, group in (
+        ("methods", "method"),
+        ("tasks", "task"),
+        ("selectors", "selector"),
+        ("evaluators", "evaluator"),
+        ("reporters", "reporter"),
+    ):
         line = group_line(text, group)
         for name in registry.kinds[kind].names():
             assert name in line, (group, name)
@@ -39,7 +45,14 @@ def test_help_shows_groups_choices_options_and_examples(tmp_path):
     assert "eap_ig*" in group_line(text, "method") and "top_n*" in group_line(text, "selector")  # the defaults
     assert "faithfulness*" in group_line(text, "evaluator") and "faithfulness_curve*" in group_line(text, "evaluator")
     assert "bundled*" in group_line(text, "model") and "patching*" in group_line(text, "intervention")
-    for option in ("selector.target=0.85", "selector.n_edges=N", "task.n_examples=64", "method.ig_steps=5", "batch_size=16", "seed=0"):
+    for option in (
+        "selector.target=0.85",
+        "selector.n_edges=N",
+        "task.n_examples=64",
+        "method.ig_steps=5",
+        "batch_size=16",
+        "seed=0",
+    ):
         assert f"  {option} " in text or f"  {option}\n" in text, option
     assert "Examples:" in text and "python -m circuitkit -m method=eap,eap_ig" in text and "--hydra-help" in text
     # -h is the same, and a blocked plugin's components are left out.
@@ -52,7 +65,10 @@ def test_version_shows_circuitkit_dependencies_and_plugins_with_their_distributi
     p = cli("--version", pythonpath=tmp_path)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].startswith(f"circuitkit {metadata.version('circuitkit')} (python ") and f"torch {metadata.version('torch')}" in lines[0]
+    assert (
+        lines[0].startswith(f"circuitkit {metadata.version('circuitkit')} (python ")
+        and f"torch {metadata.version('torch')}" in lines[0]
+    )
     assert "Hydra" not in lines[0]
     builtin = next(line for line in lines if line.startswith(f"  circuitkit {metadata.version('circuitkit')}: "))
     assert all(n in builtin for n in ("eap_ig", "top_n", "faithfulness_curve"))

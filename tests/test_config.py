@@ -81,14 +81,18 @@ def test_model_presets_come_from_conf():
 def test_every_preset_composes_and_the_command_line_wins(monkeypatch, tmp_path):
     names = run_presets()
     assert {"mib", "paper/method", "paper/ioi", "paper/greater_than"} <= set(names)
-    assert names == sorted(str(p.relative_to(ROOT / "conf" / "preset").with_suffix("")) for p in (ROOT / "conf" / "preset").rglob("*.yaml"))
+    assert names == sorted(
+        str(p.relative_to(ROOT / "conf" / "preset").with_suffix("")) for p in (ROOT / "conf" / "preset").rglob("*.yaml")
+    )
     monkeypatch.chdir(tmp_path)  # the presets are found through the package, from any directory
     for name in names:
         run = to_objects(compose([f"preset={name}"]))
         assert isinstance(run, RunConfig), name
     mib = to_objects(compose(["preset=mib"]))
     curve = mib.evaluator["faithfulness_curve"]
-    assert curve.cpr_signed is True and curve.unit == "percent" and list(curve.budgets) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    assert (
+        curve.cpr_signed is True and curve.unit == "percent" and list(curve.budgets) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    )
     paper = to_objects(compose(["preset=paper/sva"]))
     assert (paper.model.name, paper.method.name, paper.method.ig_steps, paper.method.ig_points) == ("gpt2", "eap_ig", 5, "left")
     assert (paper.task.name, paper.task.metric, paper.selector.name, paper.selector.target) == ("sva", "prob_diff", "top_n", 0.85)
@@ -120,10 +124,28 @@ BAD_OPTIONS = [
     ("selectors", "top_n", "selector", {"n_nodes": 2, "n_neurons": 3}, "set selector.n_nodes or selector.n_neurons, not both"),
     ("selectors", "greedy", "selector", {"n_edges": -2}, "selector.n_edges must be a non-negative integer, got -2"),
     ("selectors", "threshold", "selector", {"threshold": math.inf}, "selector.threshold must be a finite number"),
-    ("evaluators", "faithfulness_curve", "evaluator.faithfulness_curve", {"unit": "bits"}, "evaluator.faithfulness_curve.unit must be one of"),
-    ("evaluators", "faithfulness_curve", "evaluator.faithfulness_curve", {"budgets": [0.0]}, "budgets must be percentages in (0, 100]"),
+    (
+        "evaluators",
+        "faithfulness_curve",
+        "evaluator.faithfulness_curve",
+        {"unit": "bits"},
+        "evaluator.faithfulness_curve.unit must be one of",
+    ),
+    (
+        "evaluators",
+        "faithfulness_curve",
+        "evaluator.faithfulness_curve",
+        {"budgets": [0.0]},
+        "budgets must be percentages in (0, 100]",
+    ),
     ("evaluators", "stability", "evaluator.stability", {"seeds": -1}, "evaluator.stability.seeds must be a whole number >= 0"),
-    ("evaluators", "transfer", "evaluator.transfer", {"n_examples": 0}, "evaluator.transfer.n_examples must be a positive number"),
+    (
+        "evaluators",
+        "transfer",
+        "evaluator.transfer",
+        {"n_examples": 0},
+        "evaluator.transfer.n_examples must be a positive number",
+    ),
     ("reporters", "pictures", "reporter.pictures", {"formats": ["gif"]}, "reporter.pictures.formats must be a non-empty list"),
     ("tasks", "ioi", "task", {"orders": ["ABAB"]}, "task.orders=['ABAB'] for IOI: use ABBA and/or BABA"),
     ("tasks", "greater_than", "task", {"templates": [99]}, "greater_than has templates 0.."),
@@ -142,7 +164,9 @@ def _override(value):
     return "inf" if value == math.inf else str(value)
 
 
-@pytest.mark.parametrize(("kind", "name", "prefix", "options", "message"), BAD_OPTIONS, ids=[f"{b[1]}-{next(iter(b[3]))}" for b in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    ("kind", "name", "prefix", "options", "message"), BAD_OPTIONS, ids=[f"{b[1]}-{next(iter(b[3]))}" for b in BAD_OPTIONS]
+)
 def test_a_bad_option_gives_the_same_error_from_ck_build_and_the_command_lines_config(kind, name, prefix, options, message):
     with pytest.raises(ConfigError) as api:
         ck.build(kind, name, **options)

@@ -19,7 +19,12 @@ class _CustomTaskFile:
     @classmethod
     def ck_options(cls, tmp_path_factory):
         rows = [
-            {"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Anne gave a drink to", "correct": " Mary", "incorrect": " John"},
+            {
+                "clean": "When Mary and John went to the store, John gave a drink to",
+                "corrupted": "When Mary and John went to the store, Anne gave a drink to",
+                "correct": " Mary",
+                "incorrect": " John",
+            },
             {"clean": "The nurse said that", "corrupted": "The pilot said that", "correct": [" she"], "incorrect": [" he"]},
         ] * 3
         path = tmp_path_factory.mktemp("custom-task") / "data.jsonl"
@@ -41,7 +46,6 @@ class _Threshold:
 EXTRA_BASES = {("tasks", "custom"): (_CustomTaskFile,), ("selectors", "threshold"): (_Threshold,)}
 #: known contract violations: (kind, name, test) -> reason. Strict: fixing the plugin fails the xfail.
 KNOWN_VIOLATIONS: dict = {}
-
 
 
 def _expect_failure(test, reason):

@@ -10,7 +10,16 @@ from circuitkit import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["quickstart.md", "concepts.md", "configuration.md", "writing-plugins.md", "hooks.md", "results-format.md", "analysis.md", "uncertainty.md"]
+PAGES = [
+    "quickstart.md",
+    "concepts.md",
+    "configuration.md",
+    "writing-plugins.md",
+    "hooks.md",
+    "results-format.md",
+    "analysis.md",
+    "uncertainty.md",
+]
 
 
 def gen_reference():
@@ -68,7 +77,9 @@ def test_analysis_page_example_runs_and_matches_the_functions(capsys):
     assert [r["n_edges"] for r in ns["rows"]] == [10, 20, 50]
     assert ns["rows"][2]["edge_iou"] == pytest.approx(ns["ov"]["edge_iou"])  # the same 50-edge circuits
     curve = ns["curve"]
-    assert curve.values["cpr"] == pytest.approx(analysis.cpr(ns["x"], ns["f"])) and curve.values["cmd"] == pytest.approx(analysis.cmd(ns["x"], ns["f"]))
+    assert curve.values["cpr"] == pytest.approx(analysis.cpr(ns["x"], ns["f"])) and curve.values["cmd"] == pytest.approx(
+        analysis.cmd(ns["x"], ns["f"])
+    )
     assert len(out) == 1 + 1 + 3 + 1 and out[0].startswith("Pearson ") and out[-1].startswith("CPR ")
     assert all(math.isfinite(r["faithfulness_eap"]) for r in ns["rows"])
 

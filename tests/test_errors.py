@@ -145,7 +145,8 @@ def test_csv_without_a_required_column(tokenizer, tmp_path):
 def test_length_mismatch_names_the_example(tokenizer):
     bad = Example("Kabul, the capital of", "Paris, the capital of", (" Afghanistan",), (" France",))
     with pytest.raises(
-        CircuitkitError, match=r"example 1 \(clean='Kabul, the capital of'.* has clean and corrupted prompts that tokenize to different lengths \(7 vs 6 tokens\)"
+        CircuitkitError,
+        match=r"example 1 \(clean='Kabul, the capital of'.* has clean and corrupted prompts that tokenize to different lengths \(7 vs 6 tokens\)",
     ):
         tokenize_examples("hand", [GOOD, bad], tokenizer)
 
@@ -153,7 +154,8 @@ def test_length_mismatch_names_the_example(tokenizer):
 def test_multi_token_answer_names_the_example(tokenizer):
     bad = Example("The nurse said that", "The pilot said that", (" Ouagadougou",), (" he",))
     with pytest.raises(
-        CircuitkitError, match=r"example 0 .* has answers that are not single tokens of this tokenizer \(' Ouagadougou'\): ' Ouagadougou' -> \['ĠOu', "
+        CircuitkitError,
+        match=r"example 0 .* has answers that are not single tokens of this tokenizer \(' Ouagadougou'\): ' Ouagadougou' -> \['ĠOu', ",
     ):
         tokenize_examples("hand", [bad], tokenizer)
 
@@ -270,7 +272,8 @@ def test_unknown_dtype():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
 def test_n_devices_without_cuda():
     with pytest.raises(
-        ConfigError, match=r"model.n_devices=2 splits the model over 2 GPUs, but CUDA is not available.*Leave model.n_devices unset"
+        ConfigError,
+        match=r"model.n_devices=2 splits the model over 2 GPUs, but CUDA is not available.*Leave model.n_devices unset",
     ):
         ck.load_model("bundled", n_devices=2)
 
@@ -278,7 +281,9 @@ def test_n_devices_without_cuda():
 def test_n_devices_more_than_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ConfigError, match=r"model.n_devices=4 .* this machine has 1 CUDA device\(s\). Use model.n_devices=1 or fewer"):
+    with pytest.raises(
+        ConfigError, match=r"model.n_devices=4 .* this machine has 1 CUDA device\(s\). Use model.n_devices=1 or fewer"
+    ):
         ck.load_model("bundled", n_devices=4)
 
 
@@ -291,7 +296,10 @@ def test_n_devices_not_a_positive_integer(n):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"device_map": "auto", "device": "cpu"}, r"model.device_map='auto' and model.device=cpu both say where the model goes.*Leave model.device at auto"),
+        (
+            {"device_map": "auto", "device": "cpu"},
+            r"model.device_map='auto' and model.device=cpu both say where the model goes.*Leave model.device at auto",
+        ),
         ({"n_devices": 2, "device": "cuda:0"}, r"model.n_devices=2 and model.device=cuda:0 both say where the model goes"),
         ({"device_map": "auto", "n_devices": 2}, r"both say where the model goes; set one of them"),
     ],
@@ -336,7 +344,8 @@ def test_dispatched_model_that_did_not_fit_on_the_gpus(tokenizer, offload):
     m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=len(tokenizer)))
     m.hf_device_map = {"transformer.wte": 0, "transformer.h.0": 0, "transformer.ln_f": offload, "lm_head": offload}
     with pytest.raises(
-        ModelLoadError, match=rf"does not fit on the GPUs it was given: the device map put 2 module\(s\) on {offload}.*model.n_devices=N"
+        ModelLoadError,
+        match=rf"does not fit on the GPUs it was given: the device map put 2 module\(s\) on {offload}.*model.n_devices=N",
     ):
         ck.bridge_model(m, tokenizer)
 
@@ -589,5 +598,7 @@ def test_unknown_intervention_and_level_on_the_command_line(tiny_model_dir, tmp_
     )
     assert "selector.n_nodes=<k>" in one_clear_line(p)
     assert_refused_before_computation(tmp_path / "c")
-    p = cli(f"model.name={tiny_model_dir}", "method=eap", "selector=greedy", "method.level=neuron", f"hydra.run.dir={tmp_path / 'd'}")
+    p = cli(
+        f"model.name={tiny_model_dir}", "method=eap", "selector=greedy", "method.level=neuron", f"hydra.run.dir={tmp_path / 'd'}"
+    )
     assert "greedy selects edges, but method.level=neuron" in one_clear_line(p)

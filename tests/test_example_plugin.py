@@ -97,12 +97,35 @@ def test_cli_runs_the_example_plugin_and_config_blocks_a_broken_plugin(example_s
     """``python -m circuitkit`` with the example's method and task (and options overridden), while another
     installed plugin is broken and blocked with ``plugins.block`` on the command line."""
     broken = tmp_path / "broken"
-    write_distribution(broken, "ck-test-broken", {BROKEN_PLUGIN: "ck_test_broken_mod"}, {"ck_test_broken_mod": "raise ImportError('deliberately broken')\n"})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example_site), str(broken)]), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    write_distribution(
+        broken,
+        "ck-test-broken",
+        {BROKEN_PLUGIN: "ck_test_broken_mod"},
+        {"ck_test_broken_mod": "raise ImportError('deliberately broken')\n"},
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(example_site), str(broken)]),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+    }
     out = tmp_path / "run"
     args = [
-        sys.executable, "-m", "circuitkit", "method=eap_corrupted", "method.alpha=0.5", "task=repeat_word", "task.repeats=3",
-        "task.n_examples=6", "task.metric=answer_margin", "intervention=halfway", f"model.name={tiny_model_dir}", "selector.n_edges=20", "progress=false", "cache=false",
+        sys.executable,
+        "-m",
+        "circuitkit",
+        "method=eap_corrupted",
+        "method.alpha=0.5",
+        "task=repeat_word",
+        "task.repeats=3",
+        "task.n_examples=6",
+        "task.metric=answer_margin",
+        "intervention=halfway",
+        f"model.name={tiny_model_dir}",
+        "selector.n_edges=20",
+        "progress=false",
+        "cache=false",
         f"hydra.run.dir={out}",
     ]
     p = subprocess.run([*args, f"plugins.block=[{BROKEN_PLUGIN}]"], capture_output=True, text=True, env=env, timeout=300)

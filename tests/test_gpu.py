@@ -96,7 +96,9 @@ def test_bfloat16_model_on_the_gpu_ranks_edges_like_float32(tiny_model_dir):
         model = ck.load_model(tiny_model_dir, device="cuda", dtype=dtype)
         assert model.dtype == getattr(torch, dtype)
         data = task.build(model.tokenizer)
-        scores[dtype] = ck.build("methods", "eap").attribute(model, task, data, ck.RunContext(batch_size=4, progress=False)).values
+        scores[dtype] = (
+            ck.build("methods", "eap").attribute(model, task, data, ck.RunContext(batch_size=4, progress=False)).values
+        )
     a, b = scores["float32"].double(), scores["bfloat16"].double()
     assert torch.isfinite(b).all()
     assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.98
@@ -119,7 +121,14 @@ def test_device_map_on_one_gpu(tiny_model_dir, on_cpu):
 
 
 def test_a_model_split_between_a_gpu_and_the_cpu_is_refused_clearly(tiny_model_dir):
-    device_map = {"transformer.wte": 0, "transformer.wpe": 0, "transformer.drop": 0, "transformer.h": "cpu", "transformer.ln_f": 0, "lm_head": 0}
+    device_map = {
+        "transformer.wte": 0,
+        "transformer.wpe": 0,
+        "transformer.drop": 0,
+        "transformer.h": "cpu",
+        "transformer.ln_f": 0,
+        "lm_head": 0,
+    }
     with pytest.raises(ck.CircuitkitError, match="some modules on the CPU and others on GPUs"):
         ck.load_model(tiny_model_dir, device_map=device_map)
 
@@ -132,9 +141,21 @@ def test_main_job_on_the_gpu_matches_the_cpu(tmp_path):
     for device in ("auto", "cpu"):
         out = tmp_path / device
         p = subprocess.run(
-            [sys.executable, "-m", "circuitkit", "method=eap_ig", "task=greater_than", f"model.device={device}", "cache=false",
-             "progress=false", f"hydra.run.dir={out}"],
-            capture_output=True, text=True, env=env, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "circuitkit",
+                "method=eap_ig",
+                "task=greater_than",
+                f"model.device={device}",
+                "cache=false",
+                "progress=false",
+                f"hydra.run.dir={out}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
         assert p.returncode == 0, p.stderr
         results[device] = (json.loads((out / "results.json").read_text()), json.loads((out / "circuit.json").read_text()))

@@ -26,8 +26,16 @@ from circuitkit.results import Circuit, Scores
 TASK = HandTask(ck.TaskConfig(name="hand", metric="logit_diff"))
 # Edges of every kind: into q, k and v inputs (first and second layer), MLPs and the logits.
 NAMED = [
-    "input->a0.h0<q>", "input->a0.kv0<k>", "input->a0.kv1<v>", "a0.h1->a1.kv0<k>", "m0->a1.kv1<v>",
-    "a0.h3->a1.kv0<v>", "m0->a1.h3<q>", "a0.h2->m1", "a1.h0->logits", "input->logits",
+    "input->a0.h0<q>",
+    "input->a0.kv0<k>",
+    "input->a0.kv1<v>",
+    "a0.h1->a1.kv0<k>",
+    "m0->a1.kv1<v>",
+    "a0.h3->a1.kv0<v>",
+    "m0->a1.h3<q>",
+    "a0.h2->m1",
+    "a1.h0->logits",
+    "input->logits",
 ]
 
 
@@ -42,7 +50,15 @@ def test_gqa_graph_layout_names_and_edge_count():
     g = Graph(2, 4, n_kv_heads=2)
     assert (g.n_kv, g.group_size, g.grouped) == (2, 2, True)
     assert g.destination_names[:9] == [
-        "a0.h0<q>", "a0.h1<q>", "a0.h2<q>", "a0.h3<q>", "a0.kv0<k>", "a0.kv1<k>", "a0.kv0<v>", "a0.kv1<v>", "m0",
+        "a0.h0<q>",
+        "a0.h1<q>",
+        "a0.h2<q>",
+        "a0.h3<q>",
+        "a0.kv0<k>",
+        "a0.kv1<k>",
+        "a0.kv0<v>",
+        "a0.kv1<v>",
+        "m0",
     ]
     assert g.destination_names[-1] == "logits" and g.dst_per_layer == 9 and g.n_destinations == 19
     # layer 0: 8 head inputs x 1 source + MLP 5; layer 1: 8 x 6 + MLP 10; logits 11
@@ -85,9 +101,19 @@ def test_multi_head_graph_is_unchanged():
     g = Graph(1, 2)
     assert g.destination_names == ["a0.h0<q>", "a0.h1<q>", "a0.h0<k>", "a0.h1<k>", "a0.h0<v>", "a0.h1<v>", "m0", "logits"]
     assert g.edge_names == [
-        "input->a0.h0<q>", "input->a0.h1<q>", "input->a0.h0<k>", "input->a0.h1<k>", "input->a0.h0<v>",
-        "input->a0.h1<v>", "input->m0", "input->logits", "a0.h0->m0", "a0.h0->logits", "a0.h1->m0",
-        "a0.h1->logits", "m0->logits",
+        "input->a0.h0<q>",
+        "input->a0.h1<q>",
+        "input->a0.h0<k>",
+        "input->a0.h1<k>",
+        "input->a0.h0<v>",
+        "input->a0.h1<v>",
+        "input->m0",
+        "input->logits",
+        "a0.h0->m0",
+        "a0.h0->logits",
+        "a0.h1->m0",
+        "a0.h1->logits",
+        "m0->logits",
     ]
     assert g.to_dict() == {"n_layers": 1, "n_heads": 2, "parallel_attn_mlp": False}
     assert g.dst_node.tolist() == [1, 2, 1, 2, 1, 2, 3, 4] and not g.grouped
@@ -260,7 +286,9 @@ def test_eap_is_the_derivative_of_exact_patching(llama, data):
 def test_an_intervention_without_positions_refuses_position_groups_clearly(llama, data):
     c = ctx(intervention=_Toward(eps=0.5))
     c.positions_per_pass = 2
-    with pytest.raises(ck.CircuitkitError, match=r"positions_per_pass needs the intervention's values\(model, batch, positions\)"):
+    with pytest.raises(
+        ck.CircuitkitError, match=r"positions_per_pass needs the intervention's values\(model, batch, positions\)"
+    ):
         ck.build("methods", "eap").attribute(llama, TASK, data, c)
 
 
@@ -299,7 +327,10 @@ def test_zero_and_mean_ablation(llama, data):
         removed = iv.values(llama, batch)
         for edge in edges:
             src = g.source_names.index(edge.split("->")[0])
-            hand = (plain_metric(llama, batch.clean, batch, logit_diff) - patched_metric(llama, batch, logit_diff, edge, removed=removed[src])).mean()
+            hand = (
+                plain_metric(llama, batch.clean, batch, logit_diff)
+                - patched_metric(llama, batch, logit_diff, edge, removed=removed[src])
+            ).mean()
             assert s[edge] == pytest.approx(hand.item(), rel=1e-7, abs=1e-10), (iv.kind, edge)
 
 
@@ -381,4 +412,3 @@ def test_drawing_a_gqa_circuit(tmp_path):
     assert "a0.h1->a1.kv1<v>" in c.edge_names
     paths = draw_circuit(c, tmp_path / "c.png")
     assert paths[0].stat().st_size > 0
-

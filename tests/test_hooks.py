@@ -39,7 +39,9 @@ class EchoConfig(TaskConfig):
 class EchoTask(Task):
     def generate(self, tokenizer, split):
         for _ in range(self.config.n_examples):
-            yield Example("When Mary and John left, John thanked", "When Mary and John left, Anne thanked", (self.config.word,), (" John",))
+            yield Example(
+                "When Mary and John left, John thanked", "When Mary and John left, Anne thanked", (self.config.word,), (" John",)
+            )
 
 
 class FirstEdges(Selector):
@@ -70,7 +72,9 @@ def registry_with(hook, register):
 
 
 def check_methods(reg, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path):
-    s = reg.methods.build("ck_const", {"value": 2.5}).attribute(ck_tiny_model, ck_tiny_task, ck_tiny_data, RunContext(progress=False))
+    s = reg.methods.build("ck_const", {"value": 2.5}).attribute(
+        ck_tiny_model, ck_tiny_task, ck_tiny_data, RunContext(progress=False)
+    )
     assert s.meta["method"] == "ck_const" and float(s.values[0]) == 2.5
 
 
@@ -154,13 +158,48 @@ def check_interventions(reg, ck_tiny_model, ck_tiny_task, ck_tiny_data, tmp_path
 
 #: hook -> (kind, name, the hook implementation, its check)
 CASES = {
-    "circuitkit_register_methods": ("methods", "ck_const", lambda registry: registry.add("ck_const", ConstMethod, ConstConfig), check_methods),
-    "circuitkit_register_tasks": ("tasks", "ck_echo", lambda registry: registry.add("ck_echo", EchoTask, EchoConfig), check_tasks),
-    "circuitkit_register_selectors": ("selectors", "ck_first", lambda registry: registry.add("ck_first", FirstEdges, ConstConfig), check_selectors),
-    "circuitkit_register_evaluators": ("evaluators", "ck_count", lambda registry: registry.add("ck_count", CountEdges, ConstConfig), check_evaluators),
-    "circuitkit_register_reporters": ("reporters", "ck_file", lambda registry: registry.add("ck_file", FileReporter, ConstConfig), check_reporters),
-    "circuitkit_register_metrics": ("metrics", "ck_best", lambda registry: registry.add("ck_best", BestAnswerLogit), check_metrics),
-    "circuitkit_register_interventions": ("interventions", "ck_scaled", lambda registry: registry.add("ck_scaled", Scaled), check_interventions),
+    "circuitkit_register_methods": (
+        "methods",
+        "ck_const",
+        lambda registry: registry.add("ck_const", ConstMethod, ConstConfig),
+        check_methods,
+    ),
+    "circuitkit_register_tasks": (
+        "tasks",
+        "ck_echo",
+        lambda registry: registry.add("ck_echo", EchoTask, EchoConfig),
+        check_tasks,
+    ),
+    "circuitkit_register_selectors": (
+        "selectors",
+        "ck_first",
+        lambda registry: registry.add("ck_first", FirstEdges, ConstConfig),
+        check_selectors,
+    ),
+    "circuitkit_register_evaluators": (
+        "evaluators",
+        "ck_count",
+        lambda registry: registry.add("ck_count", CountEdges, ConstConfig),
+        check_evaluators,
+    ),
+    "circuitkit_register_reporters": (
+        "reporters",
+        "ck_file",
+        lambda registry: registry.add("ck_file", FileReporter, ConstConfig),
+        check_reporters,
+    ),
+    "circuitkit_register_metrics": (
+        "metrics",
+        "ck_best",
+        lambda registry: registry.add("ck_best", BestAnswerLogit),
+        check_metrics,
+    ),
+    "circuitkit_register_interventions": (
+        "interventions",
+        "ck_scaled",
+        lambda registry: registry.add("ck_scaled", Scaled),
+        check_interventions,
+    ),
 }
 
 

@@ -65,7 +65,9 @@ def test_uncached_hub_model_fails_at_once_without_a_download_attempt(tmp_path, m
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(ModelLoadError, match=r"cannot be reached .* not in the local Hugging Face cache.*model.name=/path/to/DIR"):
+    with pytest.raises(
+        ModelLoadError, match=r"cannot be reached .* not in the local Hugging Face cache.*model.name=/path/to/DIR"
+    ):
         load_model("gpt2", device="cpu")
     assert probes == [1] and calls == []  # one probe, no download (and so no retries)
 
@@ -104,8 +106,16 @@ def test_cached_hub_model_loads_when_the_hub_cannot_be_reached(tiny_model_dir, t
 def test_cli_with_a_hub_name_and_no_network_gives_one_line_at_once(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_HUB_CACHE=str(tmp_path / "empty-cache"), HF_ENDPOINT=closed_port_url(), WANDB_MODE="disabled")
-    p = subprocess.run([sys.executable, "-m", "circuitkit", "model=gpt2", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "circuitkit", "model=gpt2", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 1
     lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("circuitkit: error: Could not load 'gpt2': the Hugging Face Hub cannot be reached"), p.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "circuitkit: error: Could not load 'gpt2': the Hugging Face Hub cannot be reached"
+    ), p.stderr
     assert "model.name=/path/to/DIR" in lines[0] and "Retrying" not in p.stderr

@@ -153,7 +153,10 @@ def test_evaluation_matches_hand_hooked_reference(fam, kind):
     removed = removed_values(model, data, batch, kind)
     for i, c in enumerate(circuits):
         want = reference_metric(model, batch, task.metric, removed, keeps[i])
-        assert ev.circuit_values[i].tolist() == pytest.approx(want.tolist(), abs=tol(model, float(want.abs().max()))), (kind, c.n_edges)
+        assert ev.circuit_values[i].tolist() == pytest.approx(want.tolist(), abs=tol(model, float(want.abs().max()))), (
+            kind,
+            c.n_edges,
+        )
 
 
 @pytest.mark.parametrize("fam", PLAIN, indirect=True)

@@ -21,7 +21,9 @@ GOOD = empty_selector_plugin("ck_test_nothing")
 def third_party(tmp_path):
     """Two fake installed distributions: a working plugin and one that fails to import."""
     write_distribution(tmp_path, "ck-test-good", {"ck_test_good": "ck_test_good_mod"}, {"ck_test_good_mod": GOOD})
-    write_distribution(tmp_path, "ck-test-bad", {"ck_test_bad": "ck_test_bad_mod"}, {"ck_test_bad_mod": "import ck_no_such_module\n"})
+    write_distribution(
+        tmp_path, "ck-test-bad", {"ck_test_bad": "ck_test_bad_mod"}, {"ck_test_bad_mod": "import ck_no_such_module\n"}
+    )
     with on_sys_path(tmp_path, modules=("ck_test_good_mod", "ck_test_bad_mod")):
         yield tmp_path
 
@@ -42,7 +44,13 @@ def test_lists_every_plugin_with_its_components_and_distribution(capsys):
         for name, entry in reg.entries.items():
             p = plugins[entry.plugin]
             assert name in p["components"][reg.group] and p["distribution"] == entry.distribution, (kind, name)
-    assert plugins["eap"] == {**plugins["eap"], "distribution": "circuitkit", "status": "ok", "components": {"method": ["eap"]}, "module": "circuitkit_plugins.eap"}
+    assert plugins["eap"] == {
+        **plugins["eap"],
+        "distribution": "circuitkit",
+        "status": "ok",
+        "components": {"method": ["eap"]},
+        "module": "circuitkit_plugins.eap",
+    }
 
 
 def test_text_output(capsys):
@@ -56,7 +64,11 @@ def test_third_party_and_broken_plugins(third_party, capsys):
     code, out = listing(capsys)
     plugins = {p["name"]: p for p in out["plugins"]}
     good, bad = plugins["ck_test_good"], plugins["ck_test_bad"]
-    assert (good["distribution"], good["version"], good["components"]) == ("ck-test-good", "0.1", {"selector": ["ck_test_nothing"]})
+    assert (good["distribution"], good["version"], good["components"]) == (
+        "ck-test-good",
+        "0.1",
+        {"selector": ["ck_test_nothing"]},
+    )
     assert bad["status"] == "error" and "ck_no_such_module" in bad["error"]
     assert plugins["eap"]["status"] == "ok"  # one broken plugin does not hide the others
     assert code == 1 and not out["registry"]["ok"] and f"{BLOCK_ENV}=ck_test_bad" in out["registry"]["status"]
@@ -87,8 +99,12 @@ def test_pipeline_honours_plugins_block(tmp_path):
     from circuitkit.pipeline import run
 
     cfg = {
-        "method": {"name": "eap"}, "task": {"name": "greater_than", "n_examples": 4}, "selector": {"name": "top_n", "n_edges": 10},
-        "evaluator": {}, "progress": False, "plugins": {"block": ["eap"]},
+        "method": {"name": "eap"},
+        "task": {"name": "greater_than", "n_examples": 4},
+        "selector": {"name": "top_n", "n_edges": 10},
+        "evaluator": {},
+        "progress": False,
+        "plugins": {"block": ["eap"]},
     }
     with pytest.raises(ConfigError, match="Unknown method: 'eap'"):
         run(cfg, tmp_path, model=object())  # components are built (and fail) before the model is used

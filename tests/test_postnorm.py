@@ -38,9 +38,20 @@ def _gemma2_with_biases(path):
     tok = gpt2_tokenizer()
     torch.manual_seed(5)
     cfg = Gemma2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, initializer_range=0.1, attention_bias=True,
-        final_logit_softcapping=5.0, query_pre_attn_scalar=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        attention_bias=True,
+        final_logit_softcapping=5.0,
+        query_pre_attn_scalar=16,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     model = Gemma2ForCausalLM(cfg)
     _randomise(model, torch.Generator().manual_seed(6))
@@ -195,7 +206,9 @@ def test_head_to_logits_and_mlp_edges_patch_the_share_difference(fam):
         diff = ref_shares(ref, corr_cap, layer) - ref_shares(ref, clean_cap, layer)
         for h in range(g.n_heads):
             logits, _ = ref_run(ref, batch.clean, pre={ref.model.norm: lambda x, d=diff[:, :, h]: x + d})
-            assert scores[f"a{layer}.h{h}->logits"] == pytest.approx(float((clean_metric - metric_of(fam, logits)).mean()), abs=tol)
+            assert scores[f"a{layer}.h{h}->logits"] == pytest.approx(
+                float((clean_metric - metric_of(fam, logits)).mean()), abs=tol
+            )
             if layer == 0:
                 logits, _ = ref_run(ref, batch.clean, pre={mlp_input_module(ref, 1): lambda x, d=diff[:, :, h]: x + d})
                 assert scores[f"a0.h{h}->m1"] == pytest.approx(float((clean_metric - metric_of(fam, logits)).mean()), abs=tol)
@@ -234,7 +247,9 @@ def test_node_patching_replaces_the_heads_share(fam):
     output, the other heads keeping theirs: the reference adds the share difference after the post-norm."""
     model, ref, batch = fam.model, fam.ref, fam.batch
     g = model.graph
-    nodes = ck.build("methods", "patching", level="node").attribute(model, fam.task, fam.data, ck.RunContext(batch_size=8, progress=False))
+    nodes = ck.build("methods", "patching", level="node").attribute(
+        model, fam.task, fam.data, ck.RunContext(batch_size=8, progress=False)
+    )
     node = dict(zip(g.source_names, nodes.nodes.tolist()))
     clean_logits, clean_cap = ref_run(ref, batch.clean)
     _, corr_cap = ref_run(ref, batch.corrupted)
@@ -253,7 +268,9 @@ def test_neuron_level_gradient_is_the_gradient_at_the_normed_output(fam):
     (autograd on the reference model), per output dimension."""
     model, ref, batch = fam.model, fam.ref, fam.batch
     g = model.graph
-    scores = ck.build("methods", "eap", level="neuron").attribute(model, fam.task, fam.data, ck.RunContext(batch_size=8, progress=False))
+    scores = ck.build("methods", "eap", level="neuron").attribute(
+        model, fam.task, fam.data, ck.RunContext(batch_size=8, progress=False)
+    )
     _, clean_cap = ref_run(ref, batch.clean)
     _, corr_cap = ref_run(ref, batch.corrupted)
     box = {}
@@ -410,7 +427,9 @@ def _logit_scaled(family):
     tok = gpt2_tokenizer()
     torch.manual_seed(31)
     if family == "granite":  # logits divided by logits_scaling; residual and embedding multipliers too
-        cfg = GraniteConfig(**_llama_like(tok, num_key_value_heads=2), logits_scaling=4.0, residual_multiplier=0.5, embedding_multiplier=3.0)
+        cfg = GraniteConfig(
+            **_llama_like(tok, num_key_value_heads=2), logits_scaling=4.0, residual_multiplier=0.5, embedding_multiplier=3.0
+        )
         hf = GraniteForCausalLM(cfg)
     else:  # logits multiplied by logit_scale
         hf = CohereForCausalLM(CohereConfig(**_llama_like(tok, num_key_value_heads=2), logit_scale=0.25))
@@ -459,5 +478,8 @@ def test_a_post_attention_norm_other_than_rmsnorm_is_refused(monkeypatch):
     model = bridge_model(hf, tok, name="g2", device="cpu")
     norm = model.bridge.blocks[1].ln1_post
     monkeypatch.setattr(type(norm), "uses_rms_norm", property(lambda self: False))
-    with pytest.raises(ModelLoadError, match="before it joins the residual stream; circuitkit splits such a normed output between the heads for RMSNorm only"):
+    with pytest.raises(
+        ModelLoadError,
+        match="before it joins the residual stream; circuitkit splits such a normed output between the heads for RMSNorm only",
+    ):
         _check_post_norms(model.bridge, "g2", "Gemma2ForCausalLM", model.graph.n_layers)

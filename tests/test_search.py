@@ -90,7 +90,9 @@ def setup(tiny_model):
 
 def fresh_faithfulness(model, task, data, circuits):
     """Faithfulness of each circuit, evaluated without any cache, in one sweep."""
-    ev = evaluate_keeps(model, task, data, torch.stack([c.keep_dense() for c in circuits]), ck.RunContext(batch_size=5, progress=False))
+    ev = evaluate_keeps(
+        model, task, data, torch.stack([c.keep_dense() for c in circuits]), ck.RunContext(batch_size=5, progress=False)
+    )
     return [ev.faithfulness(m) for m in ev.circuits]
 
 
@@ -126,10 +128,14 @@ def test_unreachable_target_keeps_the_most_faithful_circuit_and_says_so(setup, c
     model, task, data, scores = setup
     ctx = ck.RunContext(batch_size=4, progress=False, scores=scores)
     with caplog.at_level("WARNING", logger="circuitkit"):
-        circuit = ck.build("selectors", "top_n", target=5.0, search_budgets=[10, 50]).select_in_run(scores, model, task, data, ctx)
+        circuit = ck.build("selectors", "top_n", target=5.0, search_budgets=[10, 50]).select_in_run(
+            scores, model, task, data, ctx
+        )
     rec = circuit.selection
     best = max(rec["evaluated"], key=lambda r: r["faithfulness"])
-    assert not rec["reached"] and rec["requested_edges"] == best["requested_edges"] and rec["faithfulness"] == best["faithfulness"]
+    assert (
+        not rec["reached"] and rec["requested_edges"] == best["requested_edges"] and rec["faithfulness"] == best["faithfulness"]
+    )
     assert "no evaluated size reaches faithfulness 5" in rec["note"] and f"n={best['requested_edges']}" in rec["note"]
     assert [r.getMessage() for r in caplog.records] == [f"selector top_n: {rec['note']}"]
 
@@ -166,7 +172,9 @@ def test_evaluation_cache_gives_the_uncached_numbers_and_runs_each_circuit_once(
     runs, masked = [], []
     real_sources, real_masked = engine.run_sources, engine.masked_metric
     monkeypatch.setattr(engine, "run_sources", lambda *a, **k: runs.append(1) or real_sources(*a, **k))
-    monkeypatch.setattr(engine, "masked_metric", lambda m, b, f, r, keep, **k: masked.append(keep.shape[0]) or real_masked(m, b, f, r, keep, **k))
+    monkeypatch.setattr(
+        engine, "masked_metric", lambda m, b, f, r, keep, **k: masked.append(keep.shape[0]) or real_masked(m, b, f, r, keep, **k)
+    )
     cache = EvaluationCache()
     ctx = ck.RunContext(batch_size=3, progress=False, evaluations=cache)
     batches = math.ceil(len(data) / 3)
@@ -186,7 +194,9 @@ def test_evaluation_cache_gives_the_uncached_numbers_and_runs_each_circuit_once(
     # Another batch size or data is another entry: nothing is shared with it.
     other = evaluate_keeps(model, task, data, keeps[:1], ck.RunContext(batch_size=4, progress=False, evaluations=cache))
     assert len(runs) == batches + math.ceil(len(data) / 4)
-    assert other.circuits[0] == pytest.approx(plain.circuits[0], abs=float_tol(model, max(abs(plain.clean), abs(plain.corrupted))))
+    assert other.circuits[0] == pytest.approx(
+        plain.circuits[0], abs=float_tol(model, max(abs(plain.clean), abs(plain.corrupted)))
+    )
 
 
 def test_evaluation_cache_over_its_memory_limit_recomputes_the_batches(setup, monkeypatch):
@@ -224,11 +234,25 @@ def test_default_run_reports_the_smallest_circuit_the_curve_and_cpr(tiny_model_d
     assert curve["values"]["edges_for_target"] is not None and curve["values"]["cpr"] is not None
     lines = [line for line in p.stdout.splitlines() if line.startswith("circuitkit: ")]
     pct = 100 * sel["fraction_of_graph"]
-    assert f"circuitkit: smallest circuit reaching faithfulness 0.5: {sel['edges_in_circuit']:,} of {sel['edges_in_graph']:,} edges ({pct:.2g}% of the graph; top_n n_edges={sel['requested_edges']})" in p.stdout
-    assert any(line.startswith("circuitkit: faithfulness curve (edge budget: faithfulness) 0.1%:") and "CPR " in line and "CMD " in line for line in lines)
+    assert (
+        f"circuitkit: smallest circuit reaching faithfulness 0.5: {sel['edges_in_circuit']:,} of {sel['edges_in_graph']:,} edges ({pct:.2g}% of the graph; top_n n_edges={sel['requested_edges']})"
+        in p.stdout
+    )
+    assert any(
+        line.startswith("circuitkit: faithfulness curve (edge budget: faithfulness) 0.1%:") and "CPR " in line and "CMD " in line
+        for line in lines
+    )
     # A fixed size stays available, without a search.
     out2 = tmp_path / "fixed"
-    p = cli(f"model.name={tiny_model_dir}", "task.n_examples=8", "progress=false", "selector=top_n", "selector.n_edges=20", "evaluator=[faithfulness]", f"hydra.run.dir={out2}")
+    p = cli(
+        f"model.name={tiny_model_dir}",
+        "task.n_examples=8",
+        "progress=false",
+        "selector=top_n",
+        "selector.n_edges=20",
+        "evaluator=[faithfulness]",
+        f"hydra.run.dir={out2}",
+    )
     assert p.returncode == 0, p.stderr
     results = json.loads((out2 / "results.json").read_text())
     assert "selection" not in results and 0 < results["edges_in_circuit"] <= 20 and "smallest circuit" not in p.stdout

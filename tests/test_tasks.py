@@ -13,8 +13,13 @@ from circuitkit.errors import ConfigError, DataError
 
 GENERATED = ["ioi", "greater_than", "gender_pronoun", "sva", "hypernymy", "country_capital", "induction"]
 METRICS = {
-    "ioi": "logit_diff", "greater_than": "prob_diff", "gender_pronoun": "logit_diff", "sva": "prob_diff",
-    "hypernymy": "prob_diff", "country_capital": "prob_diff", "induction": "logit",
+    "ioi": "logit_diff",
+    "greater_than": "prob_diff",
+    "gender_pronoun": "logit_diff",
+    "sva": "prob_diff",
+    "hypernymy": "prob_diff",
+    "country_capital": "prob_diff",
+    "induction": "logit",
 }
 TOKENIZER_DIR = Path(circuitkit.__file__).parent / "zoo" / "gpt2-tokenizer"
 
@@ -186,10 +191,18 @@ def _custom(path: Path, tok):  # noqa: ANN001
 
 def test_custom_reads_jsonl_and_csv(tmp_path, gpt2_tok):
     rows = [
-        {"clean": "When Mary and John went out, John gave it to", "corrupted": "When Mary and John went out, Tom gave it to",
-         "correct": " Mary", "incorrect": " John"},
-        {"clean": "The keys to the cabinet", "corrupted": "The key to the cabinet", "correct": [" are", " were"],
-         "incorrect": [" is", " was"]},
+        {
+            "clean": "When Mary and John went out, John gave it to",
+            "corrupted": "When Mary and John went out, Tom gave it to",
+            "correct": " Mary",
+            "incorrect": " John",
+        },
+        {
+            "clean": "The keys to the cabinet",
+            "corrupted": "The key to the cabinet",
+            "correct": [" are", " were"],
+            "incorrect": [" is", " was"],
+        },
     ]
     jl = tmp_path / "d.jsonl"
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -233,7 +246,11 @@ def test_custom_length_mismatch_names_the_row(tmp_path, gpt2_tok):
 
 def test_custom_multi_token_answer_names_the_row(tmp_path, gpt2_tok):
     path = tmp_path / "multi.csv"
-    path.write_text("clean,corrupted,correct,incorrect\nThe key to the cabinet,The keys to the cabinet, is, are\n"
-                    "The key to the cabinet,The keys to the cabinet, is certainly, are\n")
-    with pytest.raises(DataError, match=r"multi\.csv, line 3 .* has answers that are not single tokens of this tokenizer \(' is certainly'\)"):
+    path.write_text(
+        "clean,corrupted,correct,incorrect\nThe key to the cabinet,The keys to the cabinet, is, are\n"
+        "The key to the cabinet,The keys to the cabinet, is certainly, are\n"
+    )
+    with pytest.raises(
+        DataError, match=r"multi\.csv, line 3 .* has answers that are not single tokens of this tokenizer \(' is certainly'\)"
+    ):
         _custom(path, gpt2_tok)

@@ -110,8 +110,14 @@ def _year_range(style: str, piece: str, century: int) -> tuple[int, int]:
 
 
 EXPECTED_SPLIT = {
-    "gpt2": "two-digit", "llama2": "one-digit", "llama2-legacy": "one-digit", "gemma": "one-digit",
-    "llama3": "three-digit", "qwen2": "one-digit", "word": "whole-year", "char": "one-digit",
+    "gpt2": "two-digit",
+    "llama2": "one-digit",
+    "llama2-legacy": "one-digit",
+    "gemma": "one-digit",
+    "llama3": "three-digit",
+    "qwen2": "one-digit",
+    "word": "whole-year",
+    "char": "one-digit",
 }
 
 
@@ -184,7 +190,9 @@ def test_unknown_tokens_are_dropped_and_counted():
         last = max(i for i, e in enumerate(stream) if isinstance(e, Example) and e == data.examples[-1])
         assert last + 1 == len(data) + data.n_dropped
         assert sum(isinstance(e, Rejected) for e in stream[: last + 1]) == sum(
-            n for r, n in data.drop_counts.items() if r not in (UNKNOWN_TOKEN, NOT_SINGLE_TOKENS, DIFFERENT_LENGTHS, IDENTICAL_PAIR)
+            n
+            for r, n in data.drop_counts.items()
+            if r not in (UNKNOWN_TOKEN, NOT_SINGLE_TOKENS, DIFFERENT_LENGTHS, IDENTICAL_PAIR)
         )
 
 
@@ -212,7 +220,9 @@ class _AllRejected(Task):
 
 def test_empty_result_messages_name_what_happened():
     tok = styles.build("word")
-    with pytest.raises(DataError, match=r"only 0 usable examples .*; the task generated no candidates for task.split='test'\.") as e:
+    with pytest.raises(
+        DataError, match=r"only 0 usable examples .*; the task generated no candidates for task.split='test'\."
+    ) as e:
         _Nothing(TaskConfig(name="nothing", min_examples=0)).build(tok)  # min_examples=0 still needs one example
     assert "nothing." not in str(e.value).split(";")[1][:10] and "lower task.min_examples" not in str(e.value)
     with pytest.raises(
@@ -268,8 +278,15 @@ def test_cli_greater_than_on_a_qwen_style_model(tmp_path):
     tiny_llama(n_layers=2, tokenizer=tok, save_to=model_dir)
     out = tmp_path / "run"
     p = _cli(
-        f"model.name={model_dir}", "method=eap", "task=greater_than", "task.n_examples=8", "selector.n_edges=20",
-        "evaluator=[faithfulness]", "pictures=false", "progress=false", f"hydra.run.dir={out}",
+        f"model.name={model_dir}",
+        "method=eap",
+        "task=greater_than",
+        "task.n_examples=8",
+        "selector.n_edges=20",
+        "evaluator=[faithfulness]",
+        "pictures=false",
+        "progress=false",
+        f"hydra.run.dir={out}",
     )
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

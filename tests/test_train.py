@@ -14,7 +14,20 @@ def run(out):
     threads = torch.get_num_threads()  # training sets one thread for the process; put it back
     try:
         train.main(
-            ["--out", str(out), "--steps", "3", "--tasks", "ioi,induction", "--pool", "60", "--eval-examples", "16", "--eval-every", "0"]
+            [
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--tasks",
+                "ioi,induction",
+                "--pool",
+                "60",
+                "--eval-examples",
+                "16",
+                "--eval-every",
+                "0",
+            ]
         )
     finally:
         torch.set_num_threads(threads)

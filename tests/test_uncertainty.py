@@ -36,7 +36,9 @@ def test_stderr_equals_single_example_runs(hand, method, options, settings):
     scores = ck.build("methods", method, **options).attribute(model, task, data, ctx)
     single = []
     for i in range(len(data)):
-        one = ck.build("methods", method, **options).attribute(model, task, data.subset([i]), ck.RunContext(batch_size=1, progress=False))
+        one = ck.build("methods", method, **options).attribute(
+            model, task, data.subset([i]), ck.RunContext(batch_size=1, progress=False)
+        )
         single.append(one.values)
     per = torch.stack(single)  # [n, E]
     n = per.shape[0]
@@ -99,7 +101,10 @@ def test_interval_narrows_with_more_examples_and_is_seeded():
     x = torch.randn(400, generator=gen, dtype=torch.float64)
     a = unc.metric_intervals(x[:25], x[:25] * 0, x[:25][None], cfg, seed=3)
     b = unc.metric_intervals(x, x * 0, x[None], cfg, seed=3)
-    wa, wb = (lambda m: m.interval(m.clean)[1] - m.interval(m.clean)[0])(a), (lambda m: m.interval(m.clean)[1] - m.interval(m.clean)[0])(b)
+    wa, wb = (
+        (lambda m: m.interval(m.clean)[1] - m.interval(m.clean)[0])(a),
+        (lambda m: m.interval(m.clean)[1] - m.interval(m.clean)[0])(b),
+    )
     assert wb < wa / 2.5  # sd/sqrt(n): 4x = sqrt(16) narrower, with slack for sampling
     again = unc.metric_intervals(x, x * 0, x[None], cfg, seed=3)
     assert again.interval(again.clean) == b.interval(b.clean)
@@ -132,7 +137,9 @@ def test_faithfulness_result_carries_per_example_values_and_intervals(hand):
     assert lo <= res.values["faithfulness"] <= hi and hi > lo
     assert res.interval_info["level"] == 0.95
     # per-example faithfulness from these values, recomputed independently of the evaluator
-    f = (np.mean(per["circuit_metric"]) - np.mean(per["corrupted_metric"])) / (np.mean(per["clean_metric"]) - np.mean(per["corrupted_metric"]))
+    f = (np.mean(per["circuit_metric"]) - np.mean(per["corrupted_metric"])) / (
+        np.mean(per["clean_metric"]) - np.mean(per["corrupted_metric"])
+    )
     assert f == pytest.approx(res.values["faithfulness"], rel=1e-9)
 
 
@@ -190,7 +197,9 @@ def test_stability_of_eap_from_per_example_scores(hand):
     ctx.attributor = ck.build("methods", "eap")
     ctx.scores = ctx.attributor.attribute(model, task, data, ctx)
     circuit = ck.build("selectors", "top_n", n_edges=15).select(ctx.scores)
-    res = ck.build("evaluators", "stability", resamples=5, seeds=0, inclusion_resamples=100).evaluate(model, task, data, circuit, ctx)
+    res = ck.build("evaluators", "stability", resamples=5, seeds=0, inclusion_resamples=100).evaluate(
+        model, task, data, circuit, ctx
+    )
     assert 0.0 <= res.values["jaccard_resample_min"] <= res.values["jaccard_resample_mean"] <= 1.0
     rows = res.tables["inclusion"]
     assert len(rows) == circuit.n_edges and all(0.0 <= r["inclusion_frequency"] <= 1.0 for r in rows)
@@ -216,7 +225,9 @@ def test_transfer_to_its_own_task_equals_its_faithfulness(transfer_setup):
     own = ck.build("evaluators", "faithfulness").evaluate(model, task, data, circuit, ck.RunContext(batch_size=3, progress=False))
     rows = {r["task"]: r for r in res.tables["transfer"]}
     tol = float_tol(model, abs(own.values["clean_metric"]) + abs(own.values["corrupted_metric"]))
-    assert rows["greater_than"]["faithfulness"] == pytest.approx(own.values["faithfulness"], abs=tol / abs(own.values["clean_metric"] - own.values["corrupted_metric"]))
+    assert rows["greater_than"]["faithfulness"] == pytest.approx(
+        own.values["faithfulness"], abs=tol / abs(own.values["clean_metric"] - own.values["corrupted_metric"])
+    )
     assert res.values["faithfulness_on_greater_than"] == rows["greater_than"]["faithfulness"]
 
 
@@ -225,7 +236,9 @@ def test_transfer_to_another_task_is_that_tasks_faithfulness(transfer_setup):
     model, _, _, _, circuit, res = transfer_setup
     sva = ck.build("tasks", "sva", n_examples=8)
     sva_data = sva.build(model.tokenizer)
-    ref = ck.build("evaluators", "faithfulness").evaluate(model, sva, sva_data, circuit, ck.RunContext(batch_size=5, progress=False))
+    ref = ck.build("evaluators", "faithfulness").evaluate(
+        model, sva, sva_data, circuit, ck.RunContext(batch_size=5, progress=False)
+    )
     row = next(r for r in res.tables["transfer"] if r["task"] == "sva")
     assert row["n_examples"] == len(sva_data) and row["metric"] == sva.config.metric
     scale = abs(ref.values["clean_metric"]) + abs(ref.values["corrupted_metric"])

@@ -60,13 +60,17 @@ def _byte_level(digits: str, specials: list[str], vocab_size: int) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(BYTE_SPLIT.replace(r"\p{N}{1,3}", digits)), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BYTE_SPLIT.replace(r"\p{N}{1,3}", digits)), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer)
@@ -79,12 +83,14 @@ def _sentencepiece(prepend: bool, vocab_size: int) -> Any:
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence(([normalizers.Prepend("▁")] if prepend else []) + [normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("▁", behavior="merged_with_next"), pre_tokenizers.Digits(individual_digits=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("▁", behavior="merged_with_next"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        + ([decoders.Strip(" ", 1, 0)] if prepend else [])
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()] + ([decoders.Strip(" ", 1, 0)] if prepend else [])
     )
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SP_SPECIALS, show_progress=False)
     tok.train_from_iterator(corpus(), trainer)
@@ -133,9 +139,40 @@ def build(style: str) -> Any:
 
 #: Words a partial word-level vocabulary lacks: half the female names, some professions, capitals, hyponyms.
 PARTIAL = frozenset(
-    ["Mary", "Anna", "Lisa", "Sarah", "Laura", "Emma", "Alice", "Kate", "Jane", "Rachel", "Emily", "Jessica",
-     "Julia", "Grace", "Helen", "Susan", "Karen", "Linda", "Nancy", "Lucy", "nurse", "secretary", "plumber",
-     "Kabul", "Paris", "Berlin", "Tokyo", "rubies", "emeralds", "apples", "dogs", "guitars"]
+    [
+        "Mary",
+        "Anna",
+        "Lisa",
+        "Sarah",
+        "Laura",
+        "Emma",
+        "Alice",
+        "Kate",
+        "Jane",
+        "Rachel",
+        "Emily",
+        "Jessica",
+        "Julia",
+        "Grace",
+        "Helen",
+        "Susan",
+        "Karen",
+        "Linda",
+        "Nancy",
+        "Lucy",
+        "nurse",
+        "secretary",
+        "plumber",
+        "Kabul",
+        "Paris",
+        "Berlin",
+        "Tokyo",
+        "rubies",
+        "emeralds",
+        "apples",
+        "dogs",
+        "guitars",
+    ]
 )
 
 

@@ -189,7 +189,9 @@ def _contraction(
             per_example[:n_up, cols] += weight * pe
             scores[:n_up, cols] += weight * pe.sum(-1)
             return
-        columns = g.permute(2, 0, 1, 3).reshape(width, -1).to(flat.device).T if slot.per_head else g.reshape(-1, 1).to(flat.device)
+        columns = (
+            g.permute(2, 0, 1, 3).reshape(width, -1).to(flat.device).T if slot.per_head else g.reshape(-1, 1).to(flat.device)
+        )
         scores[:n_up, cols] += weight * _contract(flat, n_up, columns)
 
     return _grad_hook(on_grad, copy=not slot.per_head)

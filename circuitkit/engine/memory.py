@@ -25,7 +25,18 @@ def buffer_bytes(model: CircuitModel, batch: int, positions: int, dtype: torch.d
 #: machine, or to try the out-of-memory advice on a small machine).
 MEMORY_LIMIT_ENV = "CIRCUITKIT_MEMORY_LIMIT"
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def memory_limit() -> int | None:
@@ -40,7 +51,9 @@ def memory_limit() -> int | None:
     if m is None or m.group(2).lower() not in _UNITS:
         from circuitkit.errors import ConfigError
 
-        raise ConfigError(f"{MEMORY_LIMIT_ENV}={raw!r} is not a memory size: give bytes or a number with a unit (512MiB, 2GiB, 1.5GB).")
+        raise ConfigError(
+            f"{MEMORY_LIMIT_ENV}={raw!r} is not a memory size: give bytes or a number with a unit (512MiB, 2GiB, 1.5GB)."
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 

@@ -51,7 +51,9 @@ def new_source_buffer(
 
 
 @torch.no_grad()
-def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False, positions: slice | None = None) -> SourceRun:
+def run_sources(
+    model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool = False, positions: slice | None = None
+) -> SourceRun:
     """Forward without autograd, keeping every source's output ``[n_sources, batch, pos, d]`` (and, with
     ``keep_resid``, the residual stream entering every layer), all on ``model.device``. With ``positions``
     the source outputs are kept at those positions only."""
@@ -61,6 +63,7 @@ def run_sources(model: CircuitModel, tokens: torch.Tensor, *, keep_resid: bool =
     resid: list[torch.Tensor] = []
     home = model.device
     if keep_resid:
+
         def keep(t: torch.Tensor, hook: object) -> torch.Tensor:
             resid.append(t.detach().to(home))
             return t

@@ -176,7 +176,11 @@ class Wiring:
             if on_grad is not None:
                 if slot.role == "input":
                     raise ValueError("the input's gradient is read where the pass makes the embeddings a leaf")
-                out += head_output_grad_hooks(model, slot.layer, on_grad) if slot.role == "heads" else [(slot.hook, _on_grad(on_grad))]
+                out += (
+                    head_output_grad_hooks(model, slot.layer, on_grad)
+                    if slot.role == "heads"
+                    else [(slot.hook, _on_grad(on_grad))]
+                )
         if read is not None:
             for slot in self.destination_slots(start_layer):
                 fn = read(slot)

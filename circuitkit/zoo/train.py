@@ -221,7 +221,14 @@ def answer_logits(model: Any, x: torch.Tensor, last: torch.Tensor, row: torch.Te
 
 # Eight frequencies for the position code: sum of cos(w d) is 8 at d = 0 and at most 2.6 for 1 <= d <= 64.
 POSITION_FREQS = (0.657, 0.898, 1.075, 1.374, 1.451, 1.707, 1.794, 2.959)
-INDUCTION_INIT: dict[str, Any] = {"amplitude": 0.3, "prev_gain": 3.0, "emb_std": 0.1, "match_gain": 3.0, "copy_gain": 3.0, "heads": 4}
+INDUCTION_INIT: dict[str, Any] = {
+    "amplitude": 0.3,
+    "prev_gain": 3.0,
+    "emb_std": 0.1,
+    "match_gain": 3.0,
+    "copy_gain": 3.0,
+    "heads": 4,
+}
 
 
 def position_code(n_positions: int, amplitude: float) -> torch.Tensor:

@@ -39,9 +39,30 @@ from circuitkit_plugins.tasks._common import check_split
 from circuitkit.api import ConfigError, DataError, Example, Rejected, Task, TaskConfig, encode, hookimpl, show_tokens
 
 NOUNS = [
-    "war", "expedition", "contract", "deal", "project", "pilgrimage", "voyage", "campaign", "siege",
-    "reign", "journey", "famine", "drought", "strike", "trial", "truce", "rebellion", "occupation",
-    "construction", "plague", "alliance", "partnership", "tour", "dynasty",
+    "war",
+    "expedition",
+    "contract",
+    "deal",
+    "project",
+    "pilgrimage",
+    "voyage",
+    "campaign",
+    "siege",
+    "reign",
+    "journey",
+    "famine",
+    "drought",
+    "strike",
+    "trial",
+    "truce",
+    "rebellion",
+    "occupation",
+    "construction",
+    "plague",
+    "alliance",
+    "partnership",
+    "tour",
+    "dynasty",
 ]
 TEMPLATES = [
     "The {noun} lasted from the year {start} to the year {century}",
@@ -97,27 +118,30 @@ class Style:
 
 STYLES = (
     Style(
-        "two-digit", " {century}",
+        "two-digit",
+        " {century}",
         "the two-digit token after the century ('00'..'99')",
         "probability of the two-digit tokens greater than the start year's minus that of those less than or equal to it",
     ),
     Style(
-        "one-digit", " {century}",
+        "one-digit",
+        " {century}",
         "the decade digit after the century ('0'..'9')",
         "probability of the decade digits greater than the start year's decade minus that of the smaller ones "
         "(the start decade itself, which could be later or earlier, counts for neither)",
     ),
     Style(
-        "three-digit", " ",
+        "three-digit",
+        " ",
         "the three-digit token of the century and decade after 'the year ' (for 1732: '170'..'179')",
         "probability of the century-and-decade tokens of later decades than the start year's minus that of "
         "earlier decades (the start decade itself counts for neither)",
     ),
     Style(
-        "whole-year", "",
+        "whole-year",
+        "",
         "the year token after 'the year' (' 1700'..' 1799')",
-        "probability of the years of the century greater than the start year minus that of those less than or "
-        "equal to it",
+        "probability of the years of the century greater than the start year minus that of those less than or equal to it",
     ),
 )
 
@@ -159,9 +183,7 @@ class YearSplit:
 
     def style(self) -> tuple[Style | None, dict[str, int]]:
         """The style most of the years 1100-1999 split as (None if none does), and how many fit each."""
-        counts = {
-            s.name: sum(self.fits(s, c, yy) for c in CENTURIES for yy in range(100)) for s in STYLES
-        }
+        counts = {s.name: sum(self.fits(s, c, yy) for c in CENTURIES for yy in range(100)) for s in STYLES}
         best = max(STYLES, key=lambda s: counts[s.name])  # ties: the first in STYLES
         return (best if counts[best.name] else None), counts
 

@@ -26,16 +26,28 @@ from circuitkit.api import Example, Rejected, Task, TaskConfig, answer_id, hooki
 # the answer set; a category with none left is not used.
 CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gems": ((" gems", " jewels", " gemstones"), ("rubies", "emeralds", "diamonds", "sapphires", "pearls", "opals")),
-    "fruits": ((" fruits", " fruit"), ("apples", "bananas", "oranges", "grapes", "pears", "cherries", "peaches", "plums", "lemons", "mangoes")),
-    "vegetables": ((" vegetables", " veggies"), ("carrots", "potatoes", "onions", "peas", "beans", "lettuce", "spinach", "broccoli")),
-    "animals": ((" animals", " mammals", " creatures"), ("dogs", "cats", "horses", "cows", "pigs", "sheep", "goats", "rabbits", "lions", "tigers", "wolves", "deer")),
+    "fruits": (
+        (" fruits", " fruit"),
+        ("apples", "bananas", "oranges", "grapes", "pears", "cherries", "peaches", "plums", "lemons", "mangoes"),
+    ),
+    "vegetables": (
+        (" vegetables", " veggies"),
+        ("carrots", "potatoes", "onions", "peas", "beans", "lettuce", "spinach", "broccoli"),
+    ),
+    "animals": (
+        (" animals", " mammals", " creatures"),
+        ("dogs", "cats", "horses", "cows", "pigs", "sheep", "goats", "rabbits", "lions", "tigers", "wolves", "deer"),
+    ),
     "birds": ((" birds",), ("eagles", "sparrows", "owls", "parrots", "ducks", "hawks", "crows", "pigeons", "geese", "swans")),
     "instruments": ((" instruments",), ("guitars", "pianos", "violins", "drums", "flutes", "trumpets", "cellos", "harps")),
     "vehicles": ((" vehicles",), ("cars", "trucks", "buses", "bicycles", "motorcycles", "vans", "tractors")),
     "tools": ((" tools",), ("hammers", "saws", "drills", "wrenches", "screwdrivers", "pliers", "chisels")),
     "metals": ((" metals",), ("iron", "copper", "zinc", "tin", "nickel", "aluminum")),
     "weapons": ((" weapons", " arms"), ("swords", "guns", "spears", "knives", "rifles", "daggers", "pistols")),
-    "clothes": ((" clothes", " clothing", " garments"), ("shirts", "pants", "hats", "socks", "jackets", "dresses", "coats", "skirts")),
+    "clothes": (
+        (" clothes", " clothing", " garments"),
+        ("shirts", "pants", "hats", "socks", "jackets", "dresses", "coats", "skirts"),
+    ),
     "flowers": ((" flowers",), ("roses", "tulips", "lilies", "daisies", "orchids", "violets")),
     "insects": ((" insects", " bugs"), ("ants", "bees", "flies", "beetles", "wasps", "mosquitoes", "moths")),
     "sports": ((" sports",), ("football", "tennis", "soccer", "golf", "hockey", "baseball", "basketball", "rugby")),

@@ -47,7 +47,9 @@ class EAPCorruptedConfig(PluginConfig):
         # a run creates every config before loading the model, so a bad value fails in a second.
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"method.alpha must be a number between 0 (corrupted input) and 1 (clean input, plain EAP), got {a!r}.")
+            raise ConfigError(
+                f"method.alpha must be a number between 0 (corrupted input) and 1 (clean input, plain EAP), got {a!r}."
+            )
 
 
 class EAPCorrupted(Attributor):
@@ -55,4 +57,6 @@ class EAPCorrupted(Attributor):
 
     def attribute(self, model: CircuitModel, task: Task, data: TaskData, ctx: RunContext) -> Scores:
         alpha = float(self.config.alpha)
-        return gradient_attribution(model, task, data, ctx, [alpha], method=self.config.name or "eap_corrupted", meta={"alpha": alpha})
+        return gradient_attribution(
+            model, task, data, ctx, [alpha], method=self.config.name or "eap_corrupted", meta={"alpha": alpha}
+        )
