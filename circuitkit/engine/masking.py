@@ -71,6 +71,29 @@ def _plan_group(keep: torch.Tensor, dst0: int, width: int, n_up: int, neurons: b
     return _GroupPlan(from_removed, edits)
 
 
+def _run_copies(
+    model: CircuitModel,
+    tokens: torch.Tensor,
+    copies: int,
+    hooks: list,
+    final_hook: Callable | None,
+    start_layer: int,
+    clean: SourceRun | None,
+    answer_at: torch.Tensor | None,
+) -> torch.Tensor:
+    """The final residual of ``copies`` stacked runs of ``tokens`` with ``hooks``, from layer ``start_layer``
+    on (the clean residual entering it, from ``clean.resid``, when it is not 0)."""
+    stacked = tokens.to(model.device).repeat(copies, 1)
+    with torch.no_grad():
+        if start_layer == 0:
+            return _forward(model, stacked, hooks, final_hook=final_hook, answer_at=answer_at)
+        assert clean is not None and clean.resid is not None
+        start = clean.resid[start_layer].repeat(copies, 1, 1)
+        return _forward(
+            model, stacked, hooks, final_hook=final_hook, start_at_layer=start_layer, resid=start, answer_at=answer_at
+        )
+
+
 def _masked_forward_sparse(
     model: CircuitModel,
     tokens: torch.Tensor,
@@ -180,21 +203,7 @@ def _masked_forward_sparse(
     hooks = wiring.hooks(
         model, write=lambda slot: put(slot.first, slot.role == "heads"), read=lambda slot: at[slot.first], start_layer=start_layer
     )
-    final = at[wiring.logits.first]
-    with torch.no_grad():
-        if start_layer == 0:
-            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final, answer_at=answer_at)
-        assert clean is not None and clean.resid is not None
-        start = clean.resid[start_layer].repeat(c, 1, 1)
-        return _forward(
-            model,
-            tokens.to(dev).repeat(c, 1),
-            hooks,
-            final_hook=final,
-            start_at_layer=start_layer,
-            resid=start,
-            answer_at=answer_at,
-        )
+    return _run_copies(model, tokens, c, hooks, at[wiring.logits.first], start_layer, clean, answer_at)
 
 
 def masked_forward(
@@ -329,21 +338,7 @@ def masked_forward(
         read=lambda slot: patch(slot.first, slot.width, slot.n_up, slot.per_head),
         start_layer=start_layer,
     )
-    final_patch = patch(g.dst_logits, 1, g.n_sources, False)
-    with torch.no_grad():
-        if start_layer == 0:
-            return _forward(model, tokens.to(dev).repeat(c, 1), hooks, final_hook=final_patch, answer_at=answer_at)
-        assert clean is not None and clean.resid is not None
-        start = clean.resid[start_layer].repeat(c, 1, 1)
-        return _forward(
-            model,
-            tokens.to(dev).repeat(c, 1),
-            hooks,
-            final_hook=final_patch,
-            start_at_layer=start_layer,
-            resid=start,
-            answer_at=answer_at,
-        )
+    return _run_copies(model, tokens, c, hooks, patch(g.dst_logits, 1, g.n_sources, False), start_layer, clean, answer_at)
 
 
 def masked_metric(
