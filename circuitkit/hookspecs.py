@@ -10,6 +10,7 @@ Example::
 
     from circuitkit.api import hookimpl
 
+
     @hookimpl
     def circuitkit_register_methods(registry):
         registry.add("mymethod", MyAttributor, MyConfig)
