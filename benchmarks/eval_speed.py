@@ -32,6 +32,7 @@ import time
 import torch
 
 import circuitkit as ck
+from circuitkit import evaluation
 from circuitkit.analysis import MIB_PERCENTAGES
 from circuitkit.evaluation import EvaluationCache, evaluate_keeps
 
@@ -137,6 +138,11 @@ def main() -> None:
     t_shared, _ = best_of(lambda: evaluate_keeps(model, task, data, endpoints, ctx), args.repeat)
     print(f"shared passes (clean + corrupted run of every batch): {t_shared:.3f} s = {t_shared / t_fwd:.2f}x")
 
+    stacked = f"{args.circuits_per_pass}"
+    if hasattr(evaluation, "copies_per_pass"):  # a checkout that limits stacking on a CPU says how many fit
+        stacked = (
+            f"at most {args.circuits_per_pass} ({min(args.circuits_per_pass, evaluation.copies_per_pass(model, batch))} fit)"
+        )
     results = {}
     for path in _paths(args.path):
         _set_path(path)
@@ -156,7 +162,7 @@ def main() -> None:
         results[path] = (ev_one, ev_curve)
         print(f"\n[{path}] one circuit of {n_one} edges ({100 * n_one / g.n_edges:.2f}% of the graph), beyond the shared passes: "
               f"{t_one:.3f} s = {t_one / t_fwd:.2f}x one bare forward")  # fmt: skip
-        print(f"[{path}] 10-point MIB curve ({', '.join(f'{p:g}' for p in MIB_PERCENTAGES)} %), {args.circuits_per_pass} circuits per pass, "
+        print(f"[{path}] 10-point MIB curve ({', '.join(f'{p:g}' for p in MIB_PERCENTAGES)} %), {stacked} circuits per pass, "
               f"in all: {t_curve:.3f} s = {t_curve / t_fwd:.2f}x one bare forward")  # fmt: skip
     if len(results) == 2:
         (a1, ac), (b1, bc) = results["dense"], results["sparse"]

@@ -2,7 +2,9 @@
 
 :func:`evaluate_keeps` evaluates many circuits in one sweep over the data: the clean and corrupted runs are
 done once per batch and the circuits are stacked along the batch dimension (``circuits_per_pass`` at a
-time), so a faithfulness curve costs little more than its masked passes.
+time; on a CPU at most as many as fit :data:`CPU_PASS_BYTES`), so a faithfulness curve costs little more
+than its masked passes. A circuit that keeps every edge is the clean run and one that keeps none the fully
+removed run: they take those runs' metrics and need no masked pass.
 
 :class:`EvaluationCache` (``ctx.evaluations``, set by the pipeline for each run) shares that work between
 the calls of one run: per batch the clean and corrupted metrics and the values removed edges carry (while
@@ -223,6 +225,41 @@ def _batch_state(model: CircuitModel, task: Task, batch: Any, ctx: RunContext, k
     return _BatchState(batch, removed, clean_metric.double().cpu(), corrupted_metric.double().cpu())
 
 
+#: On a CPU, the most bytes one stacked masked pass's per-head tensors (``[copies * batch, pos, heads,
+#: d_model]``) take. Stacking more circuits buys a CPU nothing (the matrix products of one batch already fill
+#: it), and a larger buffer is memory fresh from the operating system each time it is allocated (glibc maps
+#: allocations above 32 MiB anew, and every first touch of a page faults). On a GPU, where stacking fills the
+#: device, ``circuits_per_pass`` alone decides.
+CPU_PASS_BYTES = 32 * 2**20
+
+
+def copies_per_pass(model: CircuitModel, batch: Any) -> int:
+    """How many circuits a stacked masked pass of ``batch`` takes at most on ``model``'s device (see
+    :data:`CPU_PASS_BYTES`; unlimited off the CPU)."""
+    if model.device.type != "cpu":
+        return 2**62
+    b, p = batch.clean.shape
+    itemsize = torch.empty(0, dtype=model.dtype).element_size()
+    per_copy = b * p * model.graph.n_heads * model.d_model * itemsize
+    return max(1, CPU_PASS_BYTES // max(per_copy, 1))
+
+
+def _endpoints(model: CircuitModel, keeps: torch.Tensor, neurons: torch.Tensor | None) -> list[str | None]:
+    """Per circuit: ``"full"`` when it keeps every edge of the graph (and, with ``neurons``, every
+    dimension), ``"empty"`` when it keeps none, else None."""
+    valid = model.graph.valid.to(keeps.device)
+    out: list[str | None] = []
+    for i in range(keeps.shape[0]):
+        k = keeps[i][valid]
+        if bool((k == 0).all()):
+            out.append("empty")
+        elif bool((k == 1).all()) and (neurons is None or bool((neurons[i] == 1).all())):
+            out.append("full")
+        else:
+            out.append(None)
+    return out
+
+
 def evaluate_keeps(
     model: CircuitModel,
     task: Task,
@@ -257,8 +294,12 @@ def evaluate_keeps(
     if todo or entry is None or entry.clean is None:
         clean = torch.zeros(len(data), dtype=torch.float64)
         corrupted = torch.zeros(len(data), dtype=torch.float64)
-        sel_keeps = keeps[todo]
-        sel_neurons = None if neurons is None else neurons[todo]
+        # A circuit that keeps every edge is the clean run and one that keeps none the fully removed one: their
+        # values are the clean and corrupted metrics of each batch, no masked pass is run for them.
+        ends = _endpoints(model, keeps[todo], None if neurons is None else neurons[todo])
+        run = [j for j, end in enumerate(ends) if end is None]
+        sel_keeps = keeps[[todo[j] for j in run]]
+        sel_neurons = None if neurons is None else neurons[[todo[j] for j in run]]
         batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
         limit = cache.limit(model.device) if cache is not None else 0
         start_ex = 0
@@ -273,16 +314,20 @@ def evaluate_keeps(
             nb = len(state.clean)
             rows = slice(start_ex, start_ex + nb)
             clean[rows], corrupted[rows] = state.clean, state.corrupted
+            for j, end in enumerate(ends):
+                if end is not None:
+                    per_circuit[j, rows] = state.clean if end == "full" else state.corrupted
             removed = state.removed
-            for start in range(0, len(todo), circuits_per_pass):
-                chunk = sel_keeps[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+            step = min(circuits_per_pass, copies_per_pass(model, state.batch))
+            for start in range(0, len(run), step):
+                chunk = sel_keeps[start : start + step].to(device=model.device, dtype=removed.dtype)
                 dims = (
                     None
                     if sel_neurons is None
-                    else sel_neurons[start : start + circuits_per_pass].to(device=model.device, dtype=removed.dtype)
+                    else sel_neurons[start : start + step].to(device=model.device, dtype=removed.dtype)
                 )
                 vals = engine.masked_metric(model, state.batch, task.metric, removed, chunk, neurons=dims)
-                per_circuit[start : start + len(chunk), rows] = vals.double().cpu()
+                per_circuit[run[start : start + len(chunk)], rows] = vals.double().cpu()
             start_ex += nb
         if entry is not None:
             entry.clean, entry.corrupted = clean, corrupted

@@ -85,7 +85,8 @@ class FaithfulnessCurveConfig(PluginConfig):
         refine_steps: bisection rounds between budgets for ``edges_for_target`` (0: budgets only; null:
             until the answer is exact to one edge).
         refine_points: edge counts evaluated per round (one sweep over the data per round).
-        circuits_per_pass: circuits stacked in one forward pass (memory grows with it).
+        circuits_per_pass: the most circuits stacked in one forward pass (memory grows with it; on a CPU fewer
+            where their per-head tensors would pass ``circuitkit.evaluation.CPU_PASS_BYTES``).
     """
 
     budgets: list[float] = field(default_factory=lambda: list(MIB_PERCENTAGES))

@@ -35,7 +35,8 @@ class GreedyConfig(PluginConfig):
         search_budgets: with ``n_edges`` null: the sizes evaluated first, in percent of the graph's edges.
         refine_points: sizes evaluated per bisection round (one batched sweep over the data per round).
         refine_steps: bisection rounds; null: until the answer is exact to one edge.
-        circuits_per_pass: circuits stacked in one forward pass while searching (memory grows with it).
+        circuits_per_pass: the most circuits stacked in one forward pass while searching (memory grows with it; on
+            a CPU fewer where their per-head tensors would pass ``circuitkit.evaluation.CPU_PASS_BYTES``).
     """
 
     n_edges: int | None = None

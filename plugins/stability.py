@@ -64,7 +64,8 @@ class StabilityConfig(PluginConfig):
         inclusion_resamples: resamples for each edge's inclusion frequency (needs per-example scores).
         selector: selector that builds each variant's circuit; it must take ``n_edges`` (``top_n``, ``greedy``).
         absolute: select by ``|score|`` (True) or signed score.
-        circuits_per_pass: circuits stacked in one forward pass when the variants are evaluated.
+        circuits_per_pass: the most circuits stacked in one forward pass when the variants are evaluated (on a
+            CPU fewer where their per-head tensors would pass ``circuitkit.evaluation.CPU_PASS_BYTES``).
     """
 
     resamples: int = 10

@@ -179,3 +179,80 @@ def test_unknown_path_is_refused(fam):
     keep = Circuit.full(g).keep_dense()[None]
     with pytest.raises(ValueError, match="sparse, dense"):
         engine.masked_forward(model, batch.clean, torch.zeros(g.n_sources, *batch.clean.shape, model.d_model), keep, path="fast")
+
+
+@pytest.mark.parametrize("fam", PLAIN, indirect=True)
+@pytest.mark.parametrize("kind", ["patching", "zero"])
+def test_full_and_empty_circuits_take_the_clean_and_corrupted_runs(fam, kind, monkeypatch):
+    """A circuit that keeps every edge is the clean run and one that keeps none the fully removed run: their
+    values come from those runs with no masked pass, and equal the hand-hooked reference's; a circuit in
+    between still runs its masked pass."""
+    name, model, task, data = fam
+    g = model.graph
+    ctx = ck.RunContext(batch_size=len(data), progress=False)
+    if kind != "patching":
+        ctx.intervention = build_intervention(model, data, kind)
+    keeps = torch.stack([Circuit.full(g).keep_dense(), Circuit.empty(g).keep_dense(), random_keeps(g, (0.3,), seed=7)[0]])
+    passes = []
+    real = engine.masked_metric
+
+    def counted(model, batch, metric, removed, keep, **kw):
+        passes.append(keep.shape[0])
+        return real(model, batch, metric, removed, keep, **kw)
+
+    monkeypatch.setattr(engine, "masked_metric", counted)
+    ev = evaluate_keeps(model, task, data, keeps, ctx)
+    # one pass of the circuit in between (and, under ablation, the empty circuit's baseline run)
+    assert passes == ([1] if kind == "patching" else [1, 1])
+    batch = next(data.batches(len(data), model.pad_id))
+    removed = removed_values(model, data, batch, kind)
+    for i in range(3):
+        want = reference_metric(model, batch, task.metric, removed, keeps[i])
+        assert ev.circuit_values[i].tolist() == pytest.approx(want.tolist(), abs=tol(model, float(want.abs().max()))), i
+    assert ev.circuit_values[0].tolist() == ev.clean_values.tolist()
+    assert ev.circuit_values[1].tolist() == ev.corrupted_values.tolist()
+
+
+def test_a_circuit_keeping_every_edge_but_not_every_neuron_runs_its_pass(fam):
+    """With neuron masks, keeping every edge is not the clean run unless every dimension is kept too."""
+    name, model, task, data = fam
+    g = model.graph
+    ctx = ck.RunContext(batch_size=len(data), progress=False)
+    keeps = Circuit.full(g).keep_dense()[None].repeat(2, 1, 1)
+    dims = torch.ones(2, g.n_sources, model.d_model)
+    dims[1, 0, : model.d_model // 2] = 0  # half of the input node's dimensions removed
+    ev = evaluate_keeps(model, task, data, keeps, ctx, neurons=dims)
+    assert ev.circuit_values[0].tolist() == ev.clean_values.tolist()
+    batch = next(data.batches(len(data), model.pad_id))
+    removed = removed_values(model, data, batch, "patching")
+    want = engine.masked_metric(model, batch, task.metric, removed, keeps[1:].double(), neurons=dims[1:].double())[0]
+    assert ev.circuit_values[1].tolist() == pytest.approx(want.tolist(), abs=tol(model, float(want.abs().max())))
+    assert float((ev.circuit_values[1] - ev.clean_values).abs().max()) > 1e3 * tol(model, float(want.abs().max()))
+
+
+def test_stacking_on_a_cpu_follows_the_pass_budget_and_changes_no_value(fam, monkeypatch):
+    """On a CPU a stacked pass takes at most as many circuits as fit the per-pass budget; the values do not
+    depend on how many circuits share a pass."""
+    from circuitkit import evaluation
+
+    name, model, task, data = fam
+    g = model.graph
+    ctx = ck.RunContext(batch_size=len(data), progress=False)
+    keeps = random_keeps(g, (0.02, 0.2, 0.5, 0.8, 0.99), seed=8)
+    batch = next(data.batches(len(data), model.pad_id))
+    per_copy = batch.clean.numel() * g.n_heads * model.d_model * 8  # float64
+    assert evaluation.copies_per_pass(model, batch) == max(1, evaluation.CPU_PASS_BYTES // per_copy)
+    together = evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=8)
+    passes = []
+    real = engine.masked_metric
+
+    def counted(model, batch, metric, removed, keep, **kw):
+        passes.append(keep.shape[0])
+        return real(model, batch, metric, removed, keep, **kw)
+
+    monkeypatch.setattr(engine, "masked_metric", counted)
+    monkeypatch.setattr(evaluation, "CPU_PASS_BYTES", 2 * per_copy)
+    apart = evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=8)
+    assert passes == [2, 2, 1]
+    scale = float(together.circuit_values.abs().max())
+    assert float((apart.circuit_values - together.circuit_values).abs().max()) <= tol(model, scale)

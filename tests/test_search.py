@@ -180,11 +180,12 @@ def test_evaluation_cache_gives_the_uncached_numbers_and_runs_each_circuit_once(
     batches = math.ceil(len(data) / 3)
     first = evaluate_keeps(model, task, data, keeps[:2], ctx)
     assert len(runs) == batches and sum(masked) == 2 * batches
-    # Two new circuits, one seen, one repeated: only the two new ones run, and no corrupted run again.
+    # Two new circuits, one seen, one repeated: only the two new ones are evaluated, and no corrupted run again;
+    # the full circuit (keeps[3]) is the clean run: no masked pass.
     second = evaluate_keeps(model, task, data, torch.stack([keeps[2], keeps[1], keeps[3], keeps[3]]), ctx)
-    assert len(runs) == batches and sum(masked) == 4 * batches and cache.evaluated == 4 and cache.reused == 2
+    assert len(runs) == batches and sum(masked) == 3 * batches and cache.evaluated == 4 and cache.reused == 2
     third = evaluate_keeps(model, task, data, keeps, ctx)
-    assert sum(masked) == 4 * batches and cache.reused == 6
+    assert sum(masked) == 3 * batches and cache.reused == 6
     # Per-example sums in another order: float64 rounding of float32 metrics.
     tol = 8 * torch.finfo(torch.float64).eps * max(1.0, abs(plain.clean), abs(plain.corrupted))
     assert third.clean == pytest.approx(plain.clean, abs=tol) and third.corrupted == pytest.approx(plain.corrupted, abs=tol)
