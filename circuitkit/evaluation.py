@@ -302,6 +302,7 @@ def evaluate_keeps(
         sel_neurons = None if neurons is None else neurons[[todo[j] for j in run]]
         batches = (len(data) + ctx.batch_size - 1) // ctx.batch_size
         limit = cache.limit(model.device) if cache is not None else 0
+        buffers: dict = {}  # the masked passes' working memory, reused from one pass to the next
         start_ex = 0
         for b, batch in enumerate(progress(data.batches(ctx.batch_size, model.pad_id), ctx, total=batches, desc=desc)):
             state = entry.states.get(b) if entry is not None else None
@@ -326,7 +327,7 @@ def evaluate_keeps(
                     if sel_neurons is None
                     else sel_neurons[start : start + step].to(device=model.device, dtype=removed.dtype)
                 )
-                vals = engine.masked_metric(model, state.batch, task.metric, removed, chunk, neurons=dims)
+                vals = engine.masked_metric(model, state.batch, task.metric, removed, chunk, neurons=dims, buffers=buffers)
                 per_circuit[run[start : start + len(chunk)], rows] = vals.double().cpu()
             start_ex += nb
         if entry is not None:

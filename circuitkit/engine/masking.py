@@ -94,6 +94,19 @@ def _run_copies(
         )
 
 
+def _buffer(buffers: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor: the one kept in ``buffers[name]`` when it has this shape, dtype and device (a
+    run of passes then writes into memory it has touched before: a large tensor allocated anew is fresh from
+    the operating system each time, and the first write to each page of it faults), else a new one, kept
+    there."""
+    if buffers is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    t = buffers.get(name)
+    if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+        t = buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+    return t
+
+
 def _masked_forward_sparse(
     model: CircuitModel,
     tokens: torch.Tensor,
@@ -104,6 +117,7 @@ def _masked_forward_sparse(
     clean: SourceRun | None,
     kept_dims: torch.Tensor | None,
     answer_at: torch.Tensor | None = None,
+    buffers: dict | None = None,
 ) -> torch.Tensor:
     """:func:`masked_forward` at a cost that follows the circuit's size.
 
@@ -130,7 +144,7 @@ def _masked_forward_sparse(
     for pl in plans:
         read[[u for _, _, u, _ in pl.edits]] = True
     totals_read = {slot.n_up for slot, pl in zip(groups, plans, strict=True) if pl.from_removed}
-    diffs = torch.empty(g.n_sources, c, b, p, d, dtype=removed.dtype, device=dev) if bool(read.any()) else None
+    diffs = _buffer(buffers, "diffs", (g.n_sources, c, b, p, d), removed.dtype, dev) if bool(read.any()) else None
     # The running total of the differences of sources 0 .. n - 1 (``n`` the sources summed so far).
     state: dict[str, Any] = {"n": 0, "total": None, "saved": {}}
     n_pre = g.n_upstream_heads(start_layer) if start_layer > 0 else 0
@@ -217,6 +231,7 @@ def masked_forward(
     neurons: torch.Tensor | None = None,
     path: str | None = None,
     answer_at: torch.Tensor | None = None,
+    buffers: dict | None = None,
 ) -> torch.Tensor:
     """Run the clean tokens with every edge *not* kept carrying its removed value (``removed``).
 
@@ -240,6 +255,8 @@ def masked_forward(
             Both give the same result up to the rounding of a different order of sums.
         answer_at: ``[copies * batch]`` positions: only the result there is needed (the last block's MLP
             then runs there alone where that was checked to be exact; the other positions are meaningless).
+        buffers: a dict the sparse path keeps its working tensors in from one call to the next (passes of
+            the same shapes then reuse their memory); None: new ones each call.
 
     Returns:
         The final residual stream ``[copies * batch, pos, d]`` (copy-major).
@@ -279,6 +296,7 @@ def masked_forward(
             clean=clean,
             kept_dims=None if neurons is None else kept_dims,
             answer_at=answer_at,
+            buffers=buffers,
         )
     run = torch.zeros(g.n_sources, c, b, p, d, dtype=removed.dtype, device=dev)
     if start_layer > 0:
@@ -352,12 +370,22 @@ def masked_metric(
     clean: SourceRun | None = None,
     neurons: torch.Tensor | None = None,
     path: str | None = None,
+    buffers: dict | None = None,
 ) -> torch.Tensor:
     """Per-example metric ``[copies, batch]`` with the non-kept edges removed (see :func:`masked_forward`)."""
     c = keep.shape[0]
     rep = batch.repeat(c).to(model.device)
     final = masked_forward(
-        model, batch.clean, removed, keep, start_layer=start_layer, clean=clean, neurons=neurons, path=path, answer_at=rep.last
+        model,
+        batch.clean,
+        removed,
+        keep,
+        start_layer=start_layer,
+        clean=clean,
+        neurons=neurons,
+        path=path,
+        answer_at=rep.last,
+        buffers=buffers,
     )
     with torch.no_grad():
         return answer_metric(model, final, rep, metric).reshape(c, len(batch))
