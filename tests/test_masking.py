@@ -181,6 +181,19 @@ def test_unknown_path_is_refused(fam):
         engine.masked_forward(model, batch.clean, torch.zeros(g.n_sources, *batch.clean.shape, model.d_model), keep, path="fast")
 
 
+def count_passes(monkeypatch) -> list[int]:
+    """From now on, the number of circuits of every masked pass evaluation runs (appended in order)."""
+    passes: list[int] = []
+    real = engine.masked_metric
+
+    def counted(model, batch, metric, removed, keep, **kw):
+        passes.append(keep.shape[0])
+        return real(model, batch, metric, removed, keep, **kw)
+
+    monkeypatch.setattr(engine, "masked_metric", counted)
+    return passes
+
+
 @pytest.mark.parametrize("fam", PLAIN, indirect=True)
 @pytest.mark.parametrize("kind", ["patching", "zero"])
 def test_full_and_empty_circuits_take_the_clean_and_corrupted_runs(fam, kind, monkeypatch):
@@ -193,14 +206,7 @@ def test_full_and_empty_circuits_take_the_clean_and_corrupted_runs(fam, kind, mo
     if kind != "patching":
         ctx.intervention = build_intervention(model, data, kind)
     keeps = torch.stack([Circuit.full(g).keep_dense(), Circuit.empty(g).keep_dense(), random_keeps(g, (0.3,), seed=7)[0]])
-    passes = []
-    real = engine.masked_metric
-
-    def counted(model, batch, metric, removed, keep, **kw):
-        passes.append(keep.shape[0])
-        return real(model, batch, metric, removed, keep, **kw)
-
-    monkeypatch.setattr(engine, "masked_metric", counted)
+    passes = count_passes(monkeypatch)
     ev = evaluate_keeps(model, task, data, keeps, ctx)
     # one pass of the circuit in between (and, under ablation, the empty circuit's baseline run)
     assert passes == ([1] if kind == "patching" else [1, 1])
@@ -243,14 +249,7 @@ def test_stacking_on_a_cpu_follows_the_pass_budget_and_changes_no_value(fam, mon
     per_copy = batch.clean.numel() * g.n_heads * model.d_model * 8  # float64
     assert evaluation.copies_per_pass(model, batch) == max(1, evaluation.CPU_PASS_BYTES // per_copy)
     together = evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=8)
-    passes = []
-    real = engine.masked_metric
-
-    def counted(model, batch, metric, removed, keep, **kw):
-        passes.append(keep.shape[0])
-        return real(model, batch, metric, removed, keep, **kw)
-
-    monkeypatch.setattr(engine, "masked_metric", counted)
+    passes = count_passes(monkeypatch)
     monkeypatch.setattr(evaluation, "CPU_PASS_BYTES", 2 * per_copy)
     apart = evaluate_keeps(model, task, data, keeps, ctx, circuits_per_pass=8)
     assert passes == [2, 2, 1]
