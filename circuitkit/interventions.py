@@ -169,7 +169,8 @@ class _ConstantAblation(Intervention):
         return (len(range(model.graph.n_sources)[sources]), b, len(at), model.d_model), at
 
     def _constant(self, model: CircuitModel, batch: Batch, sources: slice, positions: slice | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The values of ``sources`` at ``positions``: each subclass (zero, mean ablation) gives its own."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its constant values")
 
 
 @dataclass
